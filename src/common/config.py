@@ -1,0 +1,235 @@
+"""Typed configuration loaded once from conf/: entities, profiles, job settings.
+
+Every loader validates on load and raises ``ConfigError`` naming the file and the key at
+fault, so a typo in YAML fails before any Spark work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SPARK_TYPES = re.compile(
+    r"^(string|int|bigint|double|boolean|date|timestamp|decimal\(\d+,\s*\d+\))$"
+)
+TRIGGERS = ("available_now", "processing_time")
+SOURCE_FORMATS = ("json", "cloudFiles")
+PROFILES = ("local", "databricks")
+
+
+class ConfigError(ValueError):
+    """A configuration file or setting is invalid; the message names file and key."""
+
+    def __init__(self, file: str | Path, key: str, problem: str) -> None:
+        self.file = str(file)
+        self.key = key
+        super().__init__(f"{file}: {key}: {problem}")
+
+
+def conf_dir() -> Path:
+    """The conf/ folder: $ORDER_PIPELINE_CONF, else the repository's, else the packaged copy."""
+    if env := os.environ.get("ORDER_PIPELINE_CONF"):
+        return Path(env)
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "conf", here.parent.parent / "conf"):
+        if (candidate / "pipeline.yml").is_file():
+            return candidate
+    raise ConfigError("conf/", "pipeline.yml", "no conf/ folder found; set ORDER_PIPELINE_CONF")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(path, "<file>", "file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, "<file>", f"not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(path, "<file>", "expected a mapping at the top level")
+    return data
+
+
+def require(data: dict[str, Any], key: str, file: Path, prefix: str = "") -> Any:
+    if key not in data or data[key] is None:
+        raise ConfigError(file, f"{prefix}{key}", "required key is missing")
+    return data[key]
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One entity of the data contract: its key, sequence column and typed fields."""
+
+    name: str
+    key: str
+    sequence: str
+    fields: dict[str, str]
+    parents: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.key not in self.fields:
+            raise ValueError(f"key {self.key!r} is not one of the fields")
+        if self.sequence not in self.fields:
+            raise ValueError(f"sequence {self.sequence!r} is not one of the fields")
+        for name, spark_type in self.fields.items():
+            if not SPARK_TYPES.match(spark_type):
+                raise ValueError(f"field {name!r} has unsupported type {spark_type!r}")
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.fields)
+
+    def ddl(self) -> str:
+        return ", ".join(f"`{name}` {spark_type}" for name, spark_type in self.fields.items())
+
+
+def load_entities(path: Path | None = None) -> dict[str, Entity]:
+    path = path or conf_dir() / "pipeline.yml"
+    data = read_yaml(path)
+    raw = require(data, "entities", path)
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(path, "entities", "expected a non-empty mapping of entity name to spec")
+    entities: dict[str, Entity] = {}
+    for name, spec in raw.items():
+        prefix = f"entities.{name}."
+        if not isinstance(spec, dict):
+            raise ConfigError(path, f"entities.{name}", "expected a mapping")
+        fields = require(spec, "fields", path, prefix)
+        if not isinstance(fields, dict) or not fields:
+            raise ConfigError(path, f"{prefix}fields", "expected a mapping of field to type")
+        try:
+            entities[name] = Entity(
+                name=name,
+                key=require(spec, "key", path, prefix),
+                sequence=spec.get("sequence", "updated_at"),
+                fields={str(k): str(v) for k, v in fields.items()},
+                parents=tuple(spec.get("parents") or ()),
+            )
+        except ValueError as exc:
+            raise ConfigError(path, f"entities.{name}", str(exc)) from exc
+    for entity in entities.values():
+        for parent in entity.parents:
+            if parent not in entities:
+                raise ConfigError(
+                    path, f"entities.{entity.name}.parents", f"unknown entity {parent!r}"
+                )
+    return entities
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    defer_max_age_seconds: int = 7 * 86400
+    gx_validation: bool = False
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Where and how the pipeline runs: local laptop or Databricks."""
+
+    name: str
+    catalog: str
+    schema: str
+    landing_root: str
+    checkpoint_root: str
+    warehouse_root: str | None
+    source_format: str
+    trigger: str = "available_now"
+    processing_time: str = "30 seconds"
+    max_files_per_trigger: int | None = None
+    max_bytes_per_trigger: str | None = None
+    spark: dict[str, str] = field(default_factory=dict)
+    quality: QualitySettings = field(default_factory=QualitySettings)
+
+    def __post_init__(self) -> None:
+        if self.name not in PROFILES:
+            raise ValueError(f"profile must be one of {PROFILES}, got {self.name!r}")
+        if self.trigger not in TRIGGERS:
+            raise ValueError(f"trigger must be one of {TRIGGERS}, got {self.trigger!r}")
+        if self.source_format not in SOURCE_FORMATS:
+            raise ValueError(
+                f"source_format must be one of {SOURCE_FORMATS}, got {self.source_format!r}"
+            )
+        if self.name == "local" and not self.warehouse_root:
+            raise ValueError("the local profile needs warehouse_root")
+
+    @property
+    def is_local(self) -> bool:
+        return self.name == "local"
+
+
+DURATION = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day)s?\s*$")
+UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def parse_duration(text: str | int, file: Path, key: str) -> int:
+    if isinstance(text, int):
+        return text
+    match = DURATION.match(str(text))
+    if not match:
+        raise ConfigError(file, key, f"expected a duration like '7 days', got {text!r}")
+    return int(match.group(1)) * UNIT_SECONDS[match.group(2)]
+
+
+def substitute(text: str, values: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+PROFILE_KEYS = {
+    "profile", "catalog", "schema", "landing_root", "checkpoint_root", "warehouse_root",
+    "source_format", "trigger", "processing_time", "max_files_per_trigger",
+    "max_bytes_per_trigger", "spark", "quality",
+}  # fmt: skip
+
+
+def load_profile(
+    name: str, data_root: str | Path = ".local", overrides: dict[str, Any] | None = None
+) -> Profile:
+    """Load conf/<name>.yml; ``overrides`` (job parameters) win over the file's values."""
+    path = conf_dir() / f"{name}.yml"
+    data = read_yaml(path)
+    unknown = set(data) - PROFILE_KEYS
+    if unknown:
+        raise ConfigError(path, sorted(unknown)[0], f"unknown key; expected one of {sorted(PROFILE_KEYS)}")
+    for key, value in (overrides or {}).items():
+        if value not in (None, ""):
+            data[key] = value
+    values = {
+        "data_root": str(Path(data_root).resolve()),
+        "catalog": str(require(data, "catalog", path)),
+        "schema": str(require(data, "schema", path)),
+    }
+    quality = data.get("quality") or {}
+    try:
+        return Profile(
+            name=str(require(data, "profile", path)),
+            catalog=values["catalog"],
+            schema=values["schema"],
+            landing_root=substitute(str(require(data, "landing_root", path)), values),
+            checkpoint_root=substitute(str(require(data, "checkpoint_root", path)), values),
+            warehouse_root=(
+                substitute(str(data["warehouse_root"]), values)
+                if data.get("warehouse_root")
+                else None
+            ),
+            source_format=str(require(data, "source_format", path)),
+            trigger=str(data.get("trigger", "available_now")),
+            processing_time=str(data.get("processing_time", "30 seconds")),
+            max_files_per_trigger=data.get("max_files_per_trigger"),
+            max_bytes_per_trigger=data.get("max_bytes_per_trigger"),
+            spark={str(k): str(v) for k, v in (data.get("spark") or {}).items()},
+            quality=QualitySettings(
+                defer_max_age_seconds=parse_duration(
+                    quality.get("defer_max_age", "7 days"), path, "quality.defer_max_age"
+                ),
+                gx_validation=bool(quality.get("gx_validation", False)),
+            ),
+        )
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        key = str(exc).split(" ", 1)[0]
+        raise ConfigError(path, key, str(exc)) from exc

@@ -117,6 +117,7 @@ def get_spark(profile: Profile, app_name: str = "order-pipeline") -> SparkSessio
     check_java()
     jars = cached_delta_jars()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     warehouse = Path(profile.warehouse_root or ".local/warehouse").resolve()
     builder = (
         SparkSession.builder.master(os.environ.get("ORDER_PIPELINE_MASTER", "local[*]"))

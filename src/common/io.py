@@ -1,0 +1,276 @@
+"""Every source and sink of the pipeline, batch and streaming, local and Databricks.
+
+Tables are addressed by unqualified names (``bronze_orders``). On Databricks the session's
+current catalog and schema qualify them (Unity Catalog); locally they are Delta folders under
+the warehouse root, registered in the session's catalog when the lakehouse is opened, so SQL
+by name works the same way in both places.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from delta.tables import DeltaTable
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.errors import StreamingQueryException
+from pyspark.sql.streaming import StreamingQuery
+from pyspark.sql.types import StructType
+
+from order_pipeline.common.config import Entity, Profile
+
+CORRUPT_RECORD = "_corrupt_record"
+RESCUED_DATA = "_rescued_data"
+SOURCE_FILE = "_source_file"
+INGESTED_AT = "_ingested_at"
+BATCH_ID = "_batch_id"
+RUN_ID = "_run_id"
+BRONZE_METADATA_DDL = (
+    f"`{CORRUPT_RECORD}` string, `{RESCUED_DATA}` string, `{SOURCE_FILE}` string, "
+    f"`{INGESTED_AT}` timestamp, `{BATCH_ID}` bigint, `{RUN_ID}` string"
+)
+
+
+def bronze_table(entity: str) -> str:
+    return f"bronze_{entity}"
+
+
+def silver_table(entity: str) -> str:
+    return f"silver_{entity}"
+
+
+def quarantine_table(entity: str) -> str:
+    return f"quarantine_{entity}"
+
+
+def deferred_table(entity: str) -> str:
+    return f"deferred_{entity}"
+
+
+QUALITY_METRICS = "ops_quality_metrics"
+TASK_RUNS = "ops_task_runs"
+GX_RESULTS = "ops_gx_results"
+
+
+def bronze_schema(entity: Entity) -> StructType:
+    return StructType.fromDDL(f"{entity.ddl()}, {BRONZE_METADATA_DDL}")
+
+
+@dataclass(frozen=True)
+class Txn:
+    """Delta's idempotent-write identity: a write with an (app_id, version) already
+    committed to a table is skipped, which makes a replayed micro-batch harmless."""
+
+    app_id: str
+    version: int
+
+
+class Lakehouse:
+    """Tables, checkpoints and landing folders for one profile."""
+
+    def __init__(self, spark: SparkSession, profile: Profile) -> None:
+        self.spark = spark
+        self.profile = profile
+        if profile.is_local:
+            spark.sql(f"CREATE DATABASE IF NOT EXISTS `{profile.schema}`")
+            spark.sql(f"USE `{profile.schema}`")
+            self._register_local_tables()
+
+    # -- locations -----------------------------------------------------------------------
+    def table_path(self, table: str) -> str:
+        assert self.profile.warehouse_root, "table paths exist only locally"
+        return str(Path(self.profile.warehouse_root) / self.profile.schema / table)
+
+    def checkpoint(self, name: str) -> str:
+        return f"{self.profile.checkpoint_root.rstrip('/')}/{name}"
+
+    def landing(self, entity: str) -> str:
+        return f"{self.profile.landing_root.rstrip('/')}/{entity}"
+
+    def _register_local_tables(self) -> None:
+        root = Path(self.table_path("x")).parent
+        if not root.is_dir():
+            return
+        known = {t.name for t in self.spark.catalog.listTables(self.profile.schema)}
+        for folder in sorted(root.iterdir()):
+            if (folder / "_delta_log").is_dir() and folder.name not in known:
+                self.spark.sql(f"CREATE TABLE IF NOT EXISTS `{folder.name}` USING DELTA LOCATION '{folder}'")
+
+    # -- tables --------------------------------------------------------------------------
+    def exists(self, table: str) -> bool:
+        return bool(self.spark.catalog.tableExists(table))
+
+    def ensure(
+        self, table: str, schema: StructType | str, partitioned_by: tuple[str, ...] = ()
+    ) -> None:
+        """Create the table if it does not exist yet (never alters an existing one)."""
+        if self.exists(table):
+            return
+        if isinstance(schema, str):
+            schema = StructType.fromDDL(schema)
+        builder = DeltaTable.createIfNotExists(self.spark).tableName(table).addColumns(schema)
+        if partitioned_by:
+            builder = builder.partitionedBy(*partitioned_by)
+        if self.profile.is_local:
+            builder = builder.location(self.table_path(table))
+        builder.execute()
+
+    def read(self, table: str) -> DataFrame:
+        return self.spark.table(table)
+
+    def delta(self, table: str) -> DeltaTable:
+        return DeltaTable.forName(self.spark, table)
+
+    def version(self, table: str) -> int:
+        return int(self.delta(table).history(1).select("version").first()[0])
+
+    def read_stream(self, table: str) -> DataFrame:
+        reader = self.spark.readStream.format("delta")
+        if self.profile.max_files_per_trigger:
+            reader = reader.option("maxFilesPerTrigger", self.profile.max_files_per_trigger)
+        if self.profile.max_bytes_per_trigger:
+            reader = reader.option("maxBytesPerTrigger", self.profile.max_bytes_per_trigger)
+        return reader.table(table)
+
+    def append(self, df: DataFrame, table: str, txn: Txn | None = None) -> None:
+        writer = df.write.format("delta").mode("append")
+        if txn is not None:
+            writer = writer.option("txnAppId", txn.app_id).option("txnVersion", txn.version)
+        writer.saveAsTable(table)
+
+    def overwrite(self, df: DataFrame, table: str) -> None:
+        writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+        if self.profile.is_local and not self.exists(table):
+            writer = writer.option("path", self.table_path(table))
+        writer.saveAsTable(table)
+
+    def drop(self, table: str) -> None:
+        """Drop a table and, locally, its files (a full refresh starts from nothing)."""
+        if self.exists(table):
+            self.spark.sql(f"DROP TABLE `{table}`")
+        if self.profile.is_local:
+            _remove_tree(self.table_path(table))
+
+    def reset_checkpoint(self, name: str) -> None:
+        _remove_tree(self.checkpoint(name))
+
+    # -- landing -------------------------------------------------------------------------
+    def landing_stream(self, entity: Entity) -> DataFrame:
+        """The landed JSON Lines of one entity as a stream: contract columns, malformed
+        lines kept with their raw text, and the source file of each row."""
+        path = self.landing(entity.name)
+        os.makedirs(path, exist_ok=True)  # a missing folder is "nothing landed yet"
+        schema = StructType.fromDDL(f"{entity.ddl()}, `{CORRUPT_RECORD}` string")
+        if self.profile.source_format == "cloudFiles":
+            reader = (
+                self.spark.readStream.format("cloudFiles")
+                .option("cloudFiles.format", "json")
+                .option("cloudFiles.schemaLocation", self.checkpoint(f"_schemas/{entity.name}"))
+                .option("cloudFiles.schemaHints", entity.ddl())
+                .option("cloudFiles.schemaEvolutionMode", "rescue")
+                .option("rescuedDataColumn", RESCUED_DATA)
+                .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
+                .option("cloudFiles.includeExistingFiles", "true")
+                .schema(schema)
+            )
+            if self.profile.max_files_per_trigger:
+                reader = reader.option("cloudFiles.maxFilesPerTrigger", self.profile.max_files_per_trigger)
+            rescued: Column = F.col(RESCUED_DATA)
+        else:
+            reader = (
+                self.spark.readStream.format("json")
+                .schema(schema)
+                .option("mode", "PERMISSIVE")
+                .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
+                .option("pathGlobFilter", "*.json")
+            )
+            if self.profile.max_files_per_trigger:
+                reader = reader.option("maxFilesPerTrigger", self.profile.max_files_per_trigger)
+            rescued = F.lit(None).cast("string")
+        stream = reader.load(path)
+        return stream.select(
+            *entity.columns,
+            F.col(CORRUPT_RECORD),
+            rescued.alias(RESCUED_DATA),
+            F.col("_metadata.file_path").alias(SOURCE_FILE),
+        )
+
+    # -- streams -------------------------------------------------------------------------
+    def stream_app_id(self, checkpoint_name: str) -> str:
+        """A writer identity that lives exactly as long as the checkpoint: a reset
+        checkpoint restarts batch ids at 0 and must not be mistaken for a replay."""
+        folder = Path(self.checkpoint(checkpoint_name))
+        marker = folder / "_txn_app_id"
+        if marker.is_file():
+            return marker.read_text().strip()
+        folder.mkdir(parents=True, exist_ok=True)
+        app_id = f"{checkpoint_name}-{uuid.uuid4()}"
+        marker.write_text(app_id)
+        return app_id
+
+    def run_stream(
+        self,
+        df: DataFrame,
+        checkpoint_name: str,
+        process_batch: Callable[[DataFrame, int], None],
+        query_name: str,
+        progress: Callable[[str], None] = print,
+    ) -> StreamingQuery:
+        """Run ``process_batch`` over the stream with the profile's trigger; block until
+        an available-now stream has drained (or forever for a processing-time one)."""
+        writer = (
+            df.writeStream.queryName(query_name)
+            .option("checkpointLocation", self.checkpoint(checkpoint_name))
+            .foreachBatch(process_batch)
+        )
+        if self.profile.trigger == "available_now":
+            writer = writer.trigger(availableNow=True)
+        else:
+            writer = writer.trigger(processingTime=self.profile.processing_time)
+        query = writer.start()
+        await_with_progress(query, progress)
+        return query
+
+
+class StreamFailed(RuntimeError):
+    """A streaming query stopped with an error; the message names the query."""
+
+
+def await_with_progress(query: StreamingQuery, progress: Callable[[str], None]) -> None:
+    seen: set[tuple[str, int]] = set()
+    started = time.monotonic()
+
+    def report() -> None:
+        for item in query.recentProgress:
+            marker = (item["runId"], item["batchId"])
+            if marker in seen:
+                continue
+            seen.add(marker)
+            if item["numInputRows"]:
+                progress(
+                    f"  {query.name}: batch {item['batchId']}: {item['numInputRows']} rows "
+                    f"({time.monotonic() - started:.1f}s)"
+                )
+
+    try:
+        while query.isActive:
+            query.awaitTermination(2)
+            report()
+        query.awaitTermination()  # raises the query's error, if it had one
+        report()
+    except StreamingQueryException as exc:
+        raise StreamFailed(f"stream {query.name} failed: {exc.desc if hasattr(exc, 'desc') else exc}") from exc
+    finally:
+        if query.isActive:
+            query.stop()
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

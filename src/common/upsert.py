@@ -1,0 +1,90 @@
+"""Latest-snapshot-per-key semantics and the MERGE that keeps silver current.
+
+Order of snapshots: the sequence column, then every other contract column, then the
+source file, all compared as one struct (nulls lowest). Two different snapshots never tie,
+so the winner is the same whatever the file order or batch split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from order_pipeline.common.config import Entity
+from order_pipeline.common.io import RUN_ID, SOURCE_FILE, Lakehouse, Txn
+
+WARNINGS = "_quality_warnings"
+MERGED_AT = "_merged_at"
+SILVER_METADATA_DDL = (
+    f"`{WARNINGS}` array<string>, `{SOURCE_FILE}` string, `{MERGED_AT}` timestamp, `{RUN_ID}` string"
+)
+TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
+TXN_VERSION = "spark.databricks.delta.write.txnVersion"
+
+
+def silver_ddl(entity: Entity) -> str:
+    return f"{entity.ddl()}, {SILVER_METADATA_DDL}"
+
+
+def ordering_columns(entity: Entity) -> list[str]:
+    rest = [c for c in entity.columns if c not in (entity.key, entity.sequence)]
+    return [entity.sequence, *rest, SOURCE_FILE]
+
+
+def latest_per_key(entity: Entity) -> Callable[[DataFrame], DataFrame]:
+    """One row per key: the greatest snapshot under ``ordering_columns``."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        order = ordering_columns(entity)
+        winner = F.max(F.struct(*order, WARNINGS)).alias("winner")
+        return df.groupBy(entity.key).agg(winner).select(entity.key, *[f"winner.{c}" for c in [*order, WARNINGS]])
+
+    return transform
+
+
+def newer_condition(entity: Entity, source: str = "s", target: str = "t") -> str:
+    order = ordering_columns(entity)
+    left = ", ".join(f"{source}.`{c}`" for c in order)
+    right = ", ".join(f"{target}.`{c}`" for c in order)
+    return f"struct({left}) > struct({right})"
+
+
+def merge_latest(
+    lake: Lakehouse, table: str, updates: DataFrame, entity: Entity, run_id: str, txn: Txn | None = None
+) -> None:
+    """MERGE the latest snapshot per key into ``table``; a row only replaces an older one.
+
+    With ``txn`` the MERGE commits under Delta's idempotent-write identity, set on the
+    updates' own session (a micro-batch has its own) and always reset afterwards.
+    """
+    latest = updates.transform(latest_per_key(entity))
+    columns = [*entity.columns, WARNINGS, SOURCE_FILE]
+    values = {c: F.col(f"s.`{c}`") for c in columns}
+    values[MERGED_AT] = F.current_timestamp()
+    values[RUN_ID] = F.lit(run_id)
+    session = updates.sparkSession
+    target = lake.delta(table) if session is lake.spark else _delta_for(session, table)
+    merge = (
+        target.alias("t")
+        .merge(latest.alias("s"), f"t.`{entity.key}` = s.`{entity.key}`")
+        .whenMatchedUpdate(condition=newer_condition(entity), set=values)
+        .whenNotMatchedInsert(values=values)
+    )
+    if txn is None:
+        merge.execute()
+        return
+    session.conf.set(TXN_APP_ID, txn.app_id)
+    session.conf.set(TXN_VERSION, str(txn.version))
+    try:
+        merge.execute()
+    finally:
+        session.conf.unset(TXN_APP_ID)
+        session.conf.unset(TXN_VERSION)
+
+
+def _delta_for(session, table: str):
+    from delta.tables import DeltaTable
+
+    return DeltaTable.forName(session, table)

@@ -1,0 +1,77 @@
+"""Rules compiled to Spark predicates: small pure functions returning a Column that is
+true exactly when a row FAILS the rule (never null, so counts and filters agree)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+
+from order_pipeline.common.io import CORRUPT_RECORD, RESCUED_DATA
+from order_pipeline.quality.rules import Rule
+
+
+def fk_column(rule: Rule) -> str:
+    """The helper column a foreign-key lookup adds: the parent key when it was found."""
+    return f"__fk_{rule.name}"
+
+
+def malformed(rule: Rule) -> Column:
+    return F.col(CORRUPT_RECORD).isNotNull() | F.col(RESCUED_DATA).isNotNull()
+
+
+def not_null(rule: Rule) -> Column:
+    return F.col(rule.column).isNull()
+
+
+def regex(rule: Rule) -> Column:
+    value = F.col(rule.column)
+    return value.isNotNull() & ~value.rlike(rule.pattern)
+
+
+def in_set(rule: Rule) -> Column:
+    value = F.col(rule.column)
+    return value.isNotNull() & ~value.isin(*rule.values)
+
+
+def out_of_range(rule: Rule) -> Column:
+    value = F.col(rule.column)
+    too_low = too_high = F.lit(False)
+    if rule.min is not None:
+        too_low = value <= rule.min if rule.strict_min else value < rule.min
+    if rule.max is not None:
+        too_high = value >= rule.max if rule.strict_max else value > rule.max
+    return value.isNotNull() & (too_low | too_high)
+
+
+def missing_parent(rule: Rule) -> Column:
+    return F.col(rule.column).isNotNull() & F.col(fk_column(rule)).isNull()
+
+
+def expression(rule: Rule) -> Column:
+    return ~F.coalesce(F.expr(rule.expression), F.lit(True))
+
+
+CHECKS: dict[str, Callable[[Rule], Column]] = {
+    "malformed": malformed,
+    "not_null": not_null,
+    "regex": regex,
+    "in_set": in_set,
+    "range": out_of_range,
+    "foreign_key": missing_parent,
+    "expression": expression,
+}
+
+
+def failed(rule: Rule) -> Column:
+    """True when the row fails ``rule``; false otherwise (never null)."""
+    return F.coalesce(CHECKS[rule.kind](rule), F.lit(False))
+
+
+def failed_rule_names(rules: tuple[Rule, ...]) -> Column:
+    """The names of the rules a row fails, in rule order (an empty array if none)."""
+    if not rules:
+        return F.array().cast("array<string>")
+    flagged = F.array(*[F.when(failed(rule), F.lit(rule.name)) for rule in rules])
+    return F.filter(flagged, lambda name: name.isNotNull())

@@ -1,0 +1,79 @@
+"""ops_quality_metrics: rows checked and failed per rule and batch (the counterpart of
+Delta Live Tables' expectation metrics), computed in one aggregation over a checked batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from order_pipeline.quality.gate import FAILED_DEFER, FAILED_FAIL, FAILED_QUARANTINE, REASONS
+from order_pipeline.quality.rules import RuleSet
+
+METRICS_DDL = (
+    "entity string, run_id string, batch_id bigint, source string, rule string, severity string, "
+    "rows_checked bigint, rows_failed bigint, measured_at timestamp"
+)
+OUTCOMES = ("quarantined", "deferred", "failing")
+
+
+@dataclass
+class BatchCounts:
+    checked: int = 0
+    quarantined: int = 0
+    deferred: int = 0
+    failing: int = 0
+    per_rule: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> int:
+        return self.checked - self.quarantined - self.deferred - self.failing
+
+    def add(self, other: BatchCounts) -> None:
+        self.checked += other.checked
+        self.quarantined += other.quarantined
+        self.deferred += other.deferred
+        self.failing += other.failing
+        for rule, n in other.per_rule.items():
+            self.per_rule[rule] = self.per_rule.get(rule, 0) + n
+
+
+def count_outcomes(ruleset: RuleSet, checked: DataFrame) -> BatchCounts:
+    has = {name: F.size(F.col(name)) > 0 for name in (FAILED_FAIL, FAILED_QUARANTINE, FAILED_DEFER)}
+    aggregates = [
+        F.count(F.lit(1)).alias("checked"),
+        F.count_if(has[FAILED_FAIL]).alias("failing"),
+        F.count_if(~has[FAILED_FAIL] & has[FAILED_QUARANTINE]).alias("quarantined"),
+        F.count_if(~has[FAILED_FAIL] & ~has[FAILED_QUARANTINE] & has[FAILED_DEFER]).alias("deferred"),
+    ]
+    aggregates += [
+        F.count_if(F.array_contains(REASONS, rule.name)).alias(f"rule_{i}")
+        for i, rule in enumerate(ruleset.rules)
+    ]
+    row = checked.agg(*aggregates).first()
+    return BatchCounts(
+        checked=row["checked"],
+        quarantined=row["quarantined"],
+        deferred=row["deferred"],
+        failing=row["failing"],
+        per_rule={rule.name: row[f"rule_{i}"] for i, rule in enumerate(ruleset.rules)},
+    )
+
+
+def metrics_rows(
+    spark: SparkSession, ruleset: RuleSet, counts: BatchCounts, run_id: str, batch_id: int, source: str
+) -> DataFrame:
+    now = datetime.now(UTC)
+    rows = [
+        (ruleset.entity, run_id, batch_id, source, rule.name, rule.severity, counts.checked,
+         counts.per_rule.get(rule.name, 0), now)
+        for rule in ruleset.rules
+    ]  # fmt: skip
+    rows += [
+        (ruleset.entity, run_id, batch_id, source, f"outcome:{outcome}", "outcome", counts.checked,
+         getattr(counts, outcome), now)
+        for outcome in OUTCOMES
+    ]  # fmt: skip
+    return spark.createDataFrame(rows, METRICS_DDL)

@@ -1,0 +1,129 @@
+"""Quarantine and deferred rows: their shape, and the transforms that build them.
+
+A quarantine row keeps the record as parsed, the raw text where it did not parse, every
+rule it failed, where it came from and its status (open, replayed, expired). A deferred
+row is a valid row whose parent has not arrived yet; it waits in ``deferred_<entity>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from order_pipeline.common.config import Entity
+from order_pipeline.common.io import BATCH_ID, CORRUPT_RECORD, RESCUED_DATA, RUN_ID, SOURCE_FILE
+from order_pipeline.quality.gate import FAILED_DEFER, REASONS, WARNINGS
+
+OPEN, REPLAYED, EXPIRED = "open", "replayed", "expired"
+STATUSES = (OPEN, REPLAYED, EXPIRED)
+DEFERRED_AT = "_deferred_at"
+DEFERRED_ID = "_deferred_id"
+
+
+def quarantine_ddl(entity: Entity) -> str:
+    record = ", ".join(f"`{n}`: {t}" for n, t in entity.fields.items())
+    return (
+        f"quarantine_id string, reasons array<string>, record struct<{record}>, "
+        "raw_record string, rescued_data string, source_file string, batch_id bigint, "
+        "run_id string, quarantined_at timestamp, status string, status_changed_at timestamp, "
+        "status_run_id string"
+    )
+
+
+def deferred_ddl(entity: Entity) -> str:
+    return (
+        f"{entity.ddl()}, `{WARNINGS}` array<string>, `{FAILED_DEFER}` array<string>, "
+        f"`{SOURCE_FILE}` string, `{BATCH_ID}` bigint, `{RUN_ID}` string, "
+        f"`{DEFERRED_AT}` timestamp, `{DEFERRED_ID}` string"
+    )
+
+
+def record_fingerprint(entity: Entity) -> Column:
+    """Identifies a landed record: same file and same content give the same id."""
+    content = F.coalesce(F.col(CORRUPT_RECORD), F.to_json(F.struct(*entity.columns)))
+    return F.sha2(F.concat_ws("|", F.coalesce(F.col(SOURCE_FILE), F.lit("")), content), 256)
+
+
+def to_quarantine_rows(
+    entity: Entity, batch_id: int | Column, run_id: str, status: str = OPEN
+) -> Callable[[DataFrame], DataFrame]:
+    def transform(df: DataFrame) -> DataFrame:
+        now = F.current_timestamp()
+        return df.select(
+            F.sha2(F.concat_ws("|", record_fingerprint(entity), F.array_join(REASONS, ",")), 256).alias(
+                "quarantine_id"
+            ),
+            F.col(REASONS).alias("reasons"),
+            F.struct(*entity.columns).alias("record"),
+            F.col(CORRUPT_RECORD).alias("raw_record"),
+            F.col(RESCUED_DATA).alias("rescued_data"),
+            F.col(SOURCE_FILE).alias("source_file"),
+            (F.lit(batch_id) if not isinstance(batch_id, Column) else batch_id).cast("bigint").alias("batch_id"),
+            F.lit(run_id).alias("run_id"),
+            now.alias("quarantined_at"),
+            F.lit(status).alias("status"),
+            now.alias("status_changed_at"),
+            F.lit(run_id).alias("status_run_id"),
+        )
+
+    return transform
+
+
+def to_deferred_rows(entity: Entity, batch_id: int, run_id: str) -> Callable[[DataFrame], DataFrame]:
+    def transform(df: DataFrame) -> DataFrame:
+        return df.select(
+            *entity.columns,
+            WARNINGS,
+            FAILED_DEFER,
+            SOURCE_FILE,
+            F.lit(batch_id).cast("bigint").alias(BATCH_ID),
+            F.lit(run_id).alias(RUN_ID),
+            F.current_timestamp().alias(DEFERRED_AT),
+            record_fingerprint(entity).alias(DEFERRED_ID),
+        )
+
+    return transform
+
+
+def deferred_as_candidates(entity: Entity) -> Callable[[DataFrame], DataFrame]:
+    """Deferred rows shaped like bronze rows again, to go through the gate once more."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        return df.select(
+            *entity.columns,
+            F.lit(None).cast("string").alias(CORRUPT_RECORD),
+            F.lit(None).cast("string").alias(RESCUED_DATA),
+            SOURCE_FILE,
+            BATCH_ID,
+            DEFERRED_AT,
+            DEFERRED_ID,
+        )
+
+    return transform
+
+
+def quarantined_as_candidates(entity: Entity) -> Callable[[DataFrame], DataFrame]:
+    """Quarantine rows shaped like bronze rows again; raw text is parsed anew with the
+    current contract, so a record that failed to parse gets a second chance too."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        schema = f"{entity.ddl()}, `{CORRUPT_RECORD}` string"
+        options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_RECORD}
+        reparsed = F.from_json(F.col("raw_record"), schema, options)
+        columns = [
+            F.when(F.col("raw_record").isNull(), F.col(f"record.`{c}`")).otherwise(reparsed[c]).alias(c)
+            for c in entity.columns
+        ]
+        return df.select(
+            *columns,
+            F.when(F.col("raw_record").isNull(), F.lit(None).cast("string"))
+            .otherwise(F.coalesce(reparsed[CORRUPT_RECORD], F.lit(None).cast("string")))
+            .alias(CORRUPT_RECORD),
+            F.col("rescued_data").alias(RESCUED_DATA),
+            F.col("source_file").alias(SOURCE_FILE),
+            "quarantine_id",
+        )
+
+    return transform

@@ -1,0 +1,131 @@
+"""The rule model: quality rules per entity, loaded from conf/quality/<entity>.yml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from order_pipeline.common.config import ConfigError, Entity, conf_dir, read_yaml, require
+
+KINDS = ("malformed", "not_null", "regex", "in_set", "range", "foreign_key", "expression")
+SEVERITIES = ("quarantine", "warn", "fail", "defer")
+RATIO_ACTIONS = ("fail", "warn")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One named check. Value checks (regex, in_set, range) pass on null: whether a value
+    may be null is the business of a not_null rule, as in Great Expectations."""
+
+    name: str
+    kind: str
+    severity: str
+    description: str = ""
+    column: str | None = None
+    pattern: str | None = None
+    values: tuple[Any, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    strict_min: bool = False
+    strict_max: bool = False
+    parent: str | None = None
+    parent_column: str | None = None
+    expression: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind: must be one of {KINDS}, got {self.kind!r}")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"severity: must be one of {SEVERITIES}, got {self.severity!r}")
+        needs_column = self.kind not in ("malformed", "expression")
+        if needs_column and not self.column:
+            raise ValueError(f"column: a {self.kind} rule needs a column")
+        if self.kind == "regex" and not self.pattern:
+            raise ValueError("pattern: a regex rule needs a pattern")
+        if self.kind == "in_set" and not self.values:
+            raise ValueError("values: an in_set rule needs a non-empty list of values")
+        if self.kind == "range" and self.min is None and self.max is None:
+            raise ValueError("min: a range rule needs min, max or both")
+        if self.kind == "foreign_key" and not self.parent:
+            raise ValueError("parent: a foreign_key rule needs the parent entity")
+        if self.kind == "foreign_key" and self.severity not in ("defer", "quarantine", "warn"):
+            raise ValueError("severity: a foreign_key rule is defer, quarantine or warn")
+        if self.kind == "expression" and not self.expression:
+            raise ValueError("expression: an expression rule needs a SQL boolean expression")
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    entity: str
+    rules: tuple[Rule, ...]
+    max_quarantine_ratio: float = 1.0
+    on_ratio_breach: str = "fail"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_quarantine_ratio <= 1.0:
+            raise ValueError("max_quarantine_ratio: must be between 0 and 1")
+        if self.on_ratio_breach not in RATIO_ACTIONS:
+            raise ValueError(f"on_ratio_breach: must be one of {RATIO_ACTIONS}")
+        names = [r.name for r in self.rules]
+        duplicated = {n for n in names if names.count(n) > 1}
+        if duplicated:
+            raise ValueError(f"rules: duplicate rule names {sorted(duplicated)}")
+
+    def of(self, *severities: str) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.severity in severities)
+
+    def named(self, name: str) -> Rule:
+        for rule in self.rules:
+            if rule.name == name:
+                return rule
+        raise KeyError(f"{self.entity} has no rule {name!r}; known: {[r.name for r in self.rules]}")
+
+
+RULE_KEYS = set(Rule.__dataclass_fields__)
+
+
+def load_rules(
+    entity: Entity, entities: dict[str, Entity] | None = None, path: Path | None = None
+) -> RuleSet:
+    path = path or conf_dir() / "quality" / f"{entity.name}.yml"
+    data = read_yaml(path)
+    raw_rules = require(data, "rules", path)
+    if not isinstance(raw_rules, list):
+        raise ConfigError(path, "rules", "expected a list of rules")
+    rules = []
+    for index, spec in enumerate(raw_rules):
+        where = f"rules[{index}]"
+        if not isinstance(spec, dict):
+            raise ConfigError(path, where, "expected a mapping")
+        where = f"rules[{index}] ({spec.get('name', '?')})"
+        unknown = set(spec) - RULE_KEYS
+        if unknown:
+            raise ConfigError(path, f"{where}.{sorted(unknown)[0]}", "unknown key")
+        spec = dict(spec)
+        if "values" in spec:
+            spec["values"] = tuple(spec["values"] or ())
+        try:
+            rule = Rule(**spec)
+        except TypeError as exc:
+            raise ConfigError(path, where, str(exc)) from exc
+        except ValueError as exc:
+            key, _, problem = str(exc).partition(": ")
+            raise ConfigError(path, f"{where}.{key}", problem) from exc
+        if rule.column and rule.column not in entity.fields:
+            raise ConfigError(
+                path, f"{where}.column", f"{rule.column!r} is not a field of {entity.name}"
+            )
+        if rule.parent and entities is not None and rule.parent not in entities:
+            raise ConfigError(path, f"{where}.parent", f"unknown entity {rule.parent!r}")
+        rules.append(rule)
+    try:
+        return RuleSet(
+            entity=entity.name,
+            rules=tuple(rules),
+            max_quarantine_ratio=float(data.get("max_quarantine_ratio", 1.0)),
+            on_ratio_breach=str(data.get("on_ratio_breach", "fail")),
+        )
+    except ValueError as exc:
+        key, _, problem = str(exc).partition(": ")
+        raise ConfigError(path, key, problem) from exc

@@ -16,6 +16,7 @@ goes on), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from databricks.sdk import WorkspaceClient
+from databricks.sdk.config import Config
 from databricks.sdk.errors import DatabricksError, PermissionDenied, Unauthenticated
 from databricks.sdk.service.jobs import (
     BaseJob,
@@ -38,6 +40,9 @@ from databricks.sdk.service.jobs import (
 DEFAULT_JOB_NAME = "order-pipeline"
 DEFAULT_TIMEOUT_MINUTES = 120.0
 DEFAULT_POLL_SECONDS = 10.0
+# The SDK retries unreachable hosts and 429/503 answers for 5 minutes by default; a command
+# line should say what is wrong sooner.
+API_RETRY_SECONDS = 60
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
@@ -52,6 +57,9 @@ _TERMINAL_LIFE_CYCLE = {
 }
 
 Printer = Callable[[str], None]
+# What a failed API call raises: the service's errors, or no answer (the SDK's TimeoutError
+# after retrying, requests' connection errors). All are OSErrors, DatabricksError included.
+_API_ERRORS = (DatabricksError, OSError)
 
 
 class TriggerError(Exception):
@@ -113,7 +121,13 @@ def _key_value(text: str) -> tuple[str, str]:
 
 def run_cli(args: argparse.Namespace) -> int:
     try:
-        client = WorkspaceClient(profile=args.profile, host=args.host)
+        config = Config(
+            profile=args.profile,
+            host=args.host,
+            product="order-pipeline",
+            product_version=_version(),
+            retry_timeout_seconds=API_RETRY_SECONDS,
+        )
     except ValueError as exc:
         _print_error(
             f"error: could not configure Databricks authentication: {exc}\n"
@@ -121,13 +135,20 @@ def run_cli(args: argparse.Namespace) -> int:
         )
         return EXIT_ERROR
     return trigger_job(
-        client,
+        WorkspaceClient(config=config),
         args.job_name,
         dict(args.param),
         wait=not args.no_wait,
         timeout=timedelta(minutes=args.timeout),
         poll_interval=args.poll_interval,
     )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("order-pipeline")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
 
 
 # --- trigger and follow -----------------------------------------------------------------
@@ -188,15 +209,17 @@ def _list_jobs(client: WorkspaceClient, job_name: str, name: str | None = None) 
     what = f"jobs named {name!r}" if name else f"jobs to find one ending with {job_name!r}"
     try:
         return list(client.jobs.list(name=name, limit=100))
-    except DatabricksError as exc:
-        raise TriggerError(f"listing {what} at {client.config.host} failed: {_explain(exc)}") from exc
+    except _API_ERRORS as exc:
+        raise TriggerError(
+            f"listing {what} at {client.config.host} failed: {_explain(exc)}"
+        ) from exc
 
 
 def start_run(client: WorkspaceClient, job: BaseJob, params: dict[str, str]) -> int:
     _check_params(job, params)
     try:
         waiter = client.jobs.run_now(job_id=job.job_id, job_parameters=params or None)
-    except DatabricksError as exc:
+    except _API_ERRORS as exc:
         raise TriggerError(f"starting job {_job_name(job)!r} failed: {_explain(exc)}") from exc
     return waiter.response.run_id
 
@@ -214,7 +237,7 @@ def _check_params(job: BaseJob, params: Mapping[str, str]) -> None:
 def _get_run(client: WorkspaceClient, run_id: int) -> Run:
     try:
         return client.jobs.get_run(run_id)
-    except DatabricksError as exc:
+    except _API_ERRORS as exc:
         raise TriggerError(f"reading the state of run {run_id} failed: {_explain(exc)}") from exc
 
 
@@ -244,13 +267,20 @@ def follow_run(
                 )
                 return EXIT_STOPPED_WAITING
             time.sleep(poll_interval)
-            run = _get_run(client, run.run_id)
+            run = _refresh(client, run)
     except KeyboardInterrupt:
         progress(f"interrupted; run {run.run_id} goes on: {run.run_page_url}")
         return EXIT_INTERRUPTED
     for line in summary_lines(run):
         progress(line)
     return EXIT_OK if _succeeded(run.status, run.state) else EXIT_RUN_FAILED
+
+
+def _refresh(client: WorkspaceClient, run: Run) -> Run:
+    try:
+        return _get_run(client, run.run_id)
+    except TriggerError as exc:
+        raise TriggerError(f"{exc}; the run goes on: {run.run_page_url}") from exc
 
 
 # --- run and task states ----------------------------------------------------------------
@@ -267,10 +297,17 @@ def _snapshot(run: Run) -> dict[str, str]:
 
 
 def _changes(previous: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
-    lines = []
-    for key, label in current.items():
-        if previous.get(key) != label:
-            lines.append(f"run {label}" if key == _RUN else f"  {key}: {label}")
+    """Lines for what changed: the run's new state before its tasks, or after them once
+    the run has ended (so the last line is the run's end)."""
+    lines = [
+        f"  {key}: {label}"
+        for key, label in current.items()
+        if key != _RUN and previous.get(key) != label
+    ]
+    run_label = current[_RUN]
+    if previous.get(_RUN) != run_label:
+        ended = run_label.split()[0] in {"TERMINATED", *(s.value for s in _TERMINAL_LIFE_CYCLE)}
+        lines = [*lines, f"run {run_label}"] if ended else [f"run {run_label}", *lines]
     return lines
 
 
@@ -313,8 +350,9 @@ def _succeeded(status: RunStatus | None, state: RunState | None) -> bool:
 
 
 def _message(status: RunStatus | None, state: RunState | None) -> str:
+    """Why the run ended: the (more specific) state message, else the termination message."""
     details = status.termination_details if status else None
-    return (details.message if details else None) or (state.state_message if state else "") or ""
+    return (state.state_message if state else None) or (details.message if details else None) or ""
 
 
 # --- summary ----------------------------------------------------------------------------
@@ -399,10 +437,12 @@ def _describe(jobs: list[BaseJob]) -> str:
     return ", ".join(f"{_job_name(j)!r} (id {j.job_id})" for j in jobs)
 
 
-def _explain(exc: DatabricksError) -> str:
+def _explain(exc: Exception) -> str:
     if isinstance(exc, Unauthenticated | PermissionDenied):
         return (
             f"not authorised: {exc}; check DATABRICKS_HOST and DATABRICKS_TOKEN (or --profile) "
             "and the job's permissions"
         )
-    return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, DatabricksError):  # an OSError too, so first
+        return f"{type(exc).__name__}: {exc}"
+    return f"no answer from the workspace ({type(exc).__name__}: {exc}); check DATABRICKS_HOST"

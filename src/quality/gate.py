@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from order_pipeline.quality.checks import failed_rule_names, fk_column
+from order_pipeline.quality.checks import failed, failed_rule_names, fk_column
 from order_pipeline.quality.rules import RuleSet
 
 FAILED_QUARANTINE = "_failed_quarantine"
@@ -44,12 +44,26 @@ def apply_quality_gate(ruleset: RuleSet, parent_keys: dict[str, DataFrame]) -> C
 
     def transform(df: DataFrame) -> DataFrame:
         looked_up = df.transform(with_parent_lookups(ruleset, parent_keys))
+        malformed = [r for r in ruleset.rules if r.kind == "malformed"]
+        unparsed = F.lit(False)
+        for rule in malformed:
+            unparsed = unparsed | failed(rule)
+
+        def names(severity: str) -> Column:
+            # A record that did not parse fails its malformed rule and nothing else: rules
+            # evaluated on the nulls left by a failed parse would only add noise.
+            parsed = [r for r in ruleset.of(severity) if r.kind != "malformed"]
+            unparsed_names = [r for r in ruleset.of(severity) if r.kind == "malformed"]
+            return F.when(unparsed, failed_rule_names(tuple(unparsed_names))).otherwise(
+                failed_rule_names(tuple(parsed))
+            )
+
         checked = looked_up.withColumns(
             {
-                FAILED_QUARANTINE: failed_rule_names(ruleset.of("quarantine")),
-                FAILED_DEFER: failed_rule_names(ruleset.of("defer")),
-                FAILED_FAIL: failed_rule_names(ruleset.of("fail")),
-                WARNINGS: failed_rule_names(ruleset.of("warn")),
+                FAILED_QUARANTINE: names("quarantine"),
+                FAILED_DEFER: names("defer"),
+                FAILED_FAIL: names("fail"),
+                WARNINGS: names("warn"),
             }
         )
         fk_helpers = [fk_column(r) for r in ruleset.rules if r.kind == "foreign_key"]

@@ -1,0 +1,46 @@
+# Two commands matter: `make demo` and `make test`. Both install what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_ROOT ?= .local
+SCALE ?= 0.01
+SEED ?= 42
+
+.PHONY: setup demo test lint format bench clean help
+
+help:
+	@echo "make demo   generate synthetic data, run the whole workflow locally, print the report"
+	@echo "make test   run the test suite (local Spark + Delta)"
+	@echo "make bench  run the benchmarks (SCALE=1 for SF1)"
+	@echo "make lint   ruff check and format check"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	touch $@
+
+setup: $(VENV)/.installed
+	$(BIN)/order-pipeline setup
+
+demo: setup
+	$(BIN)/order-pipeline demo --data-root $(DATA_ROOT) --scale $(SCALE) --seed $(SEED)
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup
+	$(BIN)/python -m benchmarks.run --scale $(SCALE)
+
+clean:
+	rm -rf $(DATA_ROOT) .pytest_cache .ruff_cache

@@ -1,0 +1,277 @@
+"""``order-pipeline``: the command line of the local lakehouse (and the Databricks trigger)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_DATA_ROOT = os.environ.get("ORDER_PIPELINE_DATA_ROOT", ".local")
+
+EPILOG = """examples:
+  order-pipeline generate --scale 0.01          land synthetic JSON under .local/landing
+  order-pipeline run                            run the whole job graph of resources/jobs.yml
+  order-pipeline run --task silver_orders       run one task
+  order-pipeline sql --json "select count(*) as n from bronze_orders"
+  order-pipeline quarantine --entity orders --rule status_allowed
+  order-pipeline replay orders --rule customer_exists
+  order-pipeline report                         gold answers as tables
+  order-pipeline trigger --param full_refresh=true   start the deployed job on Databricks
+"""
+
+
+def add_data_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-root",
+        default=DEFAULT_DATA_ROOT,
+        help="root of all local state: landing/, checkpoints/, warehouse/ (default: .local)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="order-pipeline",
+        description="Order-management lakehouse: landing JSON -> bronze -> silver -> gold, on local Spark + Delta.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("setup", help="resolve and cache the Delta Lake jars (once per machine)")
+
+    from order_pipeline.jobs import generate
+
+    p = sub.add_parser("generate", help="land seeded synthetic JSON files (Faker) in the landing folder")
+    generate.configure_parser(p)
+    add_data_root(p)
+
+    p = sub.add_parser("run", help="run the job graph of resources/jobs.yml locally, in dependency order")
+    add_data_root(p)
+    p.add_argument("--task", help="run only this task (e.g. bronze_orders, silver_orders, gold)")
+    p.add_argument("--full-refresh", action="store_true", help="rebuild tables and checkpoints from landing")
+    p.add_argument("--yes", action="store_true", help="do not ask before a full refresh")
+    p.add_argument("--as-of", default="", help="as-of date for gold (default: now)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="job parameter")
+
+    p = sub.add_parser("sql", help="run a query against the local tables")
+    add_data_root(p)
+    p.add_argument("query", nargs="?", help="SQL text (or --file)")
+    p.add_argument("--file", type=Path, help="read the query from a file (e.g. src/queries/*.sql)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="named parameter :KEY")
+    p.add_argument("--json", action="store_true", help="print JSON Lines instead of a table")
+    p.add_argument("--limit", type=int, default=100, help="rows to print (default 100)")
+
+    p = sub.add_parser("quarantine", help="summary of quarantined rows, or the rows themselves with filters")
+    add_data_root(p)
+    p.add_argument("--entity", help="show the rows of this entity")
+    p.add_argument("--rule", help="only rows that failed this rule")
+    p.add_argument("--status", choices=("open", "replayed", "expired"), help="only rows with this status")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="print JSON Lines")
+
+    from order_pipeline.jobs.replay import add_replay_arguments
+
+    p = sub.add_parser("replay", help="re-check quarantined rows against current rules; merge those that pass")
+    add_data_root(p)
+    p.add_argument("entity")
+    add_replay_arguments(p)
+
+    p = sub.add_parser("report", help="print the gold answers")
+    add_data_root(p)
+
+    p = sub.add_parser("demo", help="generate, run the whole workflow and report, in one process")
+    generate.configure_parser(p)
+    add_data_root(p)
+
+    from order_pipeline.jobs import trigger
+
+    p = sub.add_parser("trigger", help="start the deployed job on Databricks and follow it")
+    trigger.configure_parser(p)
+    return parser
+
+
+def key_values(pairs: list[str], option: str) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{option}: expected KEY=VALUE, got {pair!r}")
+        values[key] = value
+    return values
+
+
+def local_context(data_root: str, entity: str | None = None):
+    from order_pipeline.common.config import load_entities, load_profile
+    from order_pipeline.common.job import TaskContext, new_run_id
+    from order_pipeline.common.platform import profile_name
+
+    return TaskContext(
+        profile=load_profile(profile_name(), data_root),
+        entities=load_entities(),
+        run_id=new_run_id(),
+        entity=entity,
+        data_root=Path(data_root),
+    )
+
+
+def open_lakehouse(data_root: str):
+    from order_pipeline.common.io import Lakehouse
+    from order_pipeline.common.spark import get_spark
+
+    ctx = local_context(data_root)
+    spark = get_spark(ctx.profile)
+    Lakehouse(spark, ctx.profile)
+    return spark, ctx
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from order_pipeline.common.spark import resolve_delta_jars
+
+    jars = resolve_delta_jars()
+    print("Delta Lake jars ready:\n  " + "\n  ".join(str(j) for j in jars))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from order_pipeline.common.display import format_table
+    from order_pipeline.common.workflow import bundle_variables, load_job_graph, run_graph
+
+    ctx = local_context(args.data_root)
+    parameters = key_values(args.param, "--param")
+    if args.as_of:
+        parameters["as_of"] = args.as_of
+    if args.full_refresh:
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise SystemExit("--full-refresh drops silver, gold and checkpoints: add --yes to confirm")
+            answer = input(f"Full refresh rebuilds every table under {args.data_root} from landing. Continue? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("cancelled")
+                return 1
+        parameters["full_refresh"] = "true"
+    graph = load_job_graph()
+    variables = bundle_variables(graph.source.parent.parent, ctx.profile)
+    print(f"job {graph.name}: {len(graph.tasks)} tasks from {graph.source}, run {ctx.run_id}")
+    outcomes = run_graph(
+        graph, variables, parameters, ctx.run_id, ["--data-root", args.data_root], only=args.task
+    )
+    print()
+    print(format_table(["task", "status", "seconds", "error"],
+                       [(o.key, o.status, f"{o.seconds:.1f}", o.error or "") for o in outcomes], width=100))  # fmt: skip
+    return 0 if all(o.status == "SUCCESS" for o in outcomes) else 1
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from order_pipeline.common.display import json_lines, show
+
+    if bool(args.query) == bool(args.file):
+        raise SystemExit("sql: give a query or --file, not both")
+    query = args.file.read_text() if args.file else args.query
+    spark, _ = open_lakehouse(args.data_root)
+    params = key_values(args.param, "--param")
+    df = spark.sql(query, args=params) if params else spark.sql(query)
+    if args.json:
+        for line in json_lines(df, args.limit):
+            print(line)
+    else:
+        print(show(df, args.limit, width=60))
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from order_pipeline.common.display import json_lines, show
+    from order_pipeline.jobs.report import quarantine_rows, quarantine_summary
+
+    spark, ctx = open_lakehouse(args.data_root)
+    if args.entity:
+        if args.entity not in ctx.entities:
+            raise SystemExit(f"--entity {args.entity!r}: not in conf/pipeline.yml ({', '.join(ctx.entities)})")
+        df = quarantine_rows(spark, args.entity, args.rule, args.status)
+    else:
+        df = quarantine_summary(spark, list(ctx.entities), args.status)
+        if args.rule:
+            df = df.where(df.rule == args.rule)
+    if args.json:
+        print("\n".join(json_lines(df, args.limit)))
+    else:
+        print(show(df, args.limit, width=90))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from order_pipeline.common.job import run_task
+    from order_pipeline.jobs import replay
+    from order_pipeline.quality.quarantine import OPEN
+
+    ctx = local_context(args.data_root, args.entity)
+    ctx.entity_spec()
+    statuses = tuple(args.status or (OPEN,))
+    run_task(f"replay_{args.entity}", ctx, lambda s, c: replay.run(s, c, args.rule, statuses))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from order_pipeline.jobs.report import gold_report
+
+    spark, ctx = open_lakehouse(args.data_root)
+    print(gold_report(spark, list(ctx.entities)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    started = time.monotonic()
+    print("== 1/3 generate synthetic data ==")
+    cmd_generate(args)
+    print("\n== 2/3 run the workflow (resources/jobs.yml) ==")
+    run_args = argparse.Namespace(
+        data_root=args.data_root, task=None, full_refresh=False, yes=False, as_of="", param=[]
+    )
+    status = cmd_run(run_args)
+    print("\n== 3/3 report ==")
+    cmd_report(args)
+    print(f"\ndemo finished in {time.monotonic() - started:.0f}s; data under {args.data_root}/")
+    return status
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from order_pipeline.jobs import generate
+
+    return generate.run_cli(args)
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    from order_pipeline.jobs import trigger
+
+    return trigger.run_cli(args)
+
+
+COMMANDS = {
+    "setup": cmd_setup,
+    "generate": cmd_generate,
+    "run": cmd_run,
+    "sql": cmd_sql,
+    "quarantine": cmd_quarantine,
+    "replay": cmd_replay,
+    "report": cmd_report,
+    "demo": cmd_demo,
+    "trigger": cmd_trigger,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from order_pipeline.common.config import ConfigError
+    from order_pipeline.common.spark import SparkSetupError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, SparkSetupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""What users look at: the quarantine and the gold answers, as DataFrames to print."""
+
+from __future__ import annotations
+
+from functools import reduce
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from order_pipeline.common import gold
+from order_pipeline.common.display import show
+from order_pipeline.common.io import bronze_table, deferred_table, quarantine_table, silver_table
+
+
+def existing(spark: SparkSession, tables: list[str]) -> list[str]:
+    return [t for t in tables if spark.catalog.tableExists(t)]
+
+
+def quarantine_summary(spark: SparkSession, entities: list[str], status: str | None = None) -> DataFrame:
+    """Per entity, rule and status: rows, oldest and newest quarantine time."""
+    parts = [
+        spark.table(quarantine_table(e)).select(F.lit(e).alias("entity"), F.explode("reasons").alias("rule"),
+                                                "status", "quarantined_at")  # fmt: skip
+        for e in entities
+        if spark.catalog.tableExists(quarantine_table(e))
+    ]
+    if not parts:
+        return spark.createDataFrame([], "entity string, rule string, status string, rows bigint, oldest timestamp, newest timestamp")
+    rows = reduce(DataFrame.unionByName, parts)
+    if status:
+        rows = rows.where(F.col("status") == status)
+    return (
+        rows.groupBy("entity", "rule", "status")
+        .agg(F.count(F.lit(1)).alias("rows"), F.min("quarantined_at").alias("oldest"), F.max("quarantined_at").alias("newest"))
+        .orderBy("entity", "rule", "status")
+    )
+
+
+def quarantine_rows(
+    spark: SparkSession, entity: str, rule: str | None, status: str | None
+) -> DataFrame:
+    rows = spark.table(quarantine_table(entity))
+    if rule:
+        rows = rows.where(F.array_contains("reasons", rule))
+    if status:
+        rows = rows.where(F.col("status") == status)
+    return rows.select(
+        "status",
+        "reasons",
+        F.coalesce(F.col("raw_record"), F.to_json("record")).alias("record"),
+        F.regexp_extract("source_file", r"[^/]+$", 0).alias("file"),
+        "batch_id",
+        "quarantined_at",
+    ).orderBy("quarantined_at", "file")
+
+
+def table_counts(spark: SparkSession, entities: list[str]) -> DataFrame:
+    rows = []
+    for e in entities:
+        counts = []
+        for table in (bronze_table(e), silver_table(e), quarantine_table(e), deferred_table(e)):
+            counts.append(spark.table(table).count() if spark.catalog.tableExists(table) else None)
+        rows.append((e, *counts))
+    return spark.createDataFrame(rows, "entity string, bronze bigint, silver bigint, quarantine bigint, deferred bigint")
+
+
+def gold_report(spark: SparkSession, entities: list[str]) -> str:
+    sections = ["Tables", show(table_counts(spark, entities))]
+    if not spark.catalog.tableExists(gold.ORDER_DETAILS):
+        sections.append("\nNo gold tables yet: run `order-pipeline run` first.")
+        return "\n".join(sections)
+    sections += [
+        "\nMost sold product, last 30 days (gold_most_sold_product_last_30d)",
+        show(spark.table(gold.MOST_SOLD_LAST_30D)),
+        "\nOrder completion (gold_order_completion_status)",
+        show(
+            spark.table(gold.ORDER_COMPLETION_STATUS)
+            .groupBy("completion_status")
+            .agg(F.count(F.lit(1)).alias("orders"), F.sum("total_items").alias("items"),
+                 F.sum("delivered_items").alias("delivered_items"))  # fmt: skip
+            .orderBy("completion_status")
+        ),
+        "\nMonthly sales, delivered items (gold_product_sales_monthly)",
+        show(
+            spark.table(gold.PRODUCT_SALES_MONTHLY)
+            .groupBy("month")
+            .agg(F.sum("units").alias("units"), F.sum("revenue").alias("revenue"),
+                 F.sum("orders").alias("product_orders"), F.count(F.lit(1)).alias("products"))  # fmt: skip
+            .orderBy(F.col("month").desc()),
+            limit=24,
+        ),
+        "\nQuarantine (open rows by rule; `order-pipeline quarantine` for details)",
+        show(quarantine_summary(spark, entities, status=None)),
+    ]
+    return "\n".join(sections)

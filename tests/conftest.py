@@ -1,0 +1,58 @@
+"""One local Spark session for the whole test run, small-data settings, and a fresh
+lakehouse (own schema, own folders) per test that needs one."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("ORDER_PIPELINE_MASTER", "local[2]")
+
+TEST_SPARK_SETTINGS = {
+    "spark.sql.shuffle.partitions": "1",
+    "spark.default.parallelism": "2",
+    "spark.databricks.delta.snapshotPartitions": "1",
+    "spark.sql.sources.parallelPartitionDiscovery.threshold": "32",
+    "spark.ui.enabled": "false",
+    "spark.sql.adaptive.enabled": "false",
+    "spark.databricks.delta.stalenessLimit": "0",
+    "spark.sql.streaming.minBatchesToRetain": "10",
+    "spark.driver.memory": "2g",
+}
+
+
+def make_context(root: Path, **overrides):
+    from order_pipeline.common.config import load_entities, load_profile
+    from order_pipeline.common.job import TaskContext
+
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    profile = load_profile("local", root, {"schema": schema})
+    profile = replace(profile, spark={**profile.spark, **TEST_SPARK_SETTINGS})
+    return TaskContext(
+        profile=profile,
+        entities=load_entities(),
+        run_id=f"test-{uuid.uuid4().hex[:6]}",
+        data_root=root,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    from order_pipeline.common.spark import get_spark, stop_spark
+
+    ctx = make_context(tmp_path_factory.mktemp("spark"))
+    session = get_spark(ctx.profile, app_name="order-pipeline-tests")
+    yield session
+    stop_spark()
+
+
+@pytest.fixture
+def ctx(spark, tmp_path: Path):
+    """A task context on a fresh schema and data root; tests replace() entity etc."""
+    return make_context(tmp_path)

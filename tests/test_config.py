@@ -1,0 +1,103 @@
+"""Configuration fails on load, naming the file and the key at fault."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from order_pipeline.common.config import ConfigError, conf_dir, load_entities, load_profile
+from order_pipeline.quality.rules import load_rules
+
+
+@pytest.fixture
+def conf_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    target = tmp_path / "conf"
+    shutil.copytree(conf_dir(), target)
+    monkeypatch.setenv("ORDER_PIPELINE_CONF", str(target))
+    return target
+
+
+def replace_in(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_contract_entities_load_with_keys_and_types() -> None:
+    entities = load_entities()
+    assert {n: e.key for n, e in entities.items()} == {
+        "customers": "customer_id", "products": "product_id",
+        "orders": "order_id", "line_items": "line_item_id",
+    }  # fmt: skip
+    assert entities["products"].fields["price"] == "decimal(10,2)"
+    assert entities["line_items"].parents == ("orders", "products")
+
+
+def test_local_profile_places_everything_under_the_data_root(tmp_path: Path) -> None:
+    profile = load_profile("local", tmp_path)
+    root = str(tmp_path.resolve())
+    assert profile.landing_root == f"{root}/landing"
+    assert profile.checkpoint_root == f"{root}/checkpoints"
+    assert profile.warehouse_root == f"{root}/warehouse"
+    assert profile.trigger == "available_now"
+    assert profile.quality.defer_max_age_seconds == 7 * 86400
+
+
+def test_databricks_profile_uses_volumes_and_auto_loader(tmp_path: Path) -> None:
+    profile = load_profile("databricks", tmp_path, {"catalog": "dev", "schema": "orders"})
+    assert profile.landing_root == "/Volumes/dev/orders/landing"
+    assert profile.source_format == "cloudFiles"
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "key"),
+    [
+        ("pipeline.yml", "key: order_id", "key: order_number", "entities.orders"),
+        ("pipeline.yml", "quantity: int", "quantity: integer-ish", "entities.line_items"),
+        ("pipeline.yml", "parents: [customers]", "parents: [clients]", "entities.orders.parents"),
+        ("local.yml", "trigger: available_now", "trigger: sometimes", "trigger"),
+        ("local.yml", "defer_max_age: 7 days", "defer_max_age: a week", "quality.defer_max_age"),
+        ("local.yml", "profile: local", "profile: local\nwarehouse: x", "warehouse"),
+    ],
+)
+def test_bad_setting_names_file_and_key(
+    conf_copy: Path, file: str, old: str, new: str, key: str
+) -> None:
+    replace_in(conf_copy / file, old, new)
+    with pytest.raises(ConfigError) as error:
+        load_entities() if file == "pipeline.yml" else load_profile("local")
+    assert error.value.file.endswith(file)
+    assert error.value.key == key
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key_part"),
+    [
+        ("severity: defer", "severity: later", "severity"),
+        ("kind: in_set", "kind: one_of", "kind"),
+        ("column: quantity\n    min: 0", "column: qty\n    min: 0", "column"),
+        ("parent: orders", "parent: baskets", "parent"),
+        (
+            "    strict_min: true\n    severity: quarantine\n    description: A line item orders",
+            "    strict_minimum: true\n    severity: quarantine\n    description: A line item orders",
+            "strict_minimum",
+        ),
+    ],
+)
+def test_bad_rule_names_file_and_key(conf_copy: Path, old: str, new: str, key_part: str) -> None:
+    path = conf_copy / "quality" / "line_items.yml"
+    replace_in(path, old, new)
+    entities = load_entities()
+    with pytest.raises(ConfigError) as error:
+        load_rules(entities["line_items"], entities)
+    assert error.value.file.endswith("line_items.yml")
+    assert error.value.key.startswith("rules[")
+    assert key_part in error.value.key
+
+
+def test_invalid_yaml_is_reported_with_the_file(conf_copy: Path) -> None:
+    (conf_copy / "pipeline.yml").write_text("entities: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"pipeline\.yml: <file>: not valid YAML"):
+        load_entities()

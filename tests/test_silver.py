@@ -1,0 +1,179 @@
+"""Silver: the quality gate, newest-wins MERGE, deferred parents, fail rules, alerts."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from decimal import Decimal
+
+import pytest
+from builders import customer, land, line_item, order, product
+from pipeline_helpers import quarantine_rows, run_all, run_entity, silver_rows, versions
+
+from order_pipeline.quality.gate import QualityFailure
+from order_pipeline.quality.silver import QuarantineRatioExceeded
+
+TS = datetime.fromisoformat
+
+
+def test_gate_quarantines_each_failed_rule_and_merges_the_rest(spark, ctx) -> None:
+    land(ctx.profile.landing_root, "line_items", [
+        line_item("L1"),
+        line_item("L2", quantity=0),
+        line_item("L3", unit_price=-1.0),
+        line_item("L4", status="lost"),
+        line_item(None),
+        line_item("L6", updated_at=None),
+        line_item("L7", quantity=0, status="lost"),
+        '{"line_item_id": "L8", "quantity": ',
+    ])  # fmt: skip
+    land(ctx.profile.landing_root, "orders", [order("O1")])
+    land(ctx.profile.landing_root, "customers", [customer("C1")])
+    land(ctx.profile.landing_root, "products", [product("P1")])
+    run_all(spark, ctx, ("customers", "products", "orders"))
+    with pytest.raises(QuarantineRatioExceeded, match="7 of 8 rows"):  # written, then alerted
+        run_entity(spark, ctx, "line_items")
+    assert silver_rows(spark, "line_items") == {
+        ("L1", "O1", "P1", 1, Decimal("9.99"), "pending", None, TS("2026-05-01 10:00:00"))
+    }
+    assert quarantine_rows(spark, "line_items") == [
+        (None, ("line_item_id_not_null",), "open", None),
+        (None, ("malformed_record",), "open", '{"line_item_id": "L8", "quantity": '),
+        ("L2", ("quantity_positive",), "open", None),
+        ("L3", ("unit_price_not_negative",), "open", None),
+        ("L4", ("status_allowed",), "open", None),
+        ("L6", ("updated_at_not_null",), "open", None),
+        ("L7", ("quantity_positive", "status_allowed"), "open", None),
+    ]  # fmt: skip
+
+
+def test_warn_rows_are_kept_and_flagged(spark, ctx) -> None:
+    land(ctx.profile.landing_root, "customers", [customer("C1", country="Germany"), customer("C2")])
+    run_entity(spark, ctx, "customers")
+    flags = {
+        r.customer_id: list(r._quality_warnings) for r in spark.table("silver_customers").collect()
+    }
+    assert flags == {"C1": ["country_iso2"], "C2": []}
+
+
+def test_newest_snapshot_wins_and_a_late_older_one_never_overwrites(spark, ctx) -> None:
+    landing = ctx.profile.landing_root
+    land(landing, "customers", [customer("C1", city="Paris", updated_at="2026-05-02T00:00:00Z"),
+                                customer("C1", city="Rome", updated_at="2026-05-01T00:00:00Z"),
+                                customer("C1", email="broken", updated_at="2026-05-09T00:00:00Z")])  # fmt: skip
+    run_entity(spark, ctx, "customers")
+    land(landing, "customers", [customer("C1", city="Oslo", updated_at="2026-04-01T00:00:00Z")])
+    run_entity(spark, ctx, "customers")
+    assert [(r.city, r.updated_at) for r in spark.table("silver_customers").collect()] == [
+        ("Paris", TS("2026-05-02 00:00:00"))
+    ]
+
+
+def test_offset_timestamps_compare_as_instants(spark, ctx) -> None:
+    landing = ctx.profile.landing_root
+    land(landing, "customers", [customer("C1", city="Paris", updated_at="2026-05-02T00:00:00Z")])
+    run_entity(spark, ctx, "customers")
+    land(
+        landing, "customers", [customer("C1", city="Lima", updated_at="2026-05-02T01:00:00+02:00")]
+    )
+    run_entity(spark, ctx, "customers")
+    assert [r.city for r in spark.table("silver_customers").collect()] == [
+        "Paris"
+    ]  # 23:00Z the day before
+    land(
+        landing, "customers", [customer("C1", city="Kyiv", updated_at="2026-05-02T03:00:00+02:00")]
+    )
+    run_entity(spark, ctx, "customers")
+    assert [r.city for r in spark.table("silver_customers").collect()] == ["Kyiv"]  # 01:00Z
+
+
+def test_ties_break_the_same_way_whatever_the_arrival_order(spark, ctx, tmp_path) -> None:
+    from conftest import make_context
+
+    a = customer("C1", city="Amsterdam")
+    b = customer("C1", city="Berlin")
+    land(ctx.profile.landing_root, "customers", [a, b], name="same.json")
+    run_entity(spark, ctx, "customers")
+    first = silver_rows(spark, "customers")
+    other = make_context(tmp_path / "other")
+    land(other.profile.landing_root, "customers", [b], name="same.json")
+    run_entity(spark, other, "customers")
+    land(other.profile.landing_root, "customers", [a], name="same.json.2.json")
+    run_entity(spark, other, "customers")
+    second = silver_rows(spark, "customers")
+    # same updated_at: the tie is broken on the other columns in contract order (city: B > A)
+    assert [r[5] for r in first] == ["Berlin"]
+    assert second == first
+
+
+def test_child_before_parent_is_deferred_then_promoted(spark, ctx) -> None:
+    landing = ctx.profile.landing_root
+    land(landing, "customers", [customer("C1")])
+    land(landing, "products", [product("P1")])
+    land(landing, "line_items", [line_item("L1", order_id="O1")])
+    run_all(spark, ctx)
+    assert spark.table("silver_line_items").count() == 0
+    assert [r.line_item_id for r in spark.table("deferred_line_items").collect()] == ["L1"]
+    assert spark.table("quarantine_line_items").count() == 0
+    land(landing, "orders", [order("O1")])
+    run_all(spark, ctx)
+    assert [r.line_item_id for r in spark.table("silver_line_items").collect()] == ["L1"]
+    assert spark.table("deferred_line_items").count() == 0
+
+
+def test_orphan_expires_into_quarantine_after_the_limit(spark, ctx) -> None:
+    ctx = replace(
+        ctx,
+        profile=replace(ctx.profile, quality=replace(ctx.profile.quality, defer_max_age_seconds=0)),
+    )
+    land(ctx.profile.landing_root, "customers", [customer("C1")])
+    land(ctx.profile.landing_root, "orders", [order("O1", customer_id="C404"), order("O2")])
+    run_all(spark, ctx, ("customers", "orders"))
+    assert [r.order_id for r in spark.table("silver_orders").collect()] == ["O2"]
+    assert spark.table("deferred_orders").count() == 0
+    assert quarantine_rows(spark, "orders") == [("O1", ("customer_exists",), "expired", None)]
+
+
+def test_fail_rule_stops_the_run_naming_the_rule_and_a_sample(
+    spark, ctx, monkeypatch, tmp_path
+) -> None:
+    import shutil
+
+    from order_pipeline.common.config import conf_dir
+
+    conf = tmp_path / "conf"
+    shutil.copytree(conf_dir(), conf)
+    rules = conf / "quality" / "products.yml"
+    rules.write_text(rules.read_text().replace(
+        "  - name: price_positive\n    kind: range\n    column: price\n    min: 0\n    strict_min: true\n    severity: quarantine",
+        "  - name: price_positive\n    kind: range\n    column: price\n    min: 0\n    strict_min: true\n    severity: fail",
+    ))  # fmt: skip
+    monkeypatch.setenv("ORDER_PIPELINE_CONF", str(conf))
+    land(ctx.profile.landing_root, "products", [product("P1"), product("P2", price=-5)])
+    with pytest.raises(Exception, match=r"price_positive.*severity fail.*P2"):
+        run_entity(spark, ctx, "products")
+    assert spark.table("silver_products").count() == 0
+
+
+def test_quarantine_share_above_the_limit_fails_the_task(spark, ctx) -> None:
+    land(
+        ctx.profile.landing_root,
+        "products",
+        [product("P1"), product("P2", price=0), product("P3", price=0)],
+    )
+    with pytest.raises(QuarantineRatioExceeded, match=r"2 of 3 rows .*66\.7%.*products\.yml"):
+        run_entity(spark, ctx, "products")
+    assert silver_rows(spark, "products") == {
+        ("P1", "Widget", "Tools", Decimal("9.99"), TS("2026-05-01 10:00:00"))
+    }
+
+
+def test_rerun_without_new_data_changes_no_table_version(spark, ctx) -> None:
+    land(ctx.profile.landing_root, "customers", [customer("C1"), customer("C2", email="nope")])
+    land(ctx.profile.landing_root, "orders", [order("O1"), order("O2", customer_id="C9")])
+    run_all(spark, ctx, ("customers", "orders"))
+    tables = ["bronze_orders", "silver_orders", "quarantine_orders", "deferred_orders", "silver_customers",
+              "quarantine_customers", "ops_quality_metrics"]  # fmt: skip
+    before = versions(spark, ctx, tables)
+    run_all(spark, ctx, ("customers", "orders"))
+    assert versions(spark, ctx, tables) == before

@@ -302,7 +302,7 @@ def test_an_unreachable_workspace_is_named(api: JobsApiStandIn) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    config = Config(host=f"http://127.0.0.1:{closed_port}", token="x", retry_timeout_seconds=0)
+    config = Config(host=f"http://127.0.0.1:{closed_port}", token="x", retry_timeout_seconds=1)
 
     code, _, errors = _trigger(api, client=WorkspaceClient(config=config))
 

@@ -8,6 +8,7 @@ resolution happens at session start. On Databricks: the runtime's own session.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -132,11 +133,17 @@ def get_spark(profile: Profile, app_name: str = "order-pipeline") -> SparkSessio
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.streaming.stopTimeout", "60s")
         .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
+        # Delta 4.1's SQL parser drops named parameter markers on Spark 4.1
+        # (delta-io/delta#7640); the legacy substitution binds them before parsing.
+        .config("spark.sql.legacy.parameterSubstitution.constantsOnly", "true")
+        .config("spark.log.structuredLogging.enabled", "false")
     )
     for key, value in profile.spark.items():
         builder = builder.config(key, value)
     _session = builder.getOrCreate()
     _session.sparkContext.setLogLevel(os.environ.get("ORDER_PIPELINE_SPARK_LOG", "ERROR"))
+    # PySpark logs every SQL error as JSON before raising it; the raised error suffices.
+    logging.getLogger("SQLQueryContextLogger").setLevel(logging.CRITICAL)
     return _session
 
 

@@ -4,6 +4,7 @@ lakehouse (own schema, own folders) per test that needs one."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("ORDER_PIPELINE_MASTER", "local[2]")
+os.environ["TZ"] = "UTC"  # collected timestamps are naive: read them as UTC
+time.tzset()
 
 TEST_SPARK_SETTINGS = {
     "spark.sql.shuffle.partitions": "1",

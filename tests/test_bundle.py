@@ -228,7 +228,9 @@ BUNDLE_CONFIG_SCHEMA: dict[str, Any] = _obj(
     }
 )
 
-# Model class per resource type ("jobs" -> databricks.bundles.jobs.Job, ...).
+# Model class per resource type ("jobs" -> databricks.bundles.jobs.Job, ...). The registry is
+# internal to databricks-bundles, but it is the generated list of every resource type the
+# package (and the CLI of the same version) knows.
 RESOURCE_MODELS: dict[str, type] = {rt.plural_name: rt.resource_type for rt in _ResourceType.all()}
 
 # ${a.b[0].c}: the CLI's reference syntax (libs/dyn/dynvar).
@@ -306,8 +308,8 @@ def _read_yaml(path: Path, label: str, bundle: Bundle) -> dict[str, Any] | None:
 
 def _merge_file(bundle: Bundle, label: str, data: dict[str, Any]) -> None:
     """Merge one file's sections into the bundle; a name defined twice is a problem."""
-    for rtype, items in (data.get("resources") or {}).items():
-        for key, spec in (items or {}).items():
+    for rtype, items in _mapping(data.get("resources")).items():
+        for key, spec in _mapping(items).items():
             if (rtype, key) in bundle.resource_files:
                 first = bundle.resource_files[(rtype, key)]
                 bundle.problems.append(
@@ -318,7 +320,7 @@ def _merge_file(bundle: Bundle, label: str, data: dict[str, Any]) -> None:
             bundle.resource_files[(rtype, key)] = label
     for section in ("variables", "targets", "artifacts"):
         merged: dict[str, Any] = getattr(bundle, section)
-        for name, value in (data.get(section) or {}).items():
+        for name, value in _mapping(data.get(section)).items():
             if name in merged:
                 bundle.problems.append(f"{label}: {section}.{name}: defined in two files")
             merged[name] = value
@@ -356,8 +358,8 @@ def _check_config_schema(bundle: Bundle) -> list[str]:
             problems.append(f"{label}: {_dotted(error.absolute_path) or '<top>'}: {error.message}")
     for label, data in bundle.files.items():
         run_as_places = [("run_as", data.get("run_as"))] + [
-            (f"targets.{name}.run_as", (target or {}).get("run_as"))
-            for name, target in (data.get("targets") or {}).items()
+            (f"targets.{name}.run_as", _mapping(target).get("run_as"))
+            for name, target in _mapping(data.get("targets")).items()
         ]
         for key, run_as in run_as_places:
             if run_as is not None:
@@ -380,8 +382,8 @@ def _check_target_overrides(bundle: Bundle) -> list[str]:
     problems = []
     for target_name, target in bundle.targets.items():
         label = _file_defining(bundle, "targets", target_name)
-        for rtype, items in ((target or {}).get("resources") or {}).items():
-            for key, override in (items or {}).items():
+        for rtype, items in _mapping(_mapping(target).get("resources")).items():
+            for key, override in _mapping(items).items():
                 path = f"targets.{target_name}.resources.{rtype}.{key}"
                 base = bundle.resources.get(rtype, {}).get(key)
                 if base is None:
@@ -392,12 +394,12 @@ def _check_target_overrides(bundle: Bundle) -> list[str]:
                     merged = _deep_merge(base, override)
                     problems += _check_model(model, merged, path, label)
         declared = set(bundle.variables)
-        for name in ((target or {}).get("variables") or {}).keys() - declared:
+        for name in _mapping(_mapping(target).get("variables")).keys() - declared:
             problems.append(
                 f"{label}: targets.{target_name}.variables.{name}: variable is not declared "
                 f"under variables (declared: {', '.join(sorted(declared))})"
             )
-    defaults = [name for name, t in bundle.targets.items() if (t or {}).get("default") is True]
+    defaults = [name for name, t in bundle.targets.items() if _mapping(t).get("default") is True]
     if len(defaults) != 1:
         problems.append(
             f"databricks.yml: targets: exactly one target needs default: true, got {defaults}"
@@ -441,7 +443,7 @@ def _check_variables(bundle: Bundle) -> list[str]:
             kind = "a list or mapping" if complex_ else "a single value (or set type: complex)"
             problems.append(f"{label}: variables.{name}.default: expected {kind}")
         for target_name, target in bundle.targets.items():
-            overrides = (target or {}).get("variables") or {}
+            overrides = _mapping(target).get("variables") or {}
             has_value = "default" in spec or "lookup" in spec or name in overrides
             if not has_value:
                 problems.append(
@@ -484,7 +486,7 @@ def _check_jobs(bundle: Bundle, distribution: str, load_entry_points: bool) -> l
     for key, job in bundle.jobs.items():
         label = bundle.resource_files[("jobs", key)]
         prefix = f"resources.jobs.{key}"
-        tasks = [t for t in (job or {}).get("tasks") or [] if isinstance(t, dict)]
+        tasks = [t for t in _mapping(job).get("tasks") or [] if isinstance(t, dict)]
         problems += [f"{label}: {p}" for p in _task_graph_problems(tasks, prefix)]
         problems += [f"{label}: {p}" for p in _dynamic_reference_problems(job, tasks, prefix)]
         problems += [
@@ -587,13 +589,13 @@ def _environment_problems(
                 f"{prefix}.tasks[{i}].environment_key: no environment {key!r} in this job"
             )
     wheel_dirs = {
-        (bundle.root / (spec or {}).get("path", ".") / "dist").resolve()
+        (bundle.root / _mapping(spec).get("path", ".") / "dist").resolve()
         for spec in bundle.artifacts.values()
-        if (spec or {}).get("type") == "whl"
+        if _mapping(spec).get("type") == "whl"
     }
     file_dir = (bundle.root / label).parent
     for j, (env_key, env) in enumerate(environments.items()):
-        deps = ((env.get("spec") or {}).get("dependencies")) or []
+        deps = _mapping(env.get("spec")).get("dependencies") or []
         for k, dep in enumerate(deps):
             local_wheel = isinstance(dep, str) and dep.endswith(".whl") and dep.startswith(".")
             if local_wheel and (file_dir / dep).resolve().parent not in wheel_dirs:
@@ -802,9 +804,14 @@ def _merge_keyed_lists(base: list[Any], override: list[Any]) -> list[Any]:
 
 def _file_defining(bundle: Bundle, section: str, name: str) -> str:
     for label, data in bundle.files.items():
-        if name in (data.get(section) or {}):
+        if name in _mapping(data.get(section)):
             return label
     return "databricks.yml"
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """``value`` if it is a mapping, else {} (the schema check reports the wrong shape)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _normalize(name: str) -> str:

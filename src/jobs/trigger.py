@@ -285,7 +285,7 @@ def _refresh(client: WorkspaceClient, run: Run) -> Run:
 
 # --- run and task states ----------------------------------------------------------------
 
-_RUN = "run"
+_RUN = ""  # snapshot key of the run itself (a task key is never empty)
 
 
 def _snapshot(run: Run) -> dict[str, str]:

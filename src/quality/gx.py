@@ -187,20 +187,32 @@ def _entry(rule: Rule, **values: Any) -> dict[str, Any]:
     return entry
 
 
+def _exception_message(info: dict[str, Any] | None) -> str | None:
+    """GX reports an expectation's own error flat, and a failed metric keyed by metric."""
+    if not info:
+        return None
+    found = (
+        [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    )
+    messages = [f.get("exception_message") or "error" for f in found if f.get("raised_exception")]
+    return "; ".join(messages) or None
+
+
 def _validated_entry(rule: Rule, result: Any) -> dict[str, Any]:
     config = result.expectation_config
     details = result.result or {}
-    raised = (result.exception_info or {}).get("raised_exception", False)
+    error = _exception_message(result.exception_info)
+    # UnexpectedRowsExpectation reports its unexpected rows as observed_value.
     unexpected = details.get("unexpected_count", details.get("observed_value"))
     return _entry(
         rule,
         expectation=config.type,
         column=config.kwargs.get("column"),
-        status="error" if raised else "validated",
+        status="error" if error else "validated",
         success=bool(result.success),
         element_count=details.get("element_count"),
         unexpected_count=None if unexpected is None else int(unexpected),
-        exception=(result.exception_info or {}).get("exception_message") if raised else None,
+        exception=error,
     )
 
 
@@ -224,7 +236,12 @@ def validate_batch(rules: RuleSet, df: DataFrame) -> dict[str, Any]:
     if suite:
         with _VALIDATION_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            outcome = _run_suite(rules.entity, df, suite)
+            cached_here = _cache(df)
+            try:
+                outcome = _run_suite(rules.entity, df, suite)
+            finally:
+                if cached_here:
+                    df.unpersist()
     by_key = {
         (r.expectation_config.meta["rule"], r.expectation_config.meta.get("column")): r
         for r in (outcome.results if outcome is not None else ())
@@ -237,9 +254,8 @@ def validate_batch(rules: RuleSet, df: DataFrame) -> dict[str, Any]:
         for expectation in expectations:
             entry = _validated_entry(rule, by_key[(rule.name, expectation.meta.get("column"))])
             entries.append(entry)
-            if entry["element_count"] is not None and not getattr(
-                expectation, "row_condition", None
-            ):
+            whole_batch = getattr(expectation, "row_condition", None) is None
+            if whole_batch and entry["element_count"] is not None:
                 row_counts.append(entry["element_count"])
 
     statistics: dict[str, Any] = {
@@ -259,6 +275,20 @@ def validate_batch(rules: RuleSet, df: DataFrame) -> dict[str, Any]:
         "gx_version": gx.__version__,
         "results": entries,
     }
+
+
+def _cache(df: DataFrame) -> bool:
+    """Cache the batch for GX's passes over it (about ten Spark jobs for a suite: metric
+    bundles, row counts, queries); True when this call cached it and must unpersist."""
+    from pyspark.errors import PySparkException
+
+    try:
+        if df.is_cached:
+            return False
+        df.persist()
+    except PySparkException:  # e.g. serverless compute, which has no DataFrame cache
+        return False
+    return True
 
 
 def _run_suite(entity: str, df: DataFrame, expectations: list[Any]) -> Any:

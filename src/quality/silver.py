@@ -117,8 +117,9 @@ class Silver:
         checked = self.check(batch).persist()
         try:
             outcome = split_by_outcome(checked)
-            raise_on_failing(self.rules, outcome.failing, self.entity.columns)
             counts = count_outcomes(self.rules, checked)
+            if counts.failing:
+                raise_on_failing(self.rules, outcome.failing, self.entity.columns)
             self.fault_hook("checked", batch_id)
             self.write_batch(outcome, counts, batch_id, Txn(app_id, batch_id))
             if self.quality.gx_validation:
@@ -163,10 +164,12 @@ class Silver:
         checked = self.check(pending.transform(deferred_as_candidates(self.entity))).persist()
         try:
             outcome = split_by_outcome(checked)
-            raise_on_failing(self.rules, outcome.failing, self.entity.columns)
+            counts = count_outcomes(self.rules, checked)
+            if counts.failing:
+                raise_on_failing(self.rules, outcome.failing, self.entity.columns)
             expired = outcome.deferred.where(F.col(DEFERRED_AT) <= F.lit(cutoff))
-            promoted_n, expired_n = outcome.passed.count(), expired.count()
-            requarantined_n = outcome.quarantined.count()
+            promoted_n, requarantined_n = counts.passed, counts.quarantined
+            expired_n = expired.count() if counts.deferred else 0
             if promoted_n:
                 merge_latest(self.lake, self.silver, outcome.passed, self.entity, self.run_id)
             to_quarantine = (

@@ -1,0 +1,155 @@
+"""A naive Spark baseline, as many teams write it: every run batch-reads ALL landed JSON,
+applies the same rules, keeps the latest snapshot per key and overwrites the silver,
+quarantine and gold Delta tables. No streams, no checkpoints, no MERGE: the cost of a run
+grows with history, not with the new data.
+
+It reuses the project's session factory, rules, gate and gold transforms, so the only
+difference from the pipeline is the recompute-everything shape.
+
+    python -m benchmarks.naive_spark --landing L --data-root DIR --as-of TS --result R.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
+
+from benchmarks.common import (
+    ENTITY_ORDER,
+    ChildResult,
+    error_text,
+    timed,
+    write_child_result,
+)
+from order_pipeline.common import gold
+from order_pipeline.common.config import Entity, load_entities, load_profile
+from order_pipeline.common.io import (
+    CORRUPT_RECORD,
+    RESCUED_DATA,
+    SOURCE_FILE,
+    Lakehouse,
+    quarantine_table,
+    silver_table,
+)
+from order_pipeline.common.spark import get_spark
+from order_pipeline.common.upsert import WARNINGS, latest_per_key
+from order_pipeline.quality.gate import apply_quality_gate, raise_on_failing, split_by_outcome
+from order_pipeline.quality.rules import load_rules
+
+SCHEMA = "naive"
+
+
+def read_landing(spark: SparkSession, landing: Path, entity: Entity) -> DataFrame:
+    """All landed lines of one entity, parsed with the contract schema; lines that do not
+    parse are kept with their raw text (PERMISSIVE), as the pipeline's bronze does."""
+    schema = StructType.fromDDL(f"{entity.ddl()}, `{CORRUPT_RECORD}` string")
+    return (
+        spark.read.schema(schema)
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
+        .option("pathGlobFilter", "*.json")
+        .json(str(landing / entity.name))
+        .select(
+            *entity.columns,
+            F.col(CORRUPT_RECORD),
+            F.lit(None).cast("string").alias(RESCUED_DATA),
+            F.col("_metadata.file_path").alias(SOURCE_FILE),
+        )
+    )
+
+
+def rebuild_silver(
+    lake: Lakehouse, landing: Path, entities: dict[str, Entity], name: str
+) -> dict[str, int]:
+    """Recompute silver_<name> from every landed line; parents are read from the silver
+    tables this run has just rebuilt, so a late parent is found without deferral."""
+    entity = entities[name]
+    rules = load_rules(entity, entities)
+    parents = {
+        r.parent: lake.read(silver_table(r.parent)).select(entities[r.parent].key)
+        for r in rules.rules
+        if r.kind == "foreign_key"
+    }
+    checked = (
+        read_landing(lake.spark, landing, entity)
+        .transform(apply_quality_gate(rules, parents))
+        .persist()
+    )
+    try:
+        outcome = split_by_outcome(checked)
+        raise_on_failing(rules, outcome.failing, entity.columns)
+        latest = outcome.passed.transform(latest_per_key(entity)).select(
+            *entity.columns, WARNINGS, SOURCE_FILE
+        )
+        lake.overwrite(latest, silver_table(name))
+        lake.overwrite(outcome.quarantined, quarantine_table(name))
+        return {"read": checked.count(), "silver": lake.read(silver_table(name)).count()}
+    finally:
+        checked.unpersist()
+
+
+def rebuild_gold(lake: Lakehouse, as_of: datetime) -> None:
+    silver = {name: lake.read(silver_table(name)) for name in ENTITY_ORDER}
+    details = gold.order_details(
+        silver["line_items"], silver["orders"], silver["customers"], silver["products"]
+    )
+    lake.overwrite(details, gold.ORDER_DETAILS)
+    lake.overwrite(
+        gold.product_sales_monthly(lake.read(gold.ORDER_DETAILS)), gold.PRODUCT_SALES_MONTHLY
+    )
+    lake.overwrite(
+        gold.order_completion_status(silver["orders"], silver["line_items"]),
+        gold.ORDER_COMPLETION_STATUS,
+    )
+    lake.overwrite(gold.most_sold_product_last_30d(lake.spark, as_of), gold.MOST_SOLD_LAST_30D)
+
+
+def table_counts(lake: Lakehouse) -> dict[str, int]:
+    tables = [silver_table(n) for n in ENTITY_ORDER] + [quarantine_table(n) for n in ENTITY_ORDER]
+    return {t: lake.read(t).count() for t in [*tables, *gold.GOLD_TABLES]}
+
+
+def run(landing: Path, data_root: Path, as_of: datetime, result: ChildResult) -> None:
+    profile = load_profile("local", data_root, {"schema": SCHEMA, "landing_root": str(landing)})
+    with timed(result.stages, "session"):
+        spark = get_spark(profile, app_name="benchmark-naive-spark")
+        lake = Lakehouse(spark, profile)
+    entities = load_entities()
+    for name in ENTITY_ORDER:
+        with timed(result.stages, f"silver_{name}"):
+            counts = rebuild_silver(lake, landing, entities, name)
+        result.rows_in += counts["read"]
+        result.details[name] = counts
+    with timed(result.stages, "gold"):
+        rebuild_gold(lake, as_of)
+    result.counts = table_counts(lake)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--landing", required=True, type=Path)
+    parser.add_argument("--data-root", required=True, type=Path)
+    parser.add_argument("--as-of", required=True)
+    parser.add_argument("--result", required=True, type=Path)
+    args = parser.parse_args(argv)
+    result = ChildResult()
+    try:
+        run(args.landing.resolve(), args.data_root, datetime.fromisoformat(args.as_of), result)
+    except Exception as exc:
+        result.status, result.error = "failed", error_text(exc)
+        write_child_result(args.result, result)
+        raise
+    write_child_result(args.result, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

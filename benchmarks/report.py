@@ -1,0 +1,432 @@
+"""Turn raw measurements into the benchmark's figures, and the figures into tables.
+
+Pure functions over plain dicts: the JSON file holds everything the screen shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from statistics import median
+from typing import Any
+
+from benchmarks.common import ENTITY_ORDER
+from benchmarks.measure import Measurement
+
+MIB = 1024 * 1024
+PEER_LABELS = {
+    "pipeline": "order-pipeline",
+    "duckdb": "DuckDB",
+    "naive": "naive Spark",
+    "sdp": "Declarative Pipelines",
+}
+
+# -- figures ------------------------------------------------------------------------------
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def per_second(rows: int | None, seconds: float | None) -> float | None:
+    return ratio(float(rows or 0), seconds) if rows is not None else None
+
+
+def task_figures(
+    task_runs: list[dict[str, Any]], run_id: str, measurement: Measurement
+) -> list[dict[str, Any]]:
+    """One row per task of one workflow run, from ops_task_runs, plus the peak RSS of the
+    process tree while the task ran."""
+    rows = []
+    for record in task_runs:
+        if record["run_id"] != run_id:
+            continue
+        peak = measurement.peak_between(record["started_epoch"], record["ended_epoch"])
+        rows.append(
+            {
+                "task": record["task"],
+                "status": record["status"],
+                "rows_in": record["rows_in"],
+                "rows_out": record["rows_out"],
+                "seconds": round(record["seconds"], 3),
+                "rows_per_second": per_second(record["rows_in"], record["seconds"]),
+                "peak_rss_bytes": peak,
+                "started_epoch": record["started_epoch"],
+                "ended_epoch": record["ended_epoch"],
+            }
+        )
+    return rows
+
+
+def stream_figures(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per stream: micro-batches, rows, and median triggerExecution and engine overhead
+    (triggerExecution minus addBatch: planning, offsets, WAL and commit) in ms."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        by_name.setdefault(event["name"], []).append(event)
+    figures = {}
+    for name, batches in sorted(by_name.items()):
+        trigger = [b["duration_ms"].get("triggerExecution", 0) for b in batches]
+        engine = [
+            b["duration_ms"].get("triggerExecution", 0) - b["duration_ms"].get("addBatch", 0)
+            for b in batches
+        ]
+        listing = [b["duration_ms"].get("latestOffset", 0) for b in batches]
+        figures[name] = {
+            "micro_batches": len(batches),
+            "rows": sum(b.get("num_input_rows") or 0 for b in batches),
+            "median_trigger_ms": median(trigger),
+            "median_engine_overhead_ms": median(engine),
+            "median_latest_offset_ms": median(listing),
+            "max_trigger_ms": max(trigger),
+        }
+    return figures
+
+
+def workflow_figures(
+    measurement: Measurement,
+    tasks: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    landing_lines: int,
+) -> dict[str, Any]:
+    task_seconds = sum(t["seconds"] for t in tasks)
+    return {
+        "process": measurement.summary(),
+        "wall_seconds": round(measurement.seconds, 3),
+        "peak_rss_bytes": measurement.peak_rss_bytes,
+        "landing_lines": landing_lines,
+        "rows_per_second": per_second(landing_lines, measurement.seconds),
+        "tasks": tasks,
+        "task_seconds": round(task_seconds, 3),
+        "outside_task_seconds": round(measurement.seconds - task_seconds, 3),
+        "streams": stream_figures(events),
+        "ok": measurement.returncode == 0 and all(t["status"] == "SUCCESS" for t in tasks),
+    }
+
+
+def merge_amplification(
+    merges: dict[str, list[dict[str, Any]]], runs: dict[str, list[dict[str, Any]]]
+) -> dict[str, dict[str, Any]]:
+    """Rows copied per source row of the silver MERGEs of each run, per entity."""
+    out: dict[str, dict[str, Any]] = {}
+    for entity in ENTITY_ORDER:
+        out[entity] = {}
+        for label, tasks in runs.items():
+            window = next((t for t in tasks if t["task"] == f"silver_{entity}"), None)
+            if window is None:
+                continue
+            inside = [
+                m["metrics"] for m in merges.get(entity, [])
+                if window["started_epoch"] - 1 <= m["epoch"] <= window["ended_epoch"] + 1
+            ]  # fmt: skip
+            copied = sum(m.get("numTargetRowsCopied", 0) for m in inside)
+            source = sum(m.get("numSourceRows", 0) for m in inside)
+            out[entity][label] = {
+                "merges": len(inside),
+                "source_rows": source,
+                "rows_copied": copied,
+                "rows_updated": sum(m.get("numTargetRowsUpdated", 0) for m in inside),
+                "rows_inserted": sum(m.get("numTargetRowsInserted", 0) for m in inside),
+                "files_removed": sum(m.get("numTargetFilesRemoved", 0) for m in inside),
+                "files_added": sum(m.get("numTargetFilesAdded", 0) for m in inside),
+                "copied_per_source_row": ratio(copied, source),
+            }
+    return out
+
+
+def overhead_figures(probe: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median over the warm runs (the first pays for table creation and JIT warm-up)."""
+    warm = probe[1:] or probe
+    out: dict[str, Any] = {"runs": len(probe), "warm_runs": len(warm)}
+    for task in ("bronze", "silver"):
+        batches = [b for run in warm for b in run[task]["batches"] if b["num_input_rows"]]
+        durations = [b["duration_ms"] for b in batches]
+        out[task] = {
+            "median_trigger_ms": median([d.get("triggerExecution", 0) for d in durations])
+            if durations
+            else None,
+            "median_add_batch_ms": median([d.get("addBatch", 0) for d in durations])
+            if durations
+            else None,
+            "median_engine_overhead_ms": (
+                median([d.get("triggerExecution", 0) - d.get("addBatch", 0) for d in durations])
+                if durations
+                else None
+            ),
+            "median_task_wall_seconds": median([run[task]["wall_seconds"] for run in warm]),
+        }
+    return out
+
+
+def listing_figures(probe: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for level in probe:
+        one = [b for b in level["one_new_file"]["batches"] if b["num_input_rows"]]
+        rows.append(
+            {
+                "files_seen": level["files_seen"],
+                "no_new_data_run_seconds": level["no_new_data"]["wall_seconds"],
+                "one_new_file_run_seconds": level["one_new_file"]["wall_seconds"],
+                "one_new_file_latest_offset_ms": one[0]["duration_ms"].get("latestOffset")
+                if one
+                else None,
+                "one_new_file_trigger_ms": one[0]["duration_ms"].get("triggerExecution")
+                if one
+                else None,
+            }
+        )
+    return rows
+
+
+def peer_ratios(pipeline: dict[str, Any], peer: dict[str, Any]) -> dict[str, float | None]:
+    """pipeline seconds ÷ peer seconds: above 1 the pipeline is slower than the peer."""
+    return {
+        label: ratio(pipeline[label]["wall_seconds"], peer[label]["wall_seconds"])
+        if peer.get(label, {}).get("status") == "ok"
+        else None
+        for label in ("cold", "incremental")
+    }
+
+
+# -- formatting ---------------------------------------------------------------------------
+
+
+def fmt_int(value: float | None) -> str:
+    return "" if value is None else f"{value:,.0f}"
+
+
+def fmt_seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:,.1f}"
+
+
+def fmt_mib(value: float | None) -> str:
+    return "" if value is None else f"{value / MIB:,.0f}"
+
+
+def fmt_ratio(value: float | None, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:,.2f}{suffix}"
+
+
+def fmt_percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def table(
+    columns: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None
+) -> str:
+    """A plain text table; numeric columns right-aligned."""
+    right = right or [i > 0 for i in range(len(columns))]
+    widths = [
+        max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)
+    ]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)
+        ).rstrip()
+
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def task_table(cold: dict[str, Any], incremental: dict[str, Any]) -> str:
+    incr_by_task = {t["task"]: t for t in incremental["tasks"]}
+    rows = []
+    for task in cold["tasks"]:
+        other = incr_by_task.get(task["task"], {})
+        rows.append(
+            [
+                task["task"],
+                fmt_int(task["rows_in"]), fmt_seconds(task["seconds"]), fmt_int(task["rows_per_second"]), fmt_mib(task["peak_rss_bytes"]),
+                fmt_int(other.get("rows_in")), fmt_seconds(other.get("seconds")), fmt_int(other.get("rows_per_second")), fmt_mib(other.get("peak_rss_bytes")),
+                fmt_percent(ratio(other.get("seconds"), task["seconds"])),
+            ]
+        )  # fmt: skip
+    rows.append(
+        ["(outside tasks: JVM, imports, run records)", "", fmt_seconds(cold["outside_task_seconds"]), "", "",
+         "", fmt_seconds(incremental["outside_task_seconds"]), "", "",
+         fmt_percent(ratio(incremental["outside_task_seconds"], cold["outside_task_seconds"]))]
+    )  # fmt: skip
+    rows.append(
+        ["workflow, fresh process (wall)", fmt_int(cold["landing_lines"]), fmt_seconds(cold["wall_seconds"]),
+         fmt_int(cold["rows_per_second"]), fmt_mib(cold["peak_rss_bytes"]),
+         fmt_int(incremental["landing_lines"]), fmt_seconds(incremental["wall_seconds"]),
+         fmt_int(incremental["rows_per_second"]), fmt_mib(incremental["peak_rss_bytes"]),
+         fmt_percent(ratio(incremental["wall_seconds"], cold["wall_seconds"]))]
+    )  # fmt: skip
+    columns = [
+        "task",
+        "cold rows in",
+        "s",
+        "rows/s",
+        "peak MiB",
+        "incr rows in",
+        "s",
+        "rows/s",
+        "peak MiB",
+        "incr/cold",
+    ]
+    return table(columns, rows)
+
+
+def peer_table(pipeline: dict[str, Any], peers: dict[str, dict[str, Any]]) -> str:
+    rows = [
+        ["order-pipeline", fmt_seconds(pipeline["cold"]["wall_seconds"]), fmt_seconds(pipeline["incremental"]["wall_seconds"]),
+         fmt_percent(ratio(pipeline["incremental"]["wall_seconds"], pipeline["cold"]["wall_seconds"])),
+         f"{fmt_mib(pipeline['cold']['peak_rss_bytes'])}/{fmt_mib(pipeline['incremental']['peak_rss_bytes'])}",
+         "1.00x", "1.00x", "ok"]
+    ]  # fmt: skip
+    for name, peer in peers.items():
+        cold, incr = peer.get("cold", {}), peer.get("incremental", {})
+        status = cold.get("status", "not run")
+        if status != "ok":
+            rows.append(
+                [
+                    PEER_LABELS[name],
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    f"{status}: {first_line(cold.get('error'))}",
+                ]
+            )
+            continue
+        ratios = peer["pipeline_over_peer"]
+        rows.append(
+            [PEER_LABELS[name], fmt_seconds(cold["wall_seconds"]), fmt_seconds(incr.get("wall_seconds")),
+             fmt_percent(ratio(incr.get("wall_seconds"), cold["wall_seconds"])),
+             f"{fmt_mib(cold['peak_rss_bytes'])}/{fmt_mib(incr.get('peak_rss_bytes'))}",
+             fmt_ratio(ratios["cold"], "x"), fmt_ratio(ratios["incremental"], "x"), incr.get("status", "not run")]
+        )  # fmt: skip
+    columns = [
+        "system",
+        "cold s",
+        "incr s",
+        "incr/cold",
+        "peak MiB cold/incr",
+        "pipeline÷peer cold",
+        "incr",
+        "status",
+    ]
+    return table(columns, rows, right=[False, True, True, True, True, True, True, False])
+
+
+def first_line(text: str | None, width: int = 110) -> str:
+    if not text:
+        return ""
+    lines = [line for line in text.splitlines() if line.strip()]
+    # the most specific line is usually the last error line
+    chosen = next(
+        (line for line in reversed(lines) if "PACKAGE_NOT_INSTALLED" in line or "Error" in line),
+        lines[-1],
+    )
+    return chosen if len(chosen) <= width else chosen[: width - 1] + "…"
+
+
+def stream_table(report: dict[str, Any]) -> str:
+    lines = []
+    overhead = report.get("micro_batch_overhead")
+    if overhead:
+        lines.append(
+            f"Fixed overhead per micro-batch (1-row increment, median of {overhead['warm_runs']} warm runs):"
+        )
+        for task in ("bronze", "silver"):
+            figures = overhead[task]
+            lines.append(
+                f"  {task:<7} triggerExecution {fmt_int(figures['median_trigger_ms'])} ms "
+                f"(engine outside foreachBatch {fmt_int(figures['median_engine_overhead_ms'])} ms, "
+                f"foreachBatch {fmt_int(figures['median_add_batch_ms'])} ms); whole task {fmt_seconds(figures['median_task_wall_seconds'])} s"
+            )
+    streams = report.get("incremental_streams") or {}
+    if streams:
+        lines.append("Pipeline streams in the incremental run (from their progress events):")
+        rows = [
+            [name, fmt_int(f["micro_batches"]), fmt_int(f["rows"]), fmt_int(f["median_trigger_ms"]),
+             fmt_int(f["median_engine_overhead_ms"]), fmt_int(f["median_latest_offset_ms"])]
+            for name, f in streams.items()
+        ]  # fmt: skip
+        lines.append(
+            indent(
+                table(
+                    [
+                        "stream",
+                        "batches",
+                        "rows",
+                        "median trigger ms",
+                        "engine ms",
+                        "latestOffset ms",
+                    ],
+                    rows,
+                )
+            )
+        )
+    merges = report.get("merge_amplification") or {}
+    if merges:
+        lines.append(
+            "MERGE write amplification of silver (numTargetRowsCopied / numSourceRows, Delta history):"
+        )
+        rows = []
+        for entity, runs in merges.items():
+            cells = [f"silver_{entity}"]
+            for label in ("cold", "incremental"):
+                m = runs.get(label)
+                cells += (
+                    ["", "", ""]
+                    if not m
+                    else [
+                        fmt_int(m["source_rows"]),
+                        fmt_int(m["rows_copied"]),
+                        fmt_ratio(m["copied_per_source_row"]),
+                    ]
+                )
+            rows.append(cells)
+        columns = [
+            "table",
+            "cold source rows",
+            "copied",
+            "per row",
+            "incr source rows",
+            "copied",
+            "per row",
+        ]
+        lines.append(indent(table(columns, rows)))
+    listing = report.get("file_listing") or {}
+    if listing.get("pipeline_no_new_data"):
+        lines.append("File listing against files already seen:")
+        rows = [
+            [
+                t["task"],
+                fmt_int(listing["files_per_entity"].get(t["task"].removeprefix("bronze_"))),
+                fmt_seconds(t["seconds"]),
+            ]
+            for t in listing["pipeline_no_new_data"]
+        ]
+        lines.append(
+            indent(table(["no-new-data run of the pipeline", "files landed", "task s"], rows))
+        )
+    if listing.get("probe"):
+        rows = [
+            [fmt_int(p["files_seen"]), fmt_seconds(p["no_new_data_run_seconds"]), fmt_seconds(p["one_new_file_run_seconds"]),
+             fmt_int(p["one_new_file_latest_offset_ms"]), fmt_int(p["one_new_file_trigger_ms"])]
+            for p in listing["probe"]
+        ]  # fmt: skip
+        columns = [
+            "files seen",
+            "no-new-data bronze run s",
+            "1 new file run s",
+            "latestOffset ms",
+            "trigger ms",
+        ]
+        lines.append(indent(table(columns, rows)))
+    return "\n".join(lines)
+
+
+def targets_table(targets: list[dict[str, Any]]) -> str:
+    rows = [[t["target"], t["figure"], t["status"]] for t in targets]
+    return table(["target (issue 5)", "figure here", "status"], rows, right=[False, True, False])
+
+
+def indent(text: str, prefix: str = "  ") -> str:
+    return "\n".join(prefix + line for line in text.splitlines())

@@ -8,6 +8,7 @@ process, so the local and the deployed workflow cannot drift apart.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -57,6 +58,13 @@ class JobGraph:
 
 
 def bundle_root() -> Path:
+    """The folder with databricks.yml and resources/: $ORDER_PIPELINE_BUNDLE_ROOT, else
+    the repository this package is installed from, else the parent of conf/."""
+    if env := os.environ.get("ORDER_PIPELINE_BUNDLE_ROOT"):
+        return Path(env)
+    repository = Path(__file__).resolve().parents[2]
+    if (repository / "resources" / "jobs.yml").is_file():
+        return repository
     return conf_dir().parent
 
 

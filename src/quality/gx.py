@@ -13,13 +13,14 @@ regex           ExpectColumnValuesToMatchRegex (Spark ``rlike``: Java regex, una
                 the same call the predicate makes)
 in_set          ExpectColumnValuesToBeInSet
 range           ExpectColumnValuesToBeBetween (min_value/max_value, strict_min/strict_max;
-                GX keeps bounds as floats, as the rule model does)
+                GX coerces bounds to float, so an integer bound beyond 2**53 is rounded)
 malformed       two expectations: ExpectColumnValuesToBeNull on ``_corrupt_record``, and
                 ExpectColumnValuesToBeNull on ``_rescued_data`` for the rows whose
                 ``_corrupt_record`` is null; the two unexpected counts are disjoint, so their
                 sum is the predicate's count (corrupt OR rescued)
 expression      UnexpectedRowsExpectation, ``WHERE NOT coalesce((<expression>), true)``: a row
-                fails only when the expression is false, as in the predicate
+                fails only when the expression is false, as in the predicate. GX reports no
+                element count for it, and collects up to 200 failing rows to the driver.
 foreign_key     not mapped: it needs the parent silver table, which is not in the batch. It
                 is reported with expectation ``skipped`` rather than left out.
 ==============  ===============================================================================

@@ -1,0 +1,88 @@
+"""The command line on a local data root: run, sql --json, quarantine, replay, report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from builders import customer, land, order
+
+from order_pipeline.common.config import conf_dir
+from order_pipeline.jobs import cli
+
+
+@pytest.fixture(scope="module")
+def data_root(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    conf = root / "conf"
+    shutil.copytree(conf_dir(), conf)
+    local = conf / "local.yml"
+    local.write_text(local.read_text().replace("defer_max_age: 7 days", "defer_max_age: 0 seconds")
+                     .replace("schema: lakehouse", "schema: cli_test"))  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ORDER_PIPELINE_CONF", str(conf))
+        landing = root / "landing"
+        land(landing, "customers", [customer("C1"), customer("C2", email="c2@example.test1")])
+        land(landing, "orders", [order("O1"), order("O2", customer_id="C9")])
+        assert cli.main(["run", "--data-root", str(root)]) == 0
+        yield root
+
+
+def sql_json(capsys, root: Path, query: str) -> list[dict]:
+    capsys.readouterr()
+    assert cli.main(["sql", "--json", query, "--data-root", str(root)]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_sql_json_prints_json_lines(capsys, data_root) -> None:
+    assert sql_json(capsys, data_root, "select count(*) as n from bronze_orders") == [{"n": 2}]
+
+
+def test_quarantine_summary_and_rows(capsys, data_root) -> None:
+    capsys.readouterr()
+    cli.main(["quarantine", "--json", "--data-root", str(data_root)])
+    summary = {(r["entity"], r["rule"], r["status"], r["rows"]) for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert summary == {("customers", "email_valid", "open", 1), ("orders", "customer_exists", "expired", 1)}
+    cli.main(["quarantine", "--entity", "orders", "--status", "expired", "--json", "--data-root", str(data_root)])
+    (row,) = map(json.loads, capsys.readouterr().out.splitlines())
+    assert row["reasons"] == ["customer_exists"] and json.loads(row["record"])["order_id"] == "O2"
+
+
+def test_replay_after_the_parent_lands_and_after_a_rule_fix(capsys, data_root, monkeypatch) -> None:
+    conf = data_root / "conf"
+    monkeypatch.setenv("ORDER_PIPELINE_CONF", str(conf))
+    land(data_root / "landing", "customers", [customer("C9")])
+    assert cli.main(["run", "--task", "bronze_customers", "--data-root", str(data_root)]) == 0
+    assert cli.main(["run", "--task", "silver_customers", "--data-root", str(data_root)]) == 0
+    assert cli.main(["replay", "orders", "--status", "expired", "--data-root", str(data_root)]) == 0
+    assert sql_json(capsys, data_root, "select order_id from silver_orders order by order_id") == [
+        {"order_id": "O1"}, {"order_id": "O2"}
+    ]  # fmt: skip
+    versions = "select max(version) as v from (describe history {})"
+    before = [sql_json(capsys, data_root, f"describe history {t}")[0]["version"] for t in ("silver_orders", "quarantine_orders")]
+    assert cli.main(["replay", "orders", "--status", "expired", "--data-root", str(data_root)]) == 0
+    after = [sql_json(capsys, data_root, f"describe history {t}")[0]["version"] for t in ("silver_orders", "quarantine_orders")]
+    assert after == before, versions  # a second replay changes nothing
+
+    rules = conf / "quality" / "customers.yml"
+    rules.write_text(rules.read_text().replace(r"\.[A-Za-z]{2,}$", r"\.[A-Za-z0-9]{2,}$"))
+    assert cli.main(["replay", "customers", "--rule", "email_valid", "--data-root", str(data_root)]) == 0
+    assert sql_json(capsys, data_root, "select customer_id from silver_customers order by 1") == [
+        {"customer_id": "C1"}, {"customer_id": "C2"}, {"customer_id": "C9"}
+    ]  # fmt: skip
+    statuses = sql_json(capsys, data_root, "select record.customer_id as id, status from quarantine_customers")
+    assert statuses == [{"id": "C2", "status": "replayed"}]
+
+
+def test_report_prints_the_gold_answers(capsys, data_root) -> None:
+    capsys.readouterr()
+    assert cli.main(["report", "--data-root", str(data_root)]) == 0
+    out = capsys.readouterr().out
+    assert "Most sold product, last 30 days" in out and "Order completion" in out
+
+
+def test_unknown_task_is_a_clear_error(capsys, data_root) -> None:
+    assert cli.main(["run", "--task", "golden", "--data-root", str(data_root)]) == 2
+    assert "no task 'golden'" in capsys.readouterr().err

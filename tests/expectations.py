@@ -26,7 +26,7 @@ TYPES = {
 }  # fmt: skip
 KEYS = {"customers": "customer_id", "products": "product_id", "orders": "order_id", "line_items": "line_item_id"}
 PARENTS = {"orders": {"customer_id": "customers"}, "line_items": {"order_id": "orders", "product_id": "products"}}
-EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$")
+EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\Z")
 ORDER_STATUSES = {"pending", "processing", "shipped", "delivered", "cancelled"}
 LINE_STATUSES = {"pending", "shipped", "delivered", "cancelled", "returned"}
 

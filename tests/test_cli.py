@@ -67,7 +67,7 @@ def test_replay_after_the_parent_lands_and_after_a_rule_fix(capsys, data_root, m
     assert after == before, versions  # a second replay changes nothing
 
     rules = conf / "quality" / "customers.yml"
-    rules.write_text(rules.read_text().replace(r"\.[A-Za-z]{2,}$", r"\.[A-Za-z0-9]{2,}$"))
+    rules.write_text(rules.read_text().replace(r"\.[A-Za-z]{2,}\z", r"\.[A-Za-z0-9]{2,}\z"))
     assert cli.main(["replay", "customers", "--rule", "email_valid", "--data-root", str(data_root)]) == 0
     assert sql_json(capsys, data_root, "select customer_id from silver_customers order by 1") == [
         {"customer_id": "C1"}, {"customer_id": "C2"}, {"customer_id": "C9"}

@@ -24,8 +24,16 @@ TYPES = {
     "line_items": {"line_item_id": "s", "order_id": "s", "product_id": "s", "quantity": "int",
                    "unit_price": "dec", "status": "s", "delivered_at": "ts", "updated_at": "ts"},
 }  # fmt: skip
-KEYS = {"customers": "customer_id", "products": "product_id", "orders": "order_id", "line_items": "line_item_id"}
-PARENTS = {"orders": {"customer_id": "customers"}, "line_items": {"order_id": "orders", "product_id": "products"}}
+KEYS = {
+    "customers": "customer_id",
+    "products": "product_id",
+    "orders": "order_id",
+    "line_items": "line_item_id",
+}
+PARENTS = {
+    "orders": {"customer_id": "customers"},
+    "line_items": {"order_id": "orders", "product_id": "products"},
+}
 EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\Z")
 ORDER_STATUSES = {"pending", "processing", "shipped", "delivered", "cancelled"}
 LINE_STATUSES = {"pending", "shipped", "delivered", "cancelled", "returned"}
@@ -139,7 +147,9 @@ def order_key(entity: str, record: dict[str, Any], file: str) -> tuple:
     return tuple((v is not None, v) for v in values)
 
 
-def latest_per_key(entity: str, rows: list[tuple[dict[str, Any], str]]) -> dict[str, dict[str, Any]]:
+def latest_per_key(
+    entity: str, rows: list[tuple[dict[str, Any], str]]
+) -> dict[str, dict[str, Any]]:
     best: dict[str, tuple[tuple, dict[str, Any]]] = {}
     for record, file in rows:
         key = record[KEYS[entity]]
@@ -157,7 +167,9 @@ def expected_silver(landing: Path) -> tuple[dict[str, dict[str, dict]], dict[str
         valid = read_landing(landing, entity).valid
         parents = PARENTS.get(entity, {})
         ready = [(r, f) for r, f in valid if all(r[c] in silver[p] for c, p in parents.items())]
-        deferred[entity] = [r for r, _ in valid if not all(r[c] in silver[p] for c, p in parents.items())]
+        deferred[entity] = [
+            r for r, _ in valid if not all(r[c] in silver[p] for c, p in parents.items())
+        ]
         silver[entity] = latest_per_key(entity, ready)
     return silver, deferred
 
@@ -221,7 +233,9 @@ def gold_completion(silver: dict[str, dict[str, dict]]) -> dict[str, tuple]:
 def most_sold_last_30d(details: list[dict[str, Any]], as_of: datetime) -> tuple | None:
     """(product_id, units, orders, sales_days, share rounded to 4 places) or None."""
     start = as_of - timedelta(days=30)
-    window = [d for d in details if d["line_status"] == "delivered" and start <= d["order_ts"] < as_of]
+    window = [
+        d for d in details if d["line_status"] == "delivered" and start <= d["order_ts"] < as_of
+    ]
     if not window:
         return None
     units: Counter = Counter()

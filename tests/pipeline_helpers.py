@@ -43,9 +43,11 @@ def silver_rows(spark, entity: str) -> set[tuple]:
 def quarantine_rows(spark, entity: str) -> list[tuple]:
     key = CONTRACT[entity][0]
     return sorted(
-        ((r.key, tuple(r.reasons), r.status, r.raw_record)
-        for r in spark.table(f"quarantine_{entity}")
-        .selectExpr(f"record.{key} as key", "reasons", "status", "raw_record")
-        .collect()),
+        (
+            (r.key, tuple(r.reasons), r.status, r.raw_record)
+            for r in spark.table(f"quarantine_{entity}")
+            .selectExpr(f"record.{key} as key", "reasons", "status", "raw_record")
+            .collect()
+        ),
         key=lambda row: tuple((value is not None, value) for value in row),
     )

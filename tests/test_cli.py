@@ -43,9 +43,26 @@ def test_sql_json_prints_json_lines(capsys, data_root) -> None:
 def test_quarantine_summary_and_rows(capsys, data_root) -> None:
     capsys.readouterr()
     cli.main(["quarantine", "--json", "--data-root", str(data_root)])
-    summary = {(r["entity"], r["rule"], r["status"], r["rows"]) for r in map(json.loads, capsys.readouterr().out.splitlines())}
-    assert summary == {("customers", "email_valid", "open", 1), ("orders", "customer_exists", "expired", 1)}
-    cli.main(["quarantine", "--entity", "orders", "--status", "expired", "--json", "--data-root", str(data_root)])
+    summary = {
+        (r["entity"], r["rule"], r["status"], r["rows"])
+        for r in map(json.loads, capsys.readouterr().out.splitlines())
+    }
+    assert summary == {
+        ("customers", "email_valid", "open", 1),
+        ("orders", "customer_exists", "expired", 1),
+    }
+    cli.main(
+        [
+            "quarantine",
+            "--entity",
+            "orders",
+            "--status",
+            "expired",
+            "--json",
+            "--data-root",
+            str(data_root),
+        ]
+    )
     (row,) = map(json.loads, capsys.readouterr().out.splitlines())
     assert row["reasons"] == ["customer_exists"] and json.loads(row["record"])["order_id"] == "O2"
 
@@ -61,18 +78,29 @@ def test_replay_after_the_parent_lands_and_after_a_rule_fix(capsys, data_root, m
         {"order_id": "O1"}, {"order_id": "O2"}
     ]  # fmt: skip
     versions = "select max(version) as v from (describe history {})"
-    before = [sql_json(capsys, data_root, f"describe history {t}")[0]["version"] for t in ("silver_orders", "quarantine_orders")]
+    before = [
+        sql_json(capsys, data_root, f"describe history {t}")[0]["version"]
+        for t in ("silver_orders", "quarantine_orders")
+    ]
     assert cli.main(["replay", "orders", "--status", "expired", "--data-root", str(data_root)]) == 0
-    after = [sql_json(capsys, data_root, f"describe history {t}")[0]["version"] for t in ("silver_orders", "quarantine_orders")]
+    after = [
+        sql_json(capsys, data_root, f"describe history {t}")[0]["version"]
+        for t in ("silver_orders", "quarantine_orders")
+    ]
     assert after == before, versions  # a second replay changes nothing
 
     rules = conf / "quality" / "customers.yml"
     rules.write_text(rules.read_text().replace(r"\.[A-Za-z]{2,}\z", r"\.[A-Za-z0-9]{2,}\z"))
-    assert cli.main(["replay", "customers", "--rule", "email_valid", "--data-root", str(data_root)]) == 0
+    assert (
+        cli.main(["replay", "customers", "--rule", "email_valid", "--data-root", str(data_root)])
+        == 0
+    )
     assert sql_json(capsys, data_root, "select customer_id from silver_customers order by 1") == [
         {"customer_id": "C1"}, {"customer_id": "C2"}, {"customer_id": "C9"}
     ]  # fmt: skip
-    statuses = sql_json(capsys, data_root, "select record.customer_id as id, status from quarantine_customers")
+    statuses = sql_json(
+        capsys, data_root, "select record.customer_id as id, status from quarantine_customers"
+    )
     assert statuses == [{"id": "C2", "status": "replayed"}]
 
 

@@ -35,13 +35,17 @@ def run_workflow(ctx):
     graph = load_job_graph()
     variables = bundle_variables(graph.source.parent.parent, ctx.profile)
     params = {"as_of": AS_OF.isoformat() + "Z"}
-    return run_graph(graph, variables, params, ctx.run_id, ["--data-root", str(ctx.data_root)], progress=quiet)
+    return run_graph(
+        graph, variables, params, ctx.run_id, ["--data-root", str(ctx.data_root)], progress=quiet
+    )
 
 
 @pytest.fixture(scope="module")
 def first_run(spark, tmp_path_factory):
     ctx = make_context(tmp_path_factory.mktemp("e2e"))
-    manifest = generate(GeneratorConfig(landing=Path(ctx.profile.landing_root), batch=0, **SCALE), progress=quiet)
+    manifest = generate(
+        GeneratorConfig(landing=Path(ctx.profile.landing_root), batch=0, **SCALE), progress=quiet
+    )
     outcomes = run_workflow(ctx)
     return ctx, manifest, outcomes
 
@@ -49,7 +53,9 @@ def first_run(spark, tmp_path_factory):
 @pytest.fixture(scope="module")
 def second_run(spark, first_run):
     ctx, _, _ = first_run
-    manifest = generate(GeneratorConfig(landing=Path(ctx.profile.landing_root), batch=1, **SCALE), progress=quiet)
+    manifest = generate(
+        GeneratorConfig(landing=Path(ctx.profile.landing_root), batch=1, **SCALE), progress=quiet
+    )
     outcomes = run_workflow(ctx)
     return ctx, manifest, outcomes
 
@@ -64,7 +70,9 @@ def assert_silver_matches(spark, landing: Path) -> None:
     for entity in ENTITIES:
         columns = list(TYPES[entity])
         actual = spark.table(f"silver_{entity}").select(*columns)
-        expected = spark.createDataFrame([tuple(r[c] for c in columns) for r in silver[entity].values()], actual.schema)
+        expected = spark.createDataFrame(
+            [tuple(r[c] for c in columns) for r in silver[entity].values()], actual.schema
+        )
         assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
@@ -81,7 +89,9 @@ def test_bronze_holds_every_landed_line(spark, first_run) -> None:
     ctx, manifest, _ = first_run
     use(spark, ctx)
     for entity in ENTITIES:
-        assert spark.table(f"bronze_{entity}").count() == manifest["counts"][entity]["lines"], entity
+        assert spark.table(f"bronze_{entity}").count() == manifest["counts"][entity]["lines"], (
+            entity
+        )
 
 
 def test_silver_equals_the_latest_valid_snapshot_per_key(spark, first_run) -> None:
@@ -94,7 +104,11 @@ def test_quarantine_holds_every_invalid_line_with_its_reasons(spark, first_run) 
     landing = use(spark, ctx)
     for entity in ENTITIES:
         expected = read_landing(landing, entity).quarantined
-        rows = spark.table(f"quarantine_{entity}").selectExpr(f"record.{KEYS[entity]} as key", "reasons").collect()
+        rows = (
+            spark.table(f"quarantine_{entity}")
+            .selectExpr(f"record.{KEYS[entity]} as key", "reasons")
+            .collect()
+        )
         actual = {}
         for r in rows:
             reasons = tuple(sorted(r.reasons))
@@ -106,9 +120,18 @@ def test_quarantine_holds_every_invalid_line_with_its_reasons(spark, first_run) 
 def test_each_injected_fault_is_quarantined_with_the_right_rule(spark, first_run) -> None:
     ctx, manifest, _ = first_run
     landing = use(spark, ctx)
-    faults = [f for f in manifest["faults"] if f["expected_rule"] and not f["expected_rule"].endswith("_exists")]
+    faults = [
+        f
+        for f in manifest["faults"]
+        if f["expected_rule"] and not f["expected_rule"].endswith("_exists")
+    ]
     assert len(faults) > 20  # the generator injected a real variety at this fault rate
-    assert {f["kind"] for f in faults} >= {"malformed_json", "wrong_type", "null_key", "null_updated_at"}
+    assert {f["kind"] for f in faults} >= {
+        "malformed_json",
+        "wrong_type",
+        "null_key",
+        "null_updated_at",
+    }
     for fault in faults:
         line = (landing / fault["file"]).read_text().splitlines()[fault["line"] - 1]
         table = spark.table(f"quarantine_{fault['entity']}")
@@ -116,8 +139,16 @@ def test_each_injected_fault_is_quarantined_with_the_right_rule(spark, first_run
             hits = table.where(table.raw_record == line)
         else:
             key = KEYS[fault["entity"]]
-            hits = table.where(table[f"record.{key}"].eqNullSafe(None if fault["kind"] == "null_key" else fault["key"]))
-        reasons = {r for row in hits.where(table.source_file.endswith(fault["file"])).collect() for r in row.reasons}
+            hits = table.where(
+                table[f"record.{key}"].eqNullSafe(
+                    None if fault["kind"] == "null_key" else fault["key"]
+                )
+            )
+        reasons = {
+            r
+            for row in hits.where(table.source_file.endswith(fault["file"])).collect()
+            for r in row.reasons
+        }
         assert fault["expected_rule"] in reasons, fault
 
 
@@ -137,27 +168,46 @@ def test_gold_equals_python_computation(spark, first_run) -> None:
     silver, _ = expected_silver(landing)
     details = gold_order_details(silver)
     actual = spark.table("gold_order_details")
-    expected = spark.createDataFrame([tuple(d[c] for c in actual.columns) for d in details], actual.schema)
+    expected = spark.createDataFrame(
+        [tuple(d[c] for c in actual.columns) for d in details], actual.schema
+    )
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
-    monthly = {(r.month, r.product_id): (r.units, r.revenue, r.orders) for r in spark.table("gold_product_sales_monthly").collect()}
+    monthly = {
+        (r.month, r.product_id): (r.units, r.revenue, r.orders)
+        for r in spark.table("gold_product_sales_monthly").collect()
+    }
     assert monthly == gold_product_sales_monthly(details)
 
     completion = {
-        r.order_id: (r.total_items, r.delivered_items, r.cancelled_items, r.completion_status, r.completed_at)
+        r.order_id: (
+            r.total_items,
+            r.delivered_items,
+            r.cancelled_items,
+            r.completion_status,
+            r.completed_at,
+        )
         for r in spark.table("gold_order_completion_status").collect()
     }
     assert completion == gold_completion(silver)
 
     (top,) = spark.table("gold_most_sold_product_last_30d").collect()
-    assert (top.product_id, top.units, top.orders, top.sales_days, top.share_of_units) == most_sold_last_30d(details, AS_OF)
+    assert (
+        top.product_id,
+        top.units,
+        top.orders,
+        top.sales_days,
+        top.share_of_units,
+    ) == most_sold_last_30d(details, AS_OF)
     assert top.as_of == AS_OF
 
 
 def test_a_rerun_without_new_files_changes_no_table(spark, first_run) -> None:
     ctx, _, _ = first_run
     use(spark, ctx)
-    tables = [f"{layer}_{e}" for e in ENTITIES for layer in ("bronze", "silver", "quarantine", "deferred")]
+    tables = [
+        f"{layer}_{e}" for e in ENTITIES for layer in ("bronze", "silver", "quarantine", "deferred")
+    ]
     before = versions(spark, ctx, tables)
     assert all(o.status == "SUCCESS" for o in run_workflow(ctx))
     use(spark, ctx)
@@ -176,7 +226,13 @@ def test_second_batch_promotes_deferred_items_and_matches_python(spark, second_r
     early = {f["key"] for f in manifest["faults"] if f["kind"] == "early_line_item"}
     assert not early or early <= promoted  # batch 1 lands the withheld orders
     completion = {
-        r.order_id: (r.total_items, r.delivered_items, r.cancelled_items, r.completion_status, r.completed_at)
+        r.order_id: (
+            r.total_items,
+            r.delivered_items,
+            r.cancelled_items,
+            r.completion_status,
+            r.completed_at,
+        )
         for r in spark.table("gold_order_completion_status").collect()
     }
     assert completion == gold_completion(silver)

@@ -37,7 +37,9 @@ def crash_at(step: str):
 
 
 def silver_as_text(spark) -> set[tuple]:
-    return {tuple(None if v is None else str(v) for v in row) for row in silver_rows(spark, "customers")}
+    return {
+        tuple(None if v is None else str(v) for v in row) for row in silver_rows(spark, "customers")
+    }
 
 
 def land_customers(ctx) -> None:
@@ -93,10 +95,18 @@ KILL_SCRIPT = textwrap.dedent(
 
 def test_a_killed_process_restarts_without_loss_or_duplicates(spark, ctx) -> None:
     ctx = replace(ctx, entity="products")
-    land(ctx.profile.landing_root, "products", [product("P1"), product("P2", price=0), product("P3", price=12.5)])
+    land(
+        ctx.profile.landing_root,
+        "products",
+        [product("P1"), product("P2", price=0), product("P3", price=12.5)],
+    )
     bronze.run(spark, ctx, progress=quiet)
-    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), root=str(ctx.data_root), schema=ctx.profile.schema)
-    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    script = KILL_SCRIPT.format(
+        tests=str(Path(__file__).parent), root=str(ctx.data_root), schema=ctx.profile.schema
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
     assert killed.returncode == 137, killed.stderr[-2000:]
     silver.run(spark, ctx, progress=quiet)
     assert {(r.product_id, r.price) for r in spark.table("silver_products").collect()} == {

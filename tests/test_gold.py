@@ -14,7 +14,9 @@ from order_pipeline.common import gold
 from order_pipeline.jobs import gold as gold_job
 
 T = datetime.fromisoformat
-ORDERS = "order_id string, customer_id string, order_ts timestamp, status string, updated_at timestamp"
+ORDERS = (
+    "order_id string, customer_id string, order_ts timestamp, status string, updated_at timestamp"
+)
 ITEMS = ("line_item_id string, order_id string, product_id string, quantity int, unit_price decimal(10,2), "
          "status string, delivered_at timestamp, updated_at timestamp")  # fmt: skip
 COMPLETION = ("order_id string, customer_id string, order_ts timestamp, order_status string, total_items bigint, "
@@ -25,13 +27,37 @@ def o(order_id: str, status: str = "shipped"):
     return (order_id, "C1", T("2026-05-01 10:00:00"), status, T("2026-05-01 10:00:00"))
 
 
-def li(item_id: str, order_id: str, status: str, delivered: str | None = None, qty: int = 1, price: str = "2.50"):
-    return (item_id, order_id, "P1", qty, Decimal(price), status, T(delivered) if delivered else None, T("2026-05-02 00:00:00"))
+def li(
+    item_id: str,
+    order_id: str,
+    status: str,
+    delivered: str | None = None,
+    qty: int = 1,
+    price: str = "2.50",
+):
+    return (
+        item_id,
+        order_id,
+        "P1",
+        qty,
+        Decimal(price),
+        status,
+        T(delivered) if delivered else None,
+        T("2026-05-02 00:00:00"),
+    )
 
 
 def test_completion_status_edge_cases(spark) -> None:
     orders = spark.createDataFrame(
-        [o("EMPTY"), o("PARTIAL"), o("ALL"), o("CANCELLED", "cancelled"), o("ITEMS_CANCELLED"), o("MIXED"), o("RETURNED")],
+        [
+            o("EMPTY"),
+            o("PARTIAL"),
+            o("ALL"),
+            o("CANCELLED", "cancelled"),
+            o("ITEMS_CANCELLED"),
+            o("MIXED"),
+            o("RETURNED"),
+        ],
         ORDERS,
     )
     items = spark.createDataFrame(
@@ -65,15 +91,58 @@ def test_completion_status_edge_cases(spark) -> None:
 def test_monthly_sales_count_only_delivered_items_by_calendar_month_of_the_order(spark) -> None:
     details = spark.createDataFrame(
         [
-            ("L1", "O1", "P1", T("2026-04-30 23:59:59"), "delivered", 2, Decimal("5.00"), "Widget", "Tools"),
-            ("L2", "O2", "P1", T("2026-05-01 00:00:00"), "delivered", 1, Decimal("2.50"), "Widget", "Tools"),
-            ("L3", "O2", "P1", T("2026-05-01 00:00:00"), "delivered", 3, Decimal("7.50"), "Widget", "Tools"),
-            ("L4", "O3", "P1", T("2026-05-02 00:00:00"), "shipped", 9, Decimal("22.50"), "Widget", "Tools"),
+            (
+                "L1",
+                "O1",
+                "P1",
+                T("2026-04-30 23:59:59"),
+                "delivered",
+                2,
+                Decimal("5.00"),
+                "Widget",
+                "Tools",
+            ),
+            (
+                "L2",
+                "O2",
+                "P1",
+                T("2026-05-01 00:00:00"),
+                "delivered",
+                1,
+                Decimal("2.50"),
+                "Widget",
+                "Tools",
+            ),
+            (
+                "L3",
+                "O2",
+                "P1",
+                T("2026-05-01 00:00:00"),
+                "delivered",
+                3,
+                Decimal("7.50"),
+                "Widget",
+                "Tools",
+            ),
+            (
+                "L4",
+                "O3",
+                "P1",
+                T("2026-05-02 00:00:00"),
+                "shipped",
+                9,
+                Decimal("22.50"),
+                "Widget",
+                "Tools",
+            ),
         ],
         "line_item_id string, order_id string, product_id string, order_ts timestamp, line_status string, "
         "quantity int, line_total decimal(18,2), product_name string, product_category string",
     )
-    actual = {(r.month.isoformat(), r.units, r.revenue, r.orders) for r in gold.product_sales_monthly(details).collect()}
+    actual = {
+        (r.month.isoformat(), r.units, r.revenue, r.orders)
+        for r in gold.product_sales_monthly(details).collect()
+    }
     assert actual == {("2026-04-01", 2, Decimal("5.00"), 1), ("2026-05-01", 4, Decimal("10.00"), 1)}
 
 
@@ -87,11 +156,23 @@ def test_a_late_line_item_turns_a_completed_order_back_to_in_progress(spark, ctx
     run_all(spark, ctx)
     gold_ctx = replace(ctx, as_of=datetime(2026, 5, 10))
     gold_job.run(spark, gold_ctx, progress=lambda _: None)
-    statuses = lambda: [(r.completion_status, r.total_items) for r in spark.table("gold_order_completion_status").collect()]  # noqa: E731
+
+    def statuses() -> list[tuple]:
+        return [
+            (r.completion_status, r.total_items)
+            for r in spark.table("gold_order_completion_status").collect()
+        ]
+
     assert statuses() == [("Completed", 1)]
     land(landing, "line_items", [line_item("L2", updated_at="2026-05-04T00:00:00Z")])
     run_all(spark, ctx, ("line_items",))
     gold_job.run(spark, gold_ctx, progress=lambda _: None)
     assert statuses() == [("In Progress", 2)]
     (top,) = spark.table("gold_most_sold_product_last_30d").collect()
-    assert (top.product_id, top.units, top.orders, top.sales_days, top.share_of_units) == ("P1", 1, 1, 1, Decimal("1.0000"))
+    assert (top.product_id, top.units, top.orders, top.sales_days, top.share_of_units) == (
+        "P1",
+        1,
+        1,
+        1,
+        Decimal("1.0000"),
+    )

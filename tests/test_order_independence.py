@@ -14,7 +14,17 @@ from hypothesis import strategies as st
 from order_pipeline.common.io import Lakehouse, bronze_schema
 from order_pipeline.jobs.silver import build_silver
 
-COLUMNS = ["customer_id", "first_name", "last_name", "email", "phone", "city", "country", "created_at", "updated_at"]
+COLUMNS = [
+    "customer_id",
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "city",
+    "country",
+    "created_at",
+    "updated_at",
+]
 EMAIL_OK = {"a@example.com", "b@example.org"}
 
 snapshot = st.fixed_dictionaries(
@@ -41,28 +51,43 @@ def fold_latest(records: list[tuple[dict, str]]) -> set[tuple]:
     for r, file in records:
         if not is_valid(r):
             continue
-        rank = tuple((v is not None, v) for v in [r["updated_at"], *(r[c] for c in COLUMNS[1:-1]), file])
+        rank = tuple(
+            (v is not None, v) for v in [r["updated_at"], *(r[c] for c in COLUMNS[1:-1]), file]
+        )
         if r["customer_id"] not in best or rank > best[r["customer_id"]][0]:
             best[r["customer_id"]] = (rank, tuple(r[c] for c in COLUMNS))
     return {v[1] for v in best.values()}
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(records=st.lists(snapshot, min_size=1, max_size=10), data=st.data())
-def test_any_order_and_batch_split_gives_the_same_silver(spark, tmp_path_factory, records, data) -> None:
+def test_any_order_and_batch_split_gives_the_same_silver(
+    spark, tmp_path_factory, records, data
+) -> None:
     # each snapshot keeps its own source file, whatever order it arrives in
     landed = [(r, f"file:/landing/customers/part-{i % 3}.json") for i, r in enumerate(records)]
     order = data.draw(st.permutations(range(len(landed))), label="arrival order")
-    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(landed) - 1)), max_size=3), label="batch cuts"))
+    cuts = sorted(
+        data.draw(st.sets(st.integers(1, max(1, len(landed) - 1)), max_size=3), label="batch cuts")
+    )
     arrived = [landed[i] for i in order]
-    batches = [arrived[a:b] for a, b in zip([0, *cuts], [*cuts, len(arrived)], strict=True) if arrived[a:b]]
+    batches = [
+        arrived[a:b] for a, b in zip([0, *cuts], [*cuts, len(arrived)], strict=True) if arrived[a:b]
+    ]
 
     ctx = replace(make_context(Path(tmp_path_factory.mktemp("prop"))), entity="customers")
     silver = build_silver(spark, ctx, progress=lambda _: None)
     silver.ensure_tables()
     schema = bronze_schema(silver.entity)
     for batch_id, batch in enumerate(batches):
-        rows = [(*(r[c] for c in COLUMNS), None, None, file, None, batch_id, ctx.run_id) for r, file in batch]
+        rows = [
+            (*(r[c] for c in COLUMNS), None, None, file, None, batch_id, ctx.run_id)
+            for r, file in batch
+        ]
         silver.process_batch(spark.createDataFrame(rows, schema), batch_id, app_id="property-test")
 
     Lakehouse(spark, ctx.profile)

@@ -10,7 +10,6 @@ import pytest
 from builders import customer, land, line_item, order, product
 from pipeline_helpers import quarantine_rows, run_all, run_entity, silver_rows, versions
 
-from order_pipeline.quality.gate import QualityFailure
 from order_pipeline.quality.silver import QuarantineRatioExceeded
 
 TS = datetime.fromisoformat
@@ -179,10 +178,15 @@ def test_rerun_without_new_data_changes_no_table_version(spark, ctx) -> None:
     assert versions(spark, ctx, tables) == before
 
 
-def test_full_refresh_rebuilds_silver_and_quarantine_from_bronze_without_doubling(spark, ctx) -> None:
+def test_full_refresh_rebuilds_silver_and_quarantine_from_bronze_without_doubling(
+    spark, ctx
+) -> None:
     land(ctx.profile.landing_root, "customers", [customer("C1"), customer("C2", email="nope")])
     run_entity(spark, ctx, "customers")
-    silver_before, quarantine_before = silver_rows(spark, "customers"), quarantine_rows(spark, "customers")
+    silver_before, quarantine_before = (
+        silver_rows(spark, "customers"),
+        quarantine_rows(spark, "customers"),
+    )
     run_entity(spark, replace(ctx, full_refresh=True), "customers")
     assert silver_rows(spark, "customers") == silver_before
     assert quarantine_rows(spark, "customers") == quarantine_before
@@ -192,11 +196,17 @@ def test_full_refresh_rebuilds_silver_and_quarantine_from_bronze_without_doublin
 def test_gx_validation_result_is_stored_per_batch_when_switched_on(spark, ctx) -> None:
     quality = replace(ctx.profile.quality, gx_validation=True)
     ctx = replace(ctx, profile=replace(ctx.profile, quality=quality))
-    land(ctx.profile.landing_root, "products", [product("P1"), product("P2", price=-1), product("P3")])
+    land(
+        ctx.profile.landing_root,
+        "products",
+        [product("P1"), product("P2", price=-1), product("P3")],
+    )
     run_entity(spark, ctx, "products")
     results = {
         (r.rule, r.expectation, r.unexpected_count)
-        for r in spark.table("ops_gx_results").where("batch_id = 0 and entity = 'products'").collect()
+        for r in spark.table("ops_gx_results")
+        .where("batch_id = 0 and entity = 'products'")
+        .collect()
     }
     assert ("price_positive", "expect_column_values_to_be_between", 1) in results
     assert ("product_id_not_null", "expect_column_values_to_not_be_null", 0) in results

@@ -23,12 +23,21 @@ def variables(tmp_path: Path, graph):
 
 def test_graph_order_respects_every_dependency(graph) -> None:
     order = [t.key for t in graph.ordered()]
-    assert order[:4] == ["bronze_customers", "bronze_products", "bronze_orders", "bronze_line_items"]
+    assert order[:4] == [
+        "bronze_customers",
+        "bronze_products",
+        "bronze_orders",
+        "bronze_line_items",
+    ]
     position = {key: i for i, key in enumerate(order)}
     for task in graph.tasks.values():
         for dep in task.depends_on:
             assert position[dep] < position[task.key], (dep, task.key)
-    assert graph.tasks["silver_line_items"].depends_on == ("bronze_line_items", "silver_orders", "silver_products")
+    assert graph.tasks["silver_line_items"].depends_on == (
+        "bronze_line_items",
+        "silver_orders",
+        "silver_products",
+    )
     assert order[-1] == "gold"
 
 
@@ -59,10 +68,19 @@ class Recorder:
         return main
 
 
-def test_tasks_get_resolved_parameters_and_failures_skip_only_dependents(monkeypatch, graph, variables) -> None:
+def test_tasks_get_resolved_parameters_and_failures_skip_only_dependents(
+    monkeypatch, graph, variables
+) -> None:
     recorder = Recorder(failing={("order-pipeline-silver", "customers")})
     monkeypatch.setattr(workflow, "load_entry_point", recorder.load)
-    outcomes = run_graph(graph, variables, {"as_of": "2026-01-01"}, "R7", ["--data-root", "D"], progress=lambda _: None)
+    outcomes = run_graph(
+        graph,
+        variables,
+        {"as_of": "2026-01-01"},
+        "R7",
+        ["--data-root", "D"],
+        progress=lambda _: None,
+    )
     status = {o.key: o.status for o in outcomes}
     assert status == {
         "bronze_customers": "SUCCESS", "bronze_products": "SUCCESS", "bronze_orders": "SUCCESS",
@@ -81,9 +99,17 @@ def test_tasks_get_resolved_parameters_and_failures_skip_only_dependents(monkeyp
 def test_one_task_and_job_parameters(monkeypatch, graph, variables) -> None:
     recorder = Recorder()
     monkeypatch.setattr(workflow, "load_entry_point", recorder.load)
-    outcomes = run_graph(graph, variables, {"as_of": "2026-02-03", "full_refresh": "true"}, "R8", [], only="gold", progress=lambda _: None)
+    outcomes = run_graph(
+        graph,
+        variables,
+        {"as_of": "2026-02-03", "full_refresh": "true"},
+        "R8",
+        [],
+        only="gold",
+        progress=lambda _: None,
+    )
     assert [(o.key, o.status) for o in outcomes] == [("gold", "SUCCESS")]
-    (_, argv), = recorder.calls
+    ((_, argv),) = recorder.calls
     assert argv[argv.index("--as-of") + 1] == "2026-02-03"
     assert argv[argv.index("--full-refresh") + 1] == "true"
     with pytest.raises(ConfigError, match="unknown job parameter"):

@@ -193,7 +193,9 @@ def load_profile(
     data = read_yaml(path)
     unknown = set(data) - PROFILE_KEYS
     if unknown:
-        raise ConfigError(path, sorted(unknown)[0], f"unknown key; expected one of {sorted(PROFILE_KEYS)}")
+        raise ConfigError(
+            path, sorted(unknown)[0], f"unknown key; expected one of {sorted(PROFILE_KEYS)}"
+        )
     for key, value in (overrides or {}).items():
         if value not in (None, ""):
             data[key] = value

@@ -17,9 +17,16 @@ GOLD_TABLES = (ORDER_DETAILS, PRODUCT_SALES_MONTHLY, ORDER_COMPLETION_STATUS, MO
 COMPLETED, CANCELLED, IN_PROGRESS = "Completed", "Cancelled", "In Progress"
 
 
-def order_details(line_items: DataFrame, orders: DataFrame, customers: DataFrame, products: DataFrame) -> DataFrame:
+def order_details(
+    line_items: DataFrame, orders: DataFrame, customers: DataFrame, products: DataFrame
+) -> DataFrame:
     """One row per silver line item with its order, customer and product attributes."""
-    li, o, c, p = line_items.alias("li"), orders.alias("o"), customers.alias("c"), products.alias("p")
+    li, o, c, p = (
+        line_items.alias("li"),
+        orders.alias("o"),
+        customers.alias("c"),
+        products.alias("p"),
+    )
     return (
         li.join(o, F.col("li.order_id") == F.col("o.order_id"), "left")
         .join(c, F.col("o.customer_id") == F.col("c.customer_id"), "left")
@@ -34,7 +41,9 @@ def order_details(line_items: DataFrame, orders: DataFrame, customers: DataFrame
             F.col("li.status").alias("line_status"),
             F.col("li.quantity"),
             F.col("li.unit_price"),
-            (F.col("li.quantity") * F.col("li.unit_price")).cast("decimal(18,2)").alias("line_total"),
+            (F.col("li.quantity") * F.col("li.unit_price"))
+            .cast("decimal(18,2)")
+            .alias("line_total"),
             F.col("li.delivered_at"),
             F.concat_ws(" ", F.col("c.first_name"), F.col("c.last_name")).alias("customer_name"),
             F.col("c.email").alias("customer_email"),
@@ -58,7 +67,9 @@ def product_sales_monthly(details: DataFrame) -> DataFrame:
             F.sum("line_total").cast("decimal(20,2)").alias("revenue"),
             F.countDistinct("order_id").cast("bigint").alias("orders"),
         )
-        .select("month", "product_id", "product_name", "product_category", "units", "revenue", "orders")
+        .select(
+            "month", "product_id", "product_name", "product_category", "units", "revenue", "orders"
+        )
     )
 
 
@@ -71,14 +82,17 @@ def order_completion_status(orders: DataFrame, line_items: DataFrame) -> DataFra
         F.count_if(F.col("status") == "cancelled").alias("cancelled_items"),
         F.max("delivered_at").alias("last_delivered_at"),
     )
-    joined = orders.select("order_id", "customer_id", "order_ts", F.col("status").alias("order_status")).join(
-        items, "order_id", "left"
-    )
+    joined = orders.select(
+        "order_id", "customer_id", "order_ts", F.col("status").alias("order_status")
+    ).join(items, "order_id", "left")
     total = F.coalesce(F.col("total_items"), F.lit(0))
     delivered = F.coalesce(F.col("delivered_items"), F.lit(0))
     cancelled = F.coalesce(F.col("cancelled_items"), F.lit(0))
     status = (
-        F.when((F.col("order_status") == "cancelled") | ((total > 0) & (cancelled == total)), F.lit(CANCELLED))
+        F.when(
+            (F.col("order_status") == "cancelled") | ((total > 0) & (cancelled == total)),
+            F.lit(CANCELLED),
+        )
         .when((total > 0) & (delivered == total), F.lit(COMPLETED))
         .otherwise(F.lit(IN_PROGRESS))
     )

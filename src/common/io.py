@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from delta.tables import DeltaTable
+from pyspark.errors import StreamingQueryException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.errors import StreamingQueryException
 from pyspark.sql.streaming import StreamingQuery
 from pyspark.sql.types import StructType
 
@@ -99,7 +99,9 @@ class Lakehouse:
         known = {t.name for t in self.spark.catalog.listTables(self.profile.schema)}
         for folder in sorted(root.iterdir()):
             if (folder / "_delta_log").is_dir() and folder.name not in known:
-                self.spark.sql(f"CREATE TABLE IF NOT EXISTS `{folder.name}` USING DELTA LOCATION '{folder}'")
+                self.spark.sql(
+                    f"CREATE TABLE IF NOT EXISTS `{folder.name}` USING DELTA LOCATION '{folder}'"
+                )
 
     # -- tables --------------------------------------------------------------------------
     def exists(self, table: str) -> bool:
@@ -179,7 +181,9 @@ class Lakehouse:
                 .schema(schema)
             )
             if self.profile.max_files_per_trigger:
-                reader = reader.option("cloudFiles.maxFilesPerTrigger", self.profile.max_files_per_trigger)
+                reader = reader.option(
+                    "cloudFiles.maxFilesPerTrigger", self.profile.max_files_per_trigger
+                )
             rescued: Column = F.col(RESCUED_DATA)
         else:
             reader = (
@@ -264,7 +268,9 @@ def await_with_progress(query: StreamingQuery, progress: Callable[[str], None]) 
         query.awaitTermination()  # raises the query's error, if it had one
         report()
     except StreamingQueryException as exc:
-        raise StreamFailed(f"stream {query.name} failed: {exc.desc if hasattr(exc, 'desc') else exc}") from exc
+        raise StreamFailed(
+            f"stream {query.name} failed: {exc.desc if hasattr(exc, 'desc') else exc}"
+        ) from exc
     finally:
         if query.isActive:
             query.stop()

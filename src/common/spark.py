@@ -107,7 +107,7 @@ _session: SparkSession | None = None
 def get_spark(profile: Profile, app_name: str = "order-pipeline") -> SparkSession:
     """Build (once per process) or return the session for this profile."""
     global _session
-    if _session is not None and _session._jsc is not None:  # noqa: SLF001 - stopped check
+    if _session is not None and _session._jsc is not None:
         return _session
     if is_databricks():
         _session = SparkSession.builder.getOrCreate()
@@ -125,7 +125,9 @@ def get_spark(profile: Profile, app_name: str = "order-pipeline") -> SparkSessio
         .appName(app_name)
         .config("spark.jars", ",".join(str(j) for j in jars))
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+        .config(
+            "spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+        )
         .config("spark.sql.warehouse.dir", str(warehouse))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC -Dderby.system.home=/tmp")

@@ -17,9 +17,7 @@ from order_pipeline.common.io import RUN_ID, SOURCE_FILE, Lakehouse, Txn
 
 WARNINGS = "_quality_warnings"
 MERGED_AT = "_merged_at"
-SILVER_METADATA_DDL = (
-    f"`{WARNINGS}` array<string>, `{SOURCE_FILE}` string, `{MERGED_AT}` timestamp, `{RUN_ID}` string"
-)
+SILVER_METADATA_DDL = f"`{WARNINGS}` array<string>, `{SOURCE_FILE}` string, `{MERGED_AT}` timestamp, `{RUN_ID}` string"
 TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION = "spark.databricks.delta.write.txnVersion"
 
@@ -39,7 +37,11 @@ def latest_per_key(entity: Entity) -> Callable[[DataFrame], DataFrame]:
     def transform(df: DataFrame) -> DataFrame:
         order = ordering_columns(entity)
         winner = F.max(F.struct(*order, WARNINGS)).alias("winner")
-        return df.groupBy(entity.key).agg(winner).select(entity.key, *[f"winner.{c}" for c in [*order, WARNINGS]])
+        return (
+            df.groupBy(entity.key)
+            .agg(winner)
+            .select(entity.key, *[f"winner.{c}" for c in [*order, WARNINGS]])
+        )
 
     return transform
 
@@ -52,7 +54,12 @@ def newer_condition(entity: Entity, source: str = "s", target: str = "t") -> str
 
 
 def merge_latest(
-    lake: Lakehouse, table: str, updates: DataFrame, entity: Entity, run_id: str, txn: Txn | None = None
+    lake: Lakehouse,
+    table: str,
+    updates: DataFrame,
+    entity: Entity,
+    run_id: str,
+    txn: Txn | None = None,
 ) -> None:
     """MERGE the latest snapshot per key into ``table``; a row only replaces an older one.
 

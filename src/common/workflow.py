@@ -84,7 +84,11 @@ def load_job_graph(root: Path | None = None, job_key: str = "order_pipeline") ->
         where = f"resources.jobs.{job_key}.tasks[{index}]"
         wheel = spec.get("python_wheel_task")
         if not wheel or "entry_point" not in wheel:
-            raise ConfigError(path, f"{where}.python_wheel_task", "the local runner needs a python_wheel_task with an entry_point")
+            raise ConfigError(
+                path,
+                f"{where}.python_wheel_task",
+                "the local runner needs a python_wheel_task with an entry_point",
+            )
         key = spec["task_key"]
         tasks[key] = Task(
             key=key,
@@ -124,7 +128,9 @@ def resolve(text: str, variables: dict[str, str], dynamic: dict[str, str], where
     def var(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in variables:
-            raise ConfigError(where, f"${{var.{name}}}", "variable is not defined in databricks.yml")
+            raise ConfigError(
+                where, f"${{var.{name}}}", "variable is not defined in databricks.yml"
+            )
         return variables[name]
 
     def ref(match: re.Match[str]) -> str:
@@ -195,7 +201,11 @@ def run_graph(
             load_entry_point(task.entry_point)(argv)
         except Exception as exc:  # a task failure must not hide the rest of the graph
             failed.add(task.key)
-            outcomes.append(TaskOutcome(task.key, "FAILED", time.monotonic() - started, f"{type(exc).__name__}: {exc}"))
+            outcomes.append(
+                TaskOutcome(
+                    task.key, "FAILED", time.monotonic() - started, f"{type(exc).__name__}: {exc}"
+                )
+            )
             progress(f"  {task.key} FAILED: {type(exc).__name__}: {exc}")
             continue
         outcomes.append(TaskOutcome(task.key, "SUCCESS", time.monotonic() - started))

@@ -43,7 +43,9 @@ def with_ingest_metadata(batch_id: int, run_id: str) -> Callable[[DataFrame], Da
     return transform
 
 
-def run(spark: SparkSession, ctx: TaskContext, progress: Callable[[str], None] = print) -> TaskResult:
+def run(
+    spark: SparkSession, ctx: TaskContext, progress: Callable[[str], None] = print
+) -> TaskResult:
     entity = ctx.entity_spec()
     lake = Lakehouse(spark, ctx.profile)
     table = bronze_table(entity.name)

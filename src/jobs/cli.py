@@ -42,37 +42,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     from order_pipeline.jobs import generate
 
-    p = sub.add_parser("generate", help="land seeded synthetic JSON files (Faker) in the landing folder")
+    p = sub.add_parser(
+        "generate", help="land seeded synthetic JSON files (Faker) in the landing folder"
+    )
     generate.configure_parser(p)
     add_data_root(p)
 
-    p = sub.add_parser("run", help="run the job graph of resources/jobs.yml locally, in dependency order")
+    p = sub.add_parser(
+        "run", help="run the job graph of resources/jobs.yml locally, in dependency order"
+    )
     add_data_root(p)
     p.add_argument("--task", help="run only this task (e.g. bronze_orders, silver_orders, gold)")
-    p.add_argument("--full-refresh", action="store_true", help="rebuild tables and checkpoints from landing")
+    p.add_argument(
+        "--full-refresh", action="store_true", help="rebuild tables and checkpoints from landing"
+    )
     p.add_argument("--yes", action="store_true", help="do not ask before a full refresh")
     p.add_argument("--as-of", default="", help="as-of date for gold (default: now)")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="job parameter")
+    p.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE", help="job parameter"
+    )
 
     p = sub.add_parser("sql", help="run a query against the local tables")
     add_data_root(p)
     p.add_argument("query", nargs="?", help="SQL text (or --file)")
     p.add_argument("--file", type=Path, help="read the query from a file (e.g. src/queries/*.sql)")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="named parameter :KEY")
+    p.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE", help="named parameter :KEY"
+    )
     p.add_argument("--json", action="store_true", help="print JSON Lines instead of a table")
     p.add_argument("--limit", type=int, default=100, help="rows to print (default 100)")
 
-    p = sub.add_parser("quarantine", help="summary of quarantined rows, or the rows themselves with filters")
+    p = sub.add_parser(
+        "quarantine", help="summary of quarantined rows, or the rows themselves with filters"
+    )
     add_data_root(p)
     p.add_argument("--entity", help="show the rows of this entity")
     p.add_argument("--rule", help="only rows that failed this rule")
-    p.add_argument("--status", choices=("open", "replayed", "expired"), help="only rows with this status")
+    p.add_argument(
+        "--status", choices=("open", "replayed", "expired"), help="only rows with this status"
+    )
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="print JSON Lines")
 
     from order_pipeline.jobs.replay import add_replay_arguments
 
-    p = sub.add_parser("replay", help="re-check quarantined rows against current rules; merge those that pass")
+    p = sub.add_parser(
+        "replay", help="re-check quarantined rows against current rules; merge those that pass"
+    )
     add_data_root(p)
     p.add_argument("entity")
     add_replay_arguments(p)
@@ -144,8 +160,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.full_refresh:
         if not args.yes:
             if not sys.stdin.isatty():
-                raise SystemExit("--full-refresh drops silver, gold and checkpoints: add --yes to confirm")
-            answer = input(f"Full refresh rebuilds every table under {args.data_root} from landing. Continue? [y/N] ")
+                raise SystemExit(
+                    "--full-refresh drops silver, gold and checkpoints: add --yes to confirm"
+                )
+            answer = input(
+                f"Full refresh rebuilds every table under {args.data_root} from landing. Continue? [y/N] "
+            )
             if answer.strip().lower() not in ("y", "yes"):
                 print("cancelled")
                 return 1
@@ -186,7 +206,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     spark, ctx = open_lakehouse(args.data_root)
     if args.entity:
         if args.entity not in ctx.entities:
-            raise SystemExit(f"--entity {args.entity!r}: not in conf/pipeline.yml ({', '.join(ctx.entities)})")
+            raise SystemExit(
+                f"--entity {args.entity!r}: not in conf/pipeline.yml ({', '.join(ctx.entities)})"
+            )
         df = quarantine_rows(spark, args.entity, args.rule, args.status)
     else:
         df = quarantine_summary(spark, list(ctx.entities), args.status)

@@ -6,7 +6,13 @@ from collections.abc import Callable
 
 from pyspark.sql import SparkSession
 
-from order_pipeline.common.job import TaskContext, TaskResult, context_from_args, run_task, task_parser
+from order_pipeline.common.job import (
+    TaskContext,
+    TaskResult,
+    context_from_args,
+    run_task,
+    task_parser,
+)
 from order_pipeline.jobs.silver import build_silver
 from order_pipeline.quality.quarantine import OPEN, STATUSES
 
@@ -26,13 +32,18 @@ def run(
         f"{f' failing {rule}' if rule else ''}; {replayed} now pass and were merged into "
         f"{silver.silver} and marked replayed; {checked - replayed} stay"
     )
-    return TaskResult(rows_in=checked, rows_out=replayed, details={"rule": rule, "statuses": statuses})
+    return TaskResult(
+        rows_in=checked, rows_out=replayed, details={"rule": rule, "statuses": statuses}
+    )
 
 
 def add_replay_arguments(parser) -> None:
     parser.add_argument("--rule", help="only rows that failed this rule")
     parser.add_argument(
-        "--status", action="append", choices=STATUSES, help="statuses to re-check (default: open; repeatable)"
+        "--status",
+        action="append",
+        choices=STATUSES,
+        help="statuses to re-check (default: open; repeatable)",
     )
 
 

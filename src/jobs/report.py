@@ -16,22 +16,32 @@ def existing(spark: SparkSession, tables: list[str]) -> list[str]:
     return [t for t in tables if spark.catalog.tableExists(t)]
 
 
-def quarantine_summary(spark: SparkSession, entities: list[str], status: str | None = None) -> DataFrame:
+def quarantine_summary(
+    spark: SparkSession, entities: list[str], status: str | None = None
+) -> DataFrame:
     """Per entity, rule and status: rows, oldest and newest quarantine time."""
     parts = [
-        spark.table(quarantine_table(e)).select(F.lit(e).alias("entity"), F.explode("reasons").alias("rule"),
-                                                "status", "quarantined_at")  # fmt: skip
+        spark.table(quarantine_table(e)).select(
+            F.lit(e).alias("entity"), F.explode("reasons").alias("rule"), "status", "quarantined_at"
+        )
         for e in entities
         if spark.catalog.tableExists(quarantine_table(e))
     ]
     if not parts:
-        return spark.createDataFrame([], "entity string, rule string, status string, rows bigint, oldest timestamp, newest timestamp")
+        return spark.createDataFrame(
+            [],
+            "entity string, rule string, status string, rows bigint, oldest timestamp, newest timestamp",
+        )
     rows = reduce(DataFrame.unionByName, parts)
     if status:
         rows = rows.where(F.col("status") == status)
     return (
         rows.groupBy("entity", "rule", "status")
-        .agg(F.count(F.lit(1)).alias("rows"), F.min("quarantined_at").alias("oldest"), F.max("quarantined_at").alias("newest"))
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.min("quarantined_at").alias("oldest"),
+            F.max("quarantined_at").alias("newest"),
+        )
         .orderBy("entity", "rule", "status")
     )
 
@@ -61,7 +71,9 @@ def table_counts(spark: SparkSession, entities: list[str]) -> DataFrame:
         for table in (bronze_table(e), silver_table(e), quarantine_table(e), deferred_table(e)):
             counts.append(spark.table(table).count() if spark.catalog.tableExists(table) else None)
         rows.append((e, *counts))
-    return spark.createDataFrame(rows, "entity string, bronze bigint, silver bigint, quarantine bigint, deferred bigint")
+    return spark.createDataFrame(
+        rows, "entity string, bronze bigint, silver bigint, quarantine bigint, deferred bigint"
+    )
 
 
 def gold_report(spark: SparkSession, entities: list[str]) -> str:
@@ -76,16 +88,23 @@ def gold_report(spark: SparkSession, entities: list[str]) -> str:
         show(
             spark.table(gold.ORDER_COMPLETION_STATUS)
             .groupBy("completion_status")
-            .agg(F.count(F.lit(1)).alias("orders"), F.sum("total_items").alias("items"),
-                 F.sum("delivered_items").alias("delivered_items"))  # fmt: skip
+            .agg(
+                F.count(F.lit(1)).alias("orders"),
+                F.sum("total_items").alias("items"),
+                F.sum("delivered_items").alias("delivered_items"),
+            )
             .orderBy("completion_status")
         ),
         "\nMonthly sales, delivered items (gold_product_sales_monthly)",
         show(
             spark.table(gold.PRODUCT_SALES_MONTHLY)
             .groupBy("month")
-            .agg(F.sum("units").alias("units"), F.sum("revenue").alias("revenue"),
-                 F.sum("orders").alias("product_orders"), F.count(F.lit(1)).alias("products"))  # fmt: skip
+            .agg(
+                F.sum("units").alias("units"),
+                F.sum("revenue").alias("revenue"),
+                F.sum("orders").alias("product_orders"),
+                F.count(F.lit(1)).alias("products"),
+            )
             .orderBy(F.col("month").desc()),
             limit=24,
         ),

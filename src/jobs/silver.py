@@ -7,7 +7,13 @@ from collections.abc import Callable
 from pyspark.sql import DataFrame, SparkSession
 
 from order_pipeline.common.io import Lakehouse, bronze_schema, bronze_table
-from order_pipeline.common.job import TaskContext, TaskResult, context_from_args, run_task, task_parser
+from order_pipeline.common.job import (
+    TaskContext,
+    TaskResult,
+    context_from_args,
+    run_task,
+    task_parser,
+)
 from order_pipeline.quality.rules import load_rules
 from order_pipeline.quality.silver import Silver, no_fault
 
@@ -53,7 +59,9 @@ def run(
     def process(batch: DataFrame, batch_id: int) -> None:
         silver.process_batch(batch, batch_id, app_id)
 
-    lake.run_stream(lake.read_stream(bronze_table(name)), checkpoint, process, silver.silver, progress)
+    lake.run_stream(
+        lake.read_stream(bronze_table(name)), checkpoint, process, silver.silver, progress
+    )
     promoted, expired = silver.resolve_deferred()
     counts = silver.run.counts
     progress(
@@ -77,7 +85,9 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = task_parser("Quality-gate bronze rows of one entity and MERGE them into silver.", True).parse_args(argv)
+    args = task_parser(
+        "Quality-gate bronze rows of one entity and MERGE them into silver.", True
+    ).parse_args(argv)
     ctx = context_from_args(args)
     run_task(f"silver_{ctx.entity}", ctx, run)
     return 0

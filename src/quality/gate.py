@@ -24,7 +24,9 @@ class QualityFailure(RuntimeError):
     """A rule of severity ``fail`` matched; the run stops before anything is written."""
 
 
-def with_parent_lookups(ruleset: RuleSet, parent_keys: dict[str, DataFrame]) -> Callable[[DataFrame], DataFrame]:
+def with_parent_lookups(
+    ruleset: RuleSet, parent_keys: dict[str, DataFrame]
+) -> Callable[[DataFrame], DataFrame]:
     """Add, for each foreign-key rule, the matching parent key (null when not found)."""
 
     def transform(df: DataFrame) -> DataFrame:
@@ -39,7 +41,9 @@ def with_parent_lookups(ruleset: RuleSet, parent_keys: dict[str, DataFrame]) -> 
     return transform
 
 
-def apply_quality_gate(ruleset: RuleSet, parent_keys: dict[str, DataFrame]) -> Callable[[DataFrame], DataFrame]:
+def apply_quality_gate(
+    ruleset: RuleSet, parent_keys: dict[str, DataFrame]
+) -> Callable[[DataFrame], DataFrame]:
     """Add the rules each row fails, grouped by severity, plus ``_reasons`` (all of them)."""
 
     def transform(df: DataFrame) -> DataFrame:
@@ -69,7 +73,9 @@ def apply_quality_gate(ruleset: RuleSet, parent_keys: dict[str, DataFrame]) -> C
         fk_helpers = [fk_column(r) for r in ruleset.rules if r.kind == "foreign_key"]
         return checked.withColumn(
             REASONS,
-            F.concat(F.col(FAILED_FAIL), F.col(FAILED_QUARANTINE), F.col(FAILED_DEFER), F.col(WARNINGS)),
+            F.concat(
+                F.col(FAILED_FAIL), F.col(FAILED_QUARANTINE), F.col(FAILED_DEFER), F.col(WARNINGS)
+            ),
         ).drop(*fk_helpers)
 
     return transform

@@ -46,7 +46,9 @@ def count_outcomes(ruleset: RuleSet, checked: DataFrame) -> BatchCounts:
         F.count(F.lit(1)).alias("checked"),
         F.count_if(has[FAILED_FAIL]).alias("failing"),
         F.count_if(~has[FAILED_FAIL] & has[FAILED_QUARANTINE]).alias("quarantined"),
-        F.count_if(~has[FAILED_FAIL] & ~has[FAILED_QUARANTINE] & has[FAILED_DEFER]).alias("deferred"),
+        F.count_if(~has[FAILED_FAIL] & ~has[FAILED_QUARANTINE] & has[FAILED_DEFER]).alias(
+            "deferred"
+        ),
     ]
     aggregates += [
         F.count_if(F.array_contains(REASONS, rule.name)).alias(f"rule_{i}")
@@ -63,7 +65,12 @@ def count_outcomes(ruleset: RuleSet, checked: DataFrame) -> BatchCounts:
 
 
 def metrics_rows(
-    spark: SparkSession, ruleset: RuleSet, counts: BatchCounts, run_id: str, batch_id: int, source: str
+    spark: SparkSession,
+    ruleset: RuleSet,
+    counts: BatchCounts,
+    run_id: str,
+    batch_id: int,
+    source: str,
 ) -> DataFrame:
     now = datetime.now(UTC)
     rows = [

@@ -52,15 +52,17 @@ def to_quarantine_rows(
     def transform(df: DataFrame) -> DataFrame:
         now = F.current_timestamp()
         return df.select(
-            F.sha2(F.concat_ws("|", record_fingerprint(entity), F.array_join(REASONS, ",")), 256).alias(
-                "quarantine_id"
-            ),
+            F.sha2(
+                F.concat_ws("|", record_fingerprint(entity), F.array_join(REASONS, ",")), 256
+            ).alias("quarantine_id"),
             F.col(REASONS).alias("reasons"),
             F.struct(*entity.columns).alias("record"),
             F.col(CORRUPT_RECORD).alias("raw_record"),
             F.col(RESCUED_DATA).alias("rescued_data"),
             F.col(SOURCE_FILE).alias("source_file"),
-            (F.lit(batch_id) if not isinstance(batch_id, Column) else batch_id).cast("bigint").alias("batch_id"),
+            (F.lit(batch_id) if not isinstance(batch_id, Column) else batch_id)
+            .cast("bigint")
+            .alias("batch_id"),
             F.lit(run_id).alias("run_id"),
             now.alias("quarantined_at"),
             F.lit(status).alias("status"),
@@ -71,7 +73,9 @@ def to_quarantine_rows(
     return transform
 
 
-def to_deferred_rows(entity: Entity, batch_id: int, run_id: str) -> Callable[[DataFrame], DataFrame]:
+def to_deferred_rows(
+    entity: Entity, batch_id: int, run_id: str
+) -> Callable[[DataFrame], DataFrame]:
     def transform(df: DataFrame) -> DataFrame:
         return df.select(
             *entity.columns,
@@ -113,7 +117,9 @@ def quarantined_as_candidates(entity: Entity) -> Callable[[DataFrame], DataFrame
         options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_RECORD}
         reparsed = F.from_json(F.col("raw_record"), schema, options)
         columns = [
-            F.when(F.col("raw_record").isNull(), F.col(f"record.`{c}`")).otherwise(reparsed[c]).alias(c)
+            F.when(F.col("raw_record").isNull(), F.col(f"record.`{c}`"))
+            .otherwise(reparsed[c])
+            .alias(c)
             for c in entity.columns
         ]
         return df.select(

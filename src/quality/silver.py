@@ -130,18 +130,24 @@ class Silver:
         finally:
             checked.unpersist()
 
-    def write_batch(self, outcome: GateOutcome, counts: BatchCounts, batch_id: int, txn: Txn) -> None:
+    def write_batch(
+        self, outcome: GateOutcome, counts: BatchCounts, batch_id: int, txn: Txn
+    ) -> None:
         if counts.passed:
             merge_latest(self.lake, self.silver, outcome.passed, self.entity, self.run_id, txn)
         self.fault_hook("merged", batch_id)
         if counts.quarantined:
-            rows = outcome.quarantined.transform(to_quarantine_rows(self.entity, batch_id, self.run_id))
+            rows = outcome.quarantined.transform(
+                to_quarantine_rows(self.entity, batch_id, self.run_id)
+            )
             self.lake.append(rows, self.quarantine, txn)
         self.fault_hook("quarantined", batch_id)
         if counts.deferred:
             rows = outcome.deferred.transform(to_deferred_rows(self.entity, batch_id, self.run_id))
             self.lake.append(rows, self.deferred, txn)
-        metrics = metrics_rows(outcome.passed.sparkSession, self.rules, counts, self.run_id, batch_id, "stream")
+        metrics = metrics_rows(
+            outcome.passed.sparkSession, self.rules, counts, self.run_id, batch_id, "stream"
+        )
         self.lake.append(metrics, QUALITY_METRICS, txn)
 
     def validate_with_gx(self, batch: DataFrame, batch_id: int, txn: Txn) -> None:
@@ -172,12 +178,11 @@ class Silver:
             expired_n = expired.count() if counts.deferred else 0
             if promoted_n:
                 merge_latest(self.lake, self.silver, outcome.passed, self.entity, self.run_id)
-            to_quarantine = (
-                expired.transform(to_quarantine_rows(self.entity, F.col("_batch_id"), self.run_id, EXPIRED))
-                .unionByName(
-                    outcome.quarantined.transform(
-                        to_quarantine_rows(self.entity, F.col("_batch_id"), self.run_id, OPEN)
-                    )
+            to_quarantine = expired.transform(
+                to_quarantine_rows(self.entity, F.col("_batch_id"), self.run_id, EXPIRED)
+            ).unionByName(
+                outcome.quarantined.transform(
+                    to_quarantine_rows(self.entity, F.col("_batch_id"), self.run_id, OPEN)
                 )
             )
             if expired_n or requarantined_n:
@@ -205,7 +210,9 @@ class Silver:
         ).whenNotMatchedInsertAll().execute()
 
     # -- replay -------------------------------------------------------------------------
-    def replay(self, rule: str | None = None, statuses: tuple[str, ...] = (OPEN,)) -> tuple[int, int]:
+    def replay(
+        self, rule: str | None = None, statuses: tuple[str, ...] = (OPEN,)
+    ) -> tuple[int, int]:
         """Re-check quarantined rows against the current rules and parents; MERGE those
         that pass through the same path as the stream and mark them replayed.
         Returns (checked, replayed)."""

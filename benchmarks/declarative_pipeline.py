@@ -59,7 +59,10 @@ def write_project(state: Path, landing: Path, as_of: str) -> Path:
         "name": "order_pipeline_sdp",
         "storage": (state / "storage").resolve().as_uri(),
         "database": DATABASE,
-        "configuration": {"bench.landing": str(landing.resolve()), "bench.as_of": as_of},
+        "configuration": {
+            "spark.order_pipeline.bench.landing": str(landing.resolve()),
+            "spark.order_pipeline.bench.as_of": as_of,
+        },
         "libraries": [{"glob": {"include": "transformations/**"}}],
     }
     path = project / "spark-pipeline.yml"

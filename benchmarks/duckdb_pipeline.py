@@ -411,6 +411,13 @@ def run(landing: Path, state: Path, as_of: str, result: ChildResult) -> None:
         con.execute("CHECKPOINT")
         result.counts = pipeline.counts()
         result.details["silver"] = silver_counts
+        units, revenue = con.execute(
+            "SELECT sum(units), sum(revenue) FROM gold_product_sales_monthly"
+        ).fetchone()
+        result.details["checks"] = {
+            "gold_units": float(units or 0),
+            "gold_revenue": float(revenue or 0),
+        }
         result.details["duckdb_version"] = duckdb.__version__
     finally:
         con.close()

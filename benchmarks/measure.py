@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 POLL_SECONDS = 0.2
 
@@ -103,7 +104,7 @@ def _kib(text: str | None) -> int:
     return int(text.split()[0]) * 1024 if text else 0
 
 
-def _pump(stream, log_path: Path, echo: Callable[[str], None] | None) -> None:
+def _pump(stream: IO[str], log_path: Path, echo: Callable[[str], None] | None) -> None:
     with log_path.open("w", encoding="utf-8") as log:
         for line in iter(stream.readline, ""):
             log.write(line)

@@ -129,6 +129,13 @@ def run(landing: Path, data_root: Path, as_of: datetime, result: ChildResult) ->
     with timed(result.stages, "gold"):
         rebuild_gold(lake, as_of)
     result.counts = table_counts(lake)
+    units, revenue = (
+        lake.read(gold.PRODUCT_SALES_MONTHLY).agg(F.sum("units"), F.sum("revenue")).first()
+    )
+    result.details["checks"] = {
+        "gold_units": float(units or 0),
+        "gold_revenue": float(revenue or 0),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,15 +18,16 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.streaming import StreamingQueryListener
 
 from benchmarks.common import ENTITY_ORDER, utc_now, write_json
+from benchmarks.listener import ProgressListener
 from order_pipeline.common import gold
 from order_pipeline.common.config import Profile, load_entities, load_profile
 from order_pipeline.common.io import (
@@ -50,26 +51,16 @@ def quiet(_: str) -> None:
     pass
 
 
-class ProgressCollector(StreamingQueryListener):
-    """Keeps every progress event in memory, by query name."""
+class ProgressCollector:
+    """Keeps every progress event in memory (a ProgressListener's sink)."""
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.lock = threading.Lock()
 
-    def onQueryStarted(self, event) -> None:
-        pass
-
-    def onQueryProgress(self, event) -> None:
-        progress = json.loads(event.progress.json)
+    def __call__(self, progress: dict[str, Any]) -> None:
         with self.lock:
             self.events.append(progress)
-
-    def onQueryIdle(self, event) -> None:
-        pass
-
-    def onQueryTerminated(self, event) -> None:
-        pass
 
     def take(self, name: str, run_ids_before: set[str]) -> list[dict[str, Any]]:
         """Events of query ``name`` from runs not seen before (waiting for the async bus)."""
@@ -216,7 +207,9 @@ def context(profile: Profile, entity: str, data_root: Path) -> TaskContext:
     )  # fmt: skip
 
 
-def timed_task(collector: ProgressCollector, query: str, body) -> dict[str, Any]:
+def timed_task(
+    collector: ProgressCollector, query: str, body: Callable[[], object]
+) -> dict[str, Any]:
     before = collector.run_ids()
     started = time.perf_counter()
     body()
@@ -301,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = load_profile(profile_name(), args.data_root)
     spark = get_spark(profile, app_name="benchmark-probe")
     collector = ProgressCollector()
-    spark.streams.addListener(collector)
+    spark.streams.addListener(ProgressListener(collector))
     out: dict[str, Any] = {"measured_at": utc_now()}
     print("reading ops_task_runs and the silver tables' Delta history", flush=True)
     out["pipeline"] = collect_pipeline(spark, profile)

@@ -17,6 +17,7 @@ default). State lives under --data-root (default .local/bench/sf<S>), wiped at t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -200,8 +202,6 @@ def run_workflow(
 
 
 def _json_line(line: str) -> dict[str, Any]:
-    import json
-
     return json.loads(line)
 
 
@@ -301,21 +301,24 @@ def stream_level(
 
 def consistency(
     probe: dict[str, Any], peers: dict[str, dict[str, Any]]
-) -> dict[str, dict[str, int]]:
-    """Final silver and gold row counts per system: the peers do the same logical work."""
+) -> dict[str, dict[str, Any]]:
+    """Final silver and gold row counts, and gold sums, per system: the peers do the same
+    logical work, so these must agree."""
     tables = [f"silver_{e}" for e in ENTITY_ORDER] + [
         "gold_order_details",
         "gold_product_sales_monthly",
         "gold_order_completion_status",
     ]
-    systems = {"pipeline": probe["pipeline"]["counts"]}
+    systems = {"pipeline": {**probe["pipeline"]["counts"], **probe["pipeline"]["checks"]}}
     for name, peer in peers.items():
         final = peer.get("incremental") or {}
         if final.get("status") == "ok":
-            systems[name] = final.get("counts", {})
-    return {
-        table: {name: counts.get(table) for name, counts in systems.items()} for table in tables
-    }
+            systems[name] = {
+                **final.get("counts", {}),
+                **final.get("details", {}).get("checks", {}),
+            }
+    rows = [*tables, "gold_units", "gold_revenue"]
+    return {row: {name: values.get(row) for name, values in systems.items()} for row in rows}
 
 
 def previous_peak(scale: float) -> tuple[float, int] | None:
@@ -485,9 +488,9 @@ def print_report(result: dict[str, Any]) -> None:
     say(report.peer_table(pipeline, result["peers"]))
     say("\n== stream-level figures ==")
     say(report.stream_table(result["stream"]))
-    say("\n== consistency: final row counts per system ==")
+    say("\n== consistency: final row counts and gold sums per system ==")
     rows = [
-        [table, *(report.fmt_int(v) for v in counts.values())]
+        [table, *(report.fmt_number(v) for v in counts.values())]
         for table, counts in result["consistency"].items()
     ]
     systems = list(next(iter(result["consistency"].values())).keys())
@@ -500,46 +503,67 @@ def print_report(result: dict[str, Any]) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = time.monotonic()
-    say(
-        f"benchmark at scale {args.scale:g}, state under {args.data_root}, peers: {', '.join(args.peer_list) or 'none'}"
-    )
-    result: dict[str, Any] = {"benchmark": "order-pipeline issue 5", "scale": args.scale, "seed": SEED,
-                              "end_date": END_DATE, "as_of": AS_OF, "started_at": utc_now(), "machine": machine_info()}  # fmt: skip
-    paths = prepare_root(args.data_root)
+@dataclass
+class Measured:
+    """Everything the measured processes produced, before it becomes figures."""
+
+    data: list[dict[str, Any]]
+    runs: dict[str, tuple[Measurement, str | None, list[dict[str, Any]]]]
+    peers: dict[str, dict[str, Any]]
+    probe: dict[str, Any]
+
+
+def measure_everything(args: argparse.Namespace, paths: BenchPaths) -> Measured:
+    """Cold runs on batch 0, incremental runs after batch 1, a no-new-data run, the probe."""
     data = [generate_batch(paths, args.scale, 0, args.quiet)]
     runs = {"cold": run_workflow(paths, "cold", args.quiet)}
-    peers: dict[str, dict[str, Any]] = {
-        name: {"cold": run_peer(name, paths, "cold", args.quiet)} for name in args.peer_list
-    }
+    peers = {name: {"cold": run_peer(name, paths, "cold", args.quiet)} for name in args.peer_list}
     data.append(generate_batch(paths, args.scale, 1, args.quiet))
     runs["incremental"] = run_workflow(paths, "incremental", args.quiet)
     for name, peer in peers.items():
         if peer["cold"]["status"] == "ok":
             peer["incremental"] = run_peer(name, paths, "incremental", args.quiet)
-        else:
+        else:  # a peer that could not run cold is not tried again
             peer["incremental"] = {k: peer["cold"].get(k) for k in ("status", "error")}
     runs["no_new_data"] = run_workflow(paths, "no_new_data", args.quiet)
-    probe = run_probe(paths, args)
+    return Measured(data, runs, peers, run_probe(paths, args))
+
+
+def assemble(result: dict[str, Any], measured: Measured, paths: BenchPaths) -> None:
     lines = {
-        "cold": data[0]["total_lines"],
-        "incremental": data[1]["total_lines"],
-        "no_new_data": 0,
+        "cold": measured.data[0]["total_lines"],
+        "incremental": measured.data[1]["total_lines"],
     }
-    result["data"] = data
-    result["pipeline"] = pipeline_figures(probe, runs, lines)
-    for peer in peers.values():
+    result["data"] = measured.data
+    result["pipeline"] = pipeline_figures(measured.probe, measured.runs, lines)
+    for peer in measured.peers.values():
         if peer["cold"]["status"] == "ok":
             peer["incremental_to_cold"] = report.ratio(
                 peer["incremental"].get("wall_seconds"), peer["cold"]["wall_seconds"]
             )
             peer["pipeline_over_peer"] = report.peer_ratios(result["pipeline"], peer)
-    result["peers"] = peers
-    result["stream"] = stream_level(probe, result["pipeline"], paths)
-    result["consistency"] = consistency(probe, peers)
+    result["peers"] = measured.peers
+    result["stream"] = stream_level(measured.probe, result["pipeline"], paths)
+    result["consistency"] = consistency(measured.probe, measured.peers)
     result["targets"] = targets(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    peers = ", ".join(args.peer_list) or "none"
+    say(f"benchmark at scale {args.scale:g}, state under {args.data_root}, peers: {peers}")
+    result: dict[str, Any] = {
+        "benchmark": "order-pipeline issue 5",
+        "scale": args.scale,
+        "seed": SEED,
+        "end_date": END_DATE,
+        "as_of": AS_OF,
+        "started_at": utc_now(),
+        "machine": machine_info(),
+    }
+    paths = prepare_root(args.data_root)
+    assemble(result, measure_everything(args, paths), paths)
     result["machine"]["load_average_at_end"] = os.getloadavg()
     result["seconds"] = round(time.monotonic() - started, 1)
     out = args.json or RESULTS_DIR / f"bench-sf{args.scale:g}-{datetime.now():%Y%m%dT%H%M%S}.json"

@@ -125,7 +125,9 @@ def failed_rules(entity: str, row: dict[str, Any]) -> set[str]:
         elif value is None:
             fails = False
         elif kind == "regex":
-            fails = not re.match(rule["pattern"].replace(r"\z", r"\Z"), value)  # Java \z is Python \Z
+            fails = not re.match(
+                rule["pattern"].replace(r"\z", r"\Z"), value
+            )  # Java \z is Python \Z
         elif kind == "in_set":
             fails = value not in rule["values"]
         elif kind == "range":

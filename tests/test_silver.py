@@ -13,9 +13,12 @@ from pipeline_helpers import quarantine_rows, run_all, run_entity, silver_rows, 
 from order_pipeline.quality.silver import QuarantineRatioExceeded
 
 TS = datetime.fromisoformat
+PARENTS = ("order_exists", "product_exists")  # no order or product landed in the gate test
 
 
-def test_gate_quarantines_each_failed_rule_and_merges_the_rest(spark, ctx) -> None:
+def test_gate_quarantines_each_failed_rule_and_defers_the_rest_without_parents(spark, ctx) -> None:
+    """No order or product has landed: the valid row waits, and quarantined rows list
+    every rule they fail, the missing parents included."""
     land(ctx.profile.landing_root, "line_items", [
         line_item("L1"),
         line_item("L2", quantity=0),
@@ -26,23 +29,18 @@ def test_gate_quarantines_each_failed_rule_and_merges_the_rest(spark, ctx) -> No
         line_item("L7", quantity=0, status="lost"),
         '{"line_item_id": "L8", "quantity": ',
     ])  # fmt: skip
-    land(ctx.profile.landing_root, "orders", [order("O1")])
-    land(ctx.profile.landing_root, "customers", [customer("C1")])
-    land(ctx.profile.landing_root, "products", [product("P1")])
-    run_all(spark, ctx, ("customers", "products", "orders"))
     with pytest.raises(QuarantineRatioExceeded, match="7 of 8 rows"):  # written, then alerted
         run_entity(spark, ctx, "line_items")
-    assert silver_rows(spark, "line_items") == {
-        ("L1", "O1", "P1", 1, Decimal("9.99"), "pending", None, TS("2026-05-01 10:00:00"))
-    }
+    assert silver_rows(spark, "line_items") == set()
+    assert [r.line_item_id for r in spark.table("deferred_line_items").collect()] == ["L1"]
     assert quarantine_rows(spark, "line_items") == [
-        (None, ("line_item_id_not_null",), "open", None),
+        (None, ("line_item_id_not_null", *PARENTS), "open", None),
         (None, ("malformed_record",), "open", '{"line_item_id": "L8", "quantity": '),
-        ("L2", ("quantity_positive",), "open", None),
-        ("L3", ("unit_price_not_negative",), "open", None),
-        ("L4", ("status_allowed",), "open", None),
-        ("L6", ("updated_at_not_null",), "open", None),
-        ("L7", ("quantity_positive", "status_allowed"), "open", None),
+        ("L2", ("quantity_positive", *PARENTS), "open", None),
+        ("L3", ("unit_price_not_negative", *PARENTS), "open", None),
+        ("L4", ("status_allowed", *PARENTS), "open", None),
+        ("L6", ("updated_at_not_null", *PARENTS), "open", None),
+        ("L7", ("quantity_positive", "status_allowed", *PARENTS), "open", None),
     ]  # fmt: skip
 
 
@@ -55,35 +53,29 @@ def test_warn_rows_are_kept_and_flagged(spark, ctx) -> None:
     assert flags == {"C1": ["country_iso2"], "C2": []}
 
 
-def test_newest_snapshot_wins_and_a_late_older_one_never_overwrites(spark, ctx) -> None:
+def test_newest_snapshot_wins_late_older_ones_never_overwrite_offsets_compare_as_instants(
+    spark, ctx
+) -> None:
     landing = ctx.profile.landing_root
     land(landing, "customers", [customer("C1", city="Paris", updated_at="2026-05-02T00:00:00Z"),
                                 customer("C1", city="Rome", updated_at="2026-05-01T00:00:00Z"),
                                 customer("C1", email="broken", updated_at="2026-05-09T00:00:00Z")])  # fmt: skip
     run_entity(spark, ctx, "customers")
-    land(landing, "customers", [customer("C1", city="Oslo", updated_at="2026-04-01T00:00:00Z")])
-    run_entity(spark, ctx, "customers")
     assert [(r.city, r.updated_at) for r in spark.table("silver_customers").collect()] == [
         ("Paris", TS("2026-05-02 00:00:00"))
     ]
-
-
-def test_offset_timestamps_compare_as_instants(spark, ctx) -> None:
-    landing = ctx.profile.landing_root
-    land(landing, "customers", [customer("C1", city="Paris", updated_at="2026-05-02T00:00:00Z")])
+    # older, and 01:00+02:00 is 23:00Z of the day before: both lose to Paris
+    land(landing, "customers", [customer("C1", city="Oslo", updated_at="2026-04-01T00:00:00Z"),
+                                customer("C1", city="Lima", updated_at="2026-05-02T01:00:00+02:00")])  # fmt: skip
     run_entity(spark, ctx, "customers")
-    land(
-        landing, "customers", [customer("C1", city="Lima", updated_at="2026-05-02T01:00:00+02:00")]
-    )
-    run_entity(spark, ctx, "customers")
-    assert [r.city for r in spark.table("silver_customers").collect()] == [
-        "Paris"
-    ]  # 23:00Z the day before
+    assert [r.city for r in spark.table("silver_customers").collect()] == ["Paris"]
     land(
         landing, "customers", [customer("C1", city="Kyiv", updated_at="2026-05-02T03:00:00+02:00")]
-    )
+    )  # 01:00Z
     run_entity(spark, ctx, "customers")
-    assert [r.city for r in spark.table("silver_customers").collect()] == ["Kyiv"]  # 01:00Z
+    assert [(r.city, r.updated_at) for r in spark.table("silver_customers").collect()] == [
+        ("Kyiv", TS("2026-05-02 01:00:00"))
+    ]
 
 
 def test_ties_break_the_same_way_whatever_the_arrival_order(spark, ctx, tmp_path) -> None:
@@ -110,12 +102,12 @@ def test_child_before_parent_is_deferred_then_promoted(spark, ctx) -> None:
     land(landing, "customers", [customer("C1")])
     land(landing, "products", [product("P1")])
     land(landing, "line_items", [line_item("L1", order_id="O1")])
-    run_all(spark, ctx)
+    run_all(spark, ctx, ("customers", "products", "line_items"))
     assert spark.table("silver_line_items").count() == 0
     assert [r.line_item_id for r in spark.table("deferred_line_items").collect()] == ["L1"]
     assert spark.table("quarantine_line_items").count() == 0
     land(landing, "orders", [order("O1")])
-    run_all(spark, ctx)
+    run_all(spark, ctx, ("orders", "line_items"))
     assert [r.line_item_id for r in spark.table("silver_line_items").collect()] == ["L1"]
     assert spark.table("deferred_line_items").count() == 0
 

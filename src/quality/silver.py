@@ -162,6 +162,8 @@ class Silver:
     def resolve_deferred(self, now: datetime | None = None) -> tuple[int, int]:
         """Promote deferred rows whose parents arrived; expire those older than the limit.
         Returns (promoted, expired)."""
+        if not self.rules.of("defer"):
+            return 0, 0  # nothing of this entity is ever deferred
         pending = self.lake.read(self.deferred)
         if pending.isEmpty():
             return 0, 0

@@ -11,7 +11,8 @@ and materialized views, but neither expectations nor AUTO CDC (both Databricks-o
   in full on every run in open-source Spark;
 * gold_*: materialized views built with the same transforms as src/common/gold.py.
 
-Settings come from the spec's configuration: ``bench.landing`` and ``bench.as_of``.
+Settings come from the spec's configuration: ``spark.order_pipeline.bench.landing`` and
+``spark.order_pipeline.bench.as_of``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from order_pipeline.quality.gate import GateOutcome, apply_quality_gate, split_b
 from order_pipeline.quality.rules import load_rules
 
 spark = SparkSession.active()
-LANDING = spark.conf.get("bench.landing")
-AS_OF = spark.conf.get("bench.as_of")
+LANDING = spark.conf.get("spark.order_pipeline.bench.landing")
+AS_OF = spark.conf.get("spark.order_pipeline.bench.as_of")
 ENTITIES = load_entities()
 FORMAT = "delta"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO
 
 POLL_SECONDS = 0.2
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 try:  # optional: the /proc fallback covers Linux
     import psutil  # type: ignore[import-not-found]
@@ -29,6 +30,8 @@ class Measurement:
     seconds: float
     peak_rss_bytes: int  # peak of the summed RSS of the tree, as polled
     peak_hwm_sum_bytes: int  # sum of each process's own high-water mark (an upper bound)
+    cpu_seconds: float  # user + system CPU of every process of the tree, as last polled
+    load_average: tuple[float, float, float]  # of the machine when the command started
     samples: list[tuple[float, int]] = field(default_factory=list)  # (epoch, tree RSS)
     log: str = ""
 
@@ -45,6 +48,8 @@ class Measurement:
             "seconds": round(self.seconds, 3),
             "peak_rss_bytes": self.peak_rss_bytes,
             "peak_hwm_sum_bytes": self.peak_hwm_sum_bytes,
+            "cpu_seconds": round(self.cpu_seconds, 2),
+            "load_average": self.load_average,
             "samples": len(self.samples),
             "log": self.log,
         }
@@ -100,6 +105,23 @@ def memory_of(pid: int) -> tuple[int, int]:
     return 0, 0
 
 
+def cpu_seconds_of(pid: int) -> float:
+    """User + system CPU seconds of one process so far (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        pass
+    if psutil is not None:
+        try:
+            times = psutil.Process(pid).cpu_times()
+            return times.user + times.system
+        except psutil.Error:
+            pass
+    return 0.0
+
+
 def _kib(text: str | None) -> int:
     return int(text.split()[0]) * 1024 if text else 0
 
@@ -137,12 +159,15 @@ def run_measured(
     pump.start()
     samples: list[tuple[float, int]] = []
     hwm: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    load = os.getloadavg()
     while child.poll() is None:
         total = 0
         for pid in process_tree(child.pid):
             rss, high = memory_of(pid)
             total += rss
             hwm[pid] = max(hwm.get(pid, 0), high)
+            cpu[pid] = max(cpu.get(pid, 0.0), cpu_seconds_of(pid))
         samples.append((time.time(), total))
         time.sleep(POLL_SECONDS)
     seconds = time.perf_counter() - started
@@ -154,6 +179,8 @@ def run_measured(
         seconds=seconds,
         peak_rss_bytes=max((rss for _, rss in samples), default=0),
         peak_hwm_sum_bytes=sum(hwm.values()),
+        cpu_seconds=sum(cpu.values()),
+        load_average=load,
         samples=samples,
         log=str(log_path),
     )

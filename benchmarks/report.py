@@ -96,6 +96,8 @@ def workflow_figures(
     return {
         "process": measurement.summary(),
         "wall_seconds": round(measurement.seconds, 3),
+        "cpu_seconds": round(measurement.cpu_seconds, 2),
+        "load_average": measurement.load_average,
         "peak_rss_bytes": measurement.peak_rss_bytes,
         "landing_lines": landing_lines,
         "rows_per_second": per_second(landing_lines, measurement.seconds),
@@ -183,10 +185,12 @@ def listing_figures(probe: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def peer_ratios(pipeline: dict[str, Any], peer: dict[str, Any]) -> dict[str, float | None]:
+def peer_ratios(
+    pipeline: dict[str, Any], peer: dict[str, Any], measure: str = "wall_seconds"
+) -> dict[str, float | None]:
     """pipeline seconds ÷ peer seconds: above 1 the pipeline is slower than the peer."""
     return {
-        label: ratio(pipeline[label]["wall_seconds"], peer[label]["wall_seconds"])
+        label: ratio(pipeline[label][measure], peer[label][measure])
         if peer.get(label, {}).get("status") == "ok"
         else None
         for label in ("cold", "incremental")
@@ -285,48 +289,56 @@ def task_table(cold: dict[str, Any], incremental: dict[str, Any]) -> str:
     return table(columns, rows)
 
 
+def system_row(
+    label: str,
+    cold: dict[str, Any],
+    incr: dict[str, Any],
+    wall: dict[str, Any],
+    cpu: dict[str, Any],
+) -> list[str]:
+    return [
+        label,
+        fmt_seconds(cold["wall_seconds"]),
+        fmt_seconds(incr.get("wall_seconds")),
+        fmt_percent(ratio(incr.get("wall_seconds"), cold["wall_seconds"])),
+        f"{fmt_seconds(cold.get('cpu_seconds'))}/{fmt_seconds(incr.get('cpu_seconds'))}",
+        f"{fmt_mib(cold['peak_rss_bytes'])}/{fmt_mib(incr.get('peak_rss_bytes'))}",
+        f"{fmt_ratio(wall.get('cold'), 'x')} / {fmt_ratio(wall.get('incremental'), 'x')}",
+        f"{fmt_ratio(cpu.get('cold'), 'x')} / {fmt_ratio(cpu.get('incremental'), 'x')}",
+        incr.get("status", "ok"),
+    ]
+
+
 def peer_table(pipeline: dict[str, Any], peers: dict[str, dict[str, Any]]) -> str:
-    rows = [
-        ["order-pipeline", fmt_seconds(pipeline["cold"]["wall_seconds"]), fmt_seconds(pipeline["incremental"]["wall_seconds"]),
-         fmt_percent(ratio(pipeline["incremental"]["wall_seconds"], pipeline["cold"]["wall_seconds"])),
-         f"{fmt_mib(pipeline['cold']['peak_rss_bytes'])}/{fmt_mib(pipeline['incremental']['peak_rss_bytes'])}",
-         "1.00x", "1.00x", "ok"]
-    ]  # fmt: skip
+    same = {"cold": 1.0, "incremental": 1.0}
+    rows = [system_row("order-pipeline", pipeline["cold"], pipeline["incremental"], same, same)]
     for name, peer in peers.items():
-        cold, incr = peer.get("cold", {}), peer.get("incremental", {})
-        status = cold.get("status", "not run")
-        if status != "ok":
-            rows.append(
-                [
-                    PEER_LABELS[name],
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    f"{status}: {first_line(cold.get('error'))}",
-                ]
-            )
+        cold = peer.get("cold", {})
+        if cold.get("status") != "ok":
+            status = f"{cold.get('status', 'not run')}: {first_line(cold.get('error'))}"
+            rows.append([PEER_LABELS[name], *[""] * 7, status])
             continue
-        ratios = peer["pipeline_over_peer"]
         rows.append(
-            [PEER_LABELS[name], fmt_seconds(cold["wall_seconds"]), fmt_seconds(incr.get("wall_seconds")),
-             fmt_percent(ratio(incr.get("wall_seconds"), cold["wall_seconds"])),
-             f"{fmt_mib(cold['peak_rss_bytes'])}/{fmt_mib(incr.get('peak_rss_bytes'))}",
-             fmt_ratio(ratios["cold"], "x"), fmt_ratio(ratios["incremental"], "x"), incr.get("status", "not run")]
-        )  # fmt: skip
+            system_row(
+                PEER_LABELS[name],
+                cold,
+                peer.get("incremental", {}),
+                peer["pipeline_over_peer"],
+                peer["pipeline_over_peer_cpu"],
+            )
+        )
     columns = [
         "system",
         "cold s",
         "incr s",
         "incr/cold",
+        "CPU s cold/incr",
         "peak MiB cold/incr",
-        "pipeline÷peer cold",
-        "incr",
+        "pipeline÷peer wall cold/incr",
+        "CPU cold/incr",
         "status",
     ]
-    return table(columns, rows, right=[False, True, True, True, True, True, True, False])
+    return table(columns, rows, right=[False, *[True] * 7, False])
 
 
 def first_line(text: str | None, width: int = 110) -> str:

@@ -85,6 +85,18 @@ def test_every_task_of_the_graph_succeeds_in_dependency_order(first_run) -> None
     ]  # fmt: skip
 
 
+def test_every_task_run_is_recorded_in_ops_task_runs(spark, first_run) -> None:
+    ctx, manifest, _ = first_run
+    use(spark, ctx)
+    runs = {
+        r.task: r for r in spark.table("ops_task_runs").where(f"run_id = '{ctx.run_id}'").collect()
+    }
+    assert set(runs) == {t.key for t in load_job_graph().tasks.values()}
+    assert all(r.status == "SUCCESS" and r.ended_at >= r.started_at for r in runs.values())
+    assert runs["bronze_orders"].rows_in == manifest["counts"]["orders"]["lines"]
+    assert runs["gold"].rows_out == spark.table("gold_order_details").count()
+
+
 def test_bronze_holds_every_landed_line(spark, first_run) -> None:
     ctx, manifest, _ = first_run
     use(spark, ctx)

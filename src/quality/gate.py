@@ -33,8 +33,8 @@ def with_parent_lookups(
         for rule in ruleset.rules:
             if rule.kind != "foreign_key":
                 continue
-            keys = parent_keys[rule.parent]
-            found = keys.select(F.col(keys.columns[0]).alias(fk_column(rule))).distinct()
+            keys = parent_keys[rule.parent]  # silver keys are unique: no distinct needed
+            found = keys.select(F.col(keys.columns[0]).alias(fk_column(rule)))
             df = df.join(found, df[rule.column] == found[fk_column(rule)], "left")
         return df
 

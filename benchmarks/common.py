@@ -119,3 +119,30 @@ def utc_now() -> datetime:
 
 def landing_files(landing: Path, entity: str) -> list[Path]:
     return sorted((landing / entity).glob("*.json"))
+
+
+def peer_main(
+    description: str,
+    state_option: str,
+    run: Callable[[Path, Path, str, ChildResult], None],
+    argv: list[str] | None = None,
+) -> int:
+    """The command line every peer child shares: run it, always write its result file."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--landing", required=True, type=Path)
+    parser.add_argument(state_option, required=True, type=Path, help="the peer's own state folder")
+    parser.add_argument("--as-of", required=True)
+    parser.add_argument("--result", required=True, type=Path)
+    args = parser.parse_args(argv)
+    state = getattr(args, state_option.lstrip("-").replace("-", "_"))
+    result = ChildResult()
+    try:
+        run(args.landing, state, args.as_of, result)
+    except Exception as exc:
+        result.status, result.error = "failed", error_text(exc)
+    write_child_result(args.result, result)
+    return 0 if result.status == "ok" else 1

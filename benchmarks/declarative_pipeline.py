@@ -15,7 +15,6 @@ run, the result says "not run" with the CLI's own error text instead of a figure
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import shutil
@@ -26,7 +25,7 @@ from pathlib import Path
 import pyspark
 import yaml
 
-from benchmarks.common import ChildResult, error_text, write_child_result
+from benchmarks.common import ChildResult, peer_main
 from order_pipeline.common.config import load_profile
 from order_pipeline.common.spark import cached_delta_jars
 
@@ -139,21 +138,7 @@ def run(landing: Path, state: Path, as_of: str, result: ChildResult) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--landing", required=True, type=Path)
-    parser.add_argument("--state", required=True, type=Path)
-    parser.add_argument("--as-of", required=True)
-    parser.add_argument("--result", required=True, type=Path)
-    args = parser.parse_args(argv)
-    result = ChildResult()
-    try:
-        run(args.landing, args.state, args.as_of, result)
-    except Exception as exc:
-        result.status, result.error = "failed", error_text(exc)
-    write_child_result(args.result, result)
-    return 0 if result.status == "ok" else 1
+    return peer_main(__doc__ or "", "--state", run, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ whose parent is missing waits in ``deferred_<entity>`` and is re-checked on ever
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -24,10 +23,9 @@ import duckdb
 from benchmarks.common import (
     ENTITY_ORDER,
     ChildResult,
-    error_text,
     landing_files,
+    peer_main,
     timed,
-    write_child_result,
 )
 from order_pipeline.common.config import Entity, load_entities
 from order_pipeline.quality.rules import Rule, RuleSet, load_rules
@@ -424,23 +422,7 @@ def run(landing: Path, state: Path, as_of: str, result: ChildResult) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--landing", required=True, type=Path)
-    parser.add_argument("--state", required=True, type=Path, help="folder of the DuckDB database")
-    parser.add_argument("--as-of", required=True)
-    parser.add_argument("--result", required=True, type=Path)
-    args = parser.parse_args(argv)
-    result = ChildResult()
-    try:
-        run(args.landing, args.state, args.as_of, result)
-    except Exception as exc:
-        result.status, result.error = "failed", error_text(exc)
-        write_child_result(args.result, result)
-        raise
-    write_child_result(args.result, result)
-    return 0
+    return peer_main(__doc__ or "", "--state", run, argv)
 
 
 if __name__ == "__main__":

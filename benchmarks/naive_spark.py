@@ -11,7 +11,6 @@ difference from the pipeline is the recompute-everything shape.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -23,9 +22,8 @@ from pyspark.sql.types import StructType
 from benchmarks.common import (
     ENTITY_ORDER,
     ChildResult,
-    error_text,
+    peer_main,
     timed,
-    write_child_result,
 )
 from order_pipeline.common import gold
 from order_pipeline.common.config import Entity, load_entities, load_profile
@@ -139,23 +137,14 @@ def run(landing: Path, data_root: Path, as_of: datetime, result: ChildResult) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    return peer_main(
+        __doc__ or "",
+        "--data-root",
+        lambda landing, root, as_of, result: run(
+            landing.resolve(), root, datetime.fromisoformat(as_of), result
+        ),
+        argv,
     )
-    parser.add_argument("--landing", required=True, type=Path)
-    parser.add_argument("--data-root", required=True, type=Path)
-    parser.add_argument("--as-of", required=True)
-    parser.add_argument("--result", required=True, type=Path)
-    args = parser.parse_args(argv)
-    result = ChildResult()
-    try:
-        run(args.landing.resolve(), args.data_root, datetime.fromisoformat(args.as_of), result)
-    except Exception as exc:
-        result.status, result.error = "failed", error_text(exc)
-        write_child_result(args.result, result)
-        raise
-    write_child_result(args.result, result)
-    return 0
 
 
 if __name__ == "__main__":

@@ -76,6 +76,19 @@ def assert_silver_matches(spark, landing: Path) -> None:
         assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+def completion_rows(spark) -> dict[str, tuple]:
+    return {
+        r.order_id: (
+            r.total_items,
+            r.delivered_items,
+            r.cancelled_items,
+            r.completion_status,
+            r.completed_at,
+        )
+        for r in spark.table("gold_order_completion_status").collect()
+    }
+
+
 def test_every_task_of_the_graph_succeeds_in_dependency_order(first_run) -> None:
     _, _, outcomes = first_run
     assert [(o.key, o.status) for o in outcomes] == [
@@ -191,16 +204,7 @@ def test_gold_equals_python_computation(spark, first_run) -> None:
     }
     assert monthly == gold_product_sales_monthly(details)
 
-    completion = {
-        r.order_id: (
-            r.total_items,
-            r.delivered_items,
-            r.cancelled_items,
-            r.completion_status,
-            r.completed_at,
-        )
-        for r in spark.table("gold_order_completion_status").collect()
-    }
+    completion = completion_rows(spark)
     assert completion == gold_completion(silver)
 
     (top,) = spark.table("gold_most_sold_product_last_30d").collect()
@@ -225,14 +229,5 @@ def test_second_batch_promotes_deferred_items_and_matches_python(spark, second_r
     promoted = {r.line_item_id for r in spark.table("silver_line_items").collect()}
     early = {f["key"] for f in manifest["faults"] if f["kind"] == "early_line_item"}
     assert not early or early <= promoted  # batch 1 lands the withheld orders
-    completion = {
-        r.order_id: (
-            r.total_items,
-            r.delivered_items,
-            r.cancelled_items,
-            r.completion_status,
-            r.completed_at,
-        )
-        for r in spark.table("gold_order_completion_status").collect()
-    }
+    completion = completion_rows(spark)
     assert completion == gold_completion(silver)

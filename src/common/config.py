@@ -143,6 +143,7 @@ class Profile:
     max_bytes_per_trigger: str | None = None
     spark: dict[str, str] = field(default_factory=dict)
     quality: QualitySettings = field(default_factory=QualitySettings)
+    cache_batches: bool = True  # serverless compute rejects DataFrame.persist()
 
     def __post_init__(self) -> None:
         if self.name not in PROFILES:
@@ -181,7 +182,7 @@ def substitute(text: str, values: dict[str, str]) -> str:
 PROFILE_KEYS = {
     "profile", "catalog", "schema", "landing_root", "checkpoint_root", "warehouse_root",
     "source_format", "trigger", "processing_time", "max_files_per_trigger",
-    "max_bytes_per_trigger", "spark", "quality",
+    "max_bytes_per_trigger", "spark", "quality", "cache_batches",
 }  # fmt: skip
 
 
@@ -223,6 +224,7 @@ def load_profile(
             max_files_per_trigger=data.get("max_files_per_trigger"),
             max_bytes_per_trigger=data.get("max_bytes_per_trigger"),
             spark={str(k): str(v) for k, v in (data.get("spark") or {}).items()},
+            cache_batches=bool(data.get("cache_batches", True)),
             quality=QualitySettings(
                 defer_max_age_seconds=parse_duration(
                     quality.get("defer_max_age", "7 days"), path, "quality.defer_max_age"

@@ -161,6 +161,14 @@ class Lakehouse:
     def reset_checkpoint(self, name: str) -> None:
         _remove_tree(self.checkpoint(name))
 
+    def cache(self, df: DataFrame) -> DataFrame:
+        """Keep a DataFrame that several writes read, where the platform allows it."""
+        return df.persist() if self.profile.cache_batches else df
+
+    def release(self, df: DataFrame) -> None:
+        if self.profile.cache_batches:
+            df.unpersist()
+
     # -- landing -------------------------------------------------------------------------
     def landing_stream(self, entity: Entity) -> DataFrame:
         """The landed JSON Lines of one entity as a stream: contract columns, malformed

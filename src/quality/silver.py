@@ -114,7 +114,7 @@ class Silver:
 
     # -- the micro-batch ----------------------------------------------------------------
     def process_batch(self, batch: DataFrame, batch_id: int, app_id: str) -> None:
-        checked = self.check(batch).persist()
+        checked = self.lake.cache(self.check(batch))
         try:
             outcome = split_by_outcome(checked)
             counts = count_outcomes(self.rules, checked)
@@ -128,7 +128,7 @@ class Silver:
             self.run.batches += 1
             self.fault_hook("batch_done", batch_id)
         finally:
-            checked.unpersist()
+            self.lake.release(checked)
 
     def write_batch(
         self, outcome: GateOutcome, counts: BatchCounts, batch_id: int, txn: Txn
@@ -169,7 +169,9 @@ class Silver:
             return 0, 0
         now = now or datetime.now(UTC)
         cutoff = now - timedelta(seconds=self.quality.defer_max_age_seconds)
-        checked = self.check(pending.transform(deferred_as_candidates(self.entity))).persist()
+        checked = self.lake.cache(
+            self.check(pending.transform(deferred_as_candidates(self.entity)))
+        )
         try:
             outcome = split_by_outcome(checked)
             counts = count_outcomes(self.rules, checked)
@@ -200,7 +202,7 @@ class Silver:
                     resolved.alias("s"), f"t.{DEFERRED_ID} = s.{DEFERRED_ID}"
                 ).whenMatchedDelete().execute()
         finally:
-            checked.unpersist()
+            self.lake.release(checked)
         self.run.promoted += promoted_n
         self.run.expired += expired_n
         return promoted_n, expired_n
@@ -223,7 +225,7 @@ class Silver:
             self.rules.named(rule)  # an unknown rule name is an error, not an empty replay
             selected = selected.where(F.array_contains("reasons", rule))
         candidates = selected.transform(quarantined_as_candidates(self.entity))
-        checked = self.check(candidates).persist()
+        checked = self.lake.cache(self.check(candidates))
         try:
             n_checked = checked.count()
             passed = split_by_outcome(checked).passed
@@ -242,7 +244,7 @@ class Silver:
                     },
                 ).execute()
         finally:
-            checked.unpersist()
+            self.lake.release(checked)
         return n_checked, n_passed
 
     # -- the run ------------------------------------------------------------------------

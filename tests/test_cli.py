@@ -26,7 +26,14 @@ def data_root(spark, tmp_path_factory):
         landing = root / "landing"
         land(landing, "customers", [customer("C1"), customer("C2", email="c2@example.test1")])
         land(landing, "orders", [order("O1"), order("O2", customer_id="C9")])
-        assert cli.main(["run", "--data-root", str(root)]) == 0
+        for task in (
+            "bronze_customers",
+            "bronze_orders",
+            "silver_customers",
+            "silver_orders",
+            "gold",
+        ):
+            assert cli.main(["run", "--task", task, "--data-root", str(root)]) == 0
         yield root
 
 

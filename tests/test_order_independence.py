@@ -60,7 +60,7 @@ def fold_latest(records: list[tuple[dict, str]]) -> set[tuple]:
 
 
 @settings(
-    max_examples=5,
+    max_examples=3,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -555,3 +555,28 @@ def test_configure_parser_leaves_data_root_to_the_caller(tmp_path: Path) -> None
     args.data_root = str(tmp_path / "unused")
     assert generate_job.run_cli(args) == 0
     assert (tmp_path / "in" / "orders").is_dir() and not (tmp_path / "unused").exists()
+
+
+def test_output_is_identical_across_processes_with_different_hash_seeds(tmp_path: Path) -> None:
+    """Faker's it_IT cities come from a set: the pools must not follow PYTHONHASHSEED."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from pathlib import Path; "
+        "from order_pipeline.common.synthetic import GeneratorConfig, generate; "
+        "generate(GeneratorConfig(landing=Path(sys.argv[1]), seed=3, scale=0.003, "
+        "end_date=__import__('datetime').date(2026, 1, 31)), progress=lambda _: None)"
+    )
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / hash_seed)], check=True, env=env
+        )
+    first = sorted((tmp_path / "1").rglob("*.json"))
+    assert first
+    for path in first:
+        assert (
+            path.read_bytes() == (tmp_path / "2" / path.relative_to(tmp_path / "1")).read_bytes()
+        ), path

@@ -329,6 +329,17 @@ def _unique(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(v for v in values if v))
 
 
+def _city_pool(fake: Faker, n: int) -> tuple[str, ...]:
+    """Seeded cities, the same in every process. Some Faker locales (it_IT) build their
+    city list from a set, whose order follows PYTHONHASHSEED: draw from a sorted copy."""
+    for provider in fake.providers:
+        listed = getattr(provider, "cities", None)
+        if isinstance(listed, (list, tuple, set, frozenset)) and listed:
+            ordered = sorted(listed)
+            return _unique([fake.random_element(ordered) for _ in range(n)])
+    return _unique([fake.city() for _ in range(n)])
+
+
 def _build_pools(seed: int) -> _Pools:
     countries = []
     slugs: dict[str, str] = {}
@@ -337,7 +348,7 @@ def _build_pools(seed: int) -> _Pools:
         fake.seed_instance(seed * 1000 + i)
         first = _unique([fake.first_name() for _ in range(200)])
         last = _unique([fake.last_name() for _ in range(200)])
-        cities = _unique([fake.city() for _ in range(60)])
+        cities = _city_pool(fake, 60)
         domains = _unique([fake.free_email_domain() for _ in range(20)] + list(_COMMON_DOMAINS))
         for name in first + last:
             slugs[name] = _slug(name)

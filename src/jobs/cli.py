@@ -246,7 +246,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     print("== 1/3 generate synthetic data ==")
-    cmd_generate(args)
+    if (status := cmd_generate(args)) != 0:
+        return status
     print("\n== 2/3 run the workflow (resources/jobs.yml) ==")
     run_args = argparse.Namespace(
         data_root=args.data_root, task=None, full_refresh=False, yes=False, as_of="", param=[]

@@ -37,6 +37,7 @@ from order_pipeline.common.io import (
 )
 from order_pipeline.common.spark import get_spark
 from order_pipeline.common.upsert import WARNINGS, latest_per_key
+from order_pipeline.jobs.gold import write_gold
 from order_pipeline.quality.gate import apply_quality_gate, raise_on_failing, split_by_outcome
 from order_pipeline.quality.rules import load_rules
 
@@ -93,19 +94,7 @@ def rebuild_silver(
 
 
 def rebuild_gold(lake: Lakehouse, as_of: datetime) -> None:
-    silver = {name: lake.read(silver_table(name)) for name in ENTITY_ORDER}
-    details = gold.order_details(
-        silver["line_items"], silver["orders"], silver["customers"], silver["products"]
-    )
-    lake.overwrite(details, gold.ORDER_DETAILS)
-    lake.overwrite(
-        gold.product_sales_monthly(lake.read(gold.ORDER_DETAILS)), gold.PRODUCT_SALES_MONTHLY
-    )
-    lake.overwrite(
-        gold.order_completion_status(silver["orders"], silver["line_items"]),
-        gold.ORDER_COMPLETION_STATUS,
-    )
-    lake.overwrite(gold.most_sold_product_last_30d(lake.spark, as_of), gold.MOST_SOLD_LAST_30D)
+    write_gold(lake, as_of)  # the same gold build as the pipeline's task
 
 
 def table_counts(lake: Lakehouse) -> dict[str, int]:

@@ -30,6 +30,7 @@ SOURCE_FILE = "_source_file"
 INGESTED_AT = "_ingested_at"
 BATCH_ID = "_batch_id"
 RUN_ID = "_run_id"
+QUALITY_WARNINGS = "_quality_warnings"  # rules of severity warn a kept row failed
 BRONZE_METADATA_DDL = (
     f"`{CORRUPT_RECORD}` string, `{RESCUED_DATA}` string, `{SOURCE_FILE}` string, "
     f"`{INGESTED_AT}` timestamp, `{BATCH_ID}` bigint, `{RUN_ID}` string"

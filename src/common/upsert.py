@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from order_pipeline.common.config import Entity
-from order_pipeline.common.io import RUN_ID, SOURCE_FILE, Lakehouse, Txn
+from order_pipeline.common.io import QUALITY_WARNINGS, RUN_ID, SOURCE_FILE, Txn
 
-WARNINGS = "_quality_warnings"
+WARNINGS = QUALITY_WARNINGS
 MERGED_AT = "_merged_at"
 SILVER_METADATA_DDL = f"`{WARNINGS}` array<string>, `{SOURCE_FILE}` string, `{MERGED_AT}` timestamp, `{RUN_ID}` string"
 TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
@@ -54,7 +55,6 @@ def newer_condition(entity: Entity, source: str = "s", target: str = "t") -> str
 
 
 def merge_latest(
-    lake: Lakehouse,
     table: str,
     updates: DataFrame,
     entity: Entity,
@@ -72,7 +72,7 @@ def merge_latest(
     values[MERGED_AT] = F.current_timestamp()
     values[RUN_ID] = F.lit(run_id)
     session = updates.sparkSession
-    target = lake.delta(table) if session is lake.spark else _delta_for(session, table)
+    target = DeltaTable.forName(session, table)  # the micro-batch's own session
     merge = (
         target.alias("t")
         .merge(latest.alias("s"), f"t.`{entity.key}` = s.`{entity.key}`")
@@ -89,9 +89,3 @@ def merge_latest(
     finally:
         session.conf.unset(TXN_APP_ID)
         session.conf.unset(TXN_VERSION)
-
-
-def _delta_for(session, table: str):
-    from delta.tables import DeltaTable
-
-    return DeltaTable.forName(session, table)

@@ -19,17 +19,12 @@ from order_pipeline.common.job import (
 from order_pipeline.common.upsert import silver_ddl
 
 
-def run(
-    spark: SparkSession, ctx: TaskContext, progress: Callable[[str], None] = print
-) -> TaskResult:
-    lake = Lakehouse(spark, ctx.profile)
-    for name, entity in ctx.entities.items():
-        lake.ensure(silver_table(name), silver_ddl(entity))
+def write_gold(lake: Lakehouse, as_of: datetime) -> None:
+    """Overwrite the four gold tables from the current silver tables."""
     silver = {
         name: lake.read(silver_table(name))
         for name in ("customers", "products", "orders", "line_items")
     }
-    as_of = ctx.as_of or datetime.now(UTC)
     details = gold.order_details(
         silver["line_items"], silver["orders"], silver["customers"], silver["products"]
     )
@@ -41,7 +36,17 @@ def run(
         gold.order_completion_status(silver["orders"], silver["line_items"]),
         gold.ORDER_COMPLETION_STATUS,
     )
-    lake.overwrite(gold.most_sold_product_last_30d(spark, as_of), gold.MOST_SOLD_LAST_30D)
+    lake.overwrite(gold.most_sold_product_last_30d(lake.spark, as_of), gold.MOST_SOLD_LAST_30D)
+
+
+def run(
+    spark: SparkSession, ctx: TaskContext, progress: Callable[[str], None] = print
+) -> TaskResult:
+    lake = Lakehouse(spark, ctx.profile)
+    for name, entity in ctx.entities.items():
+        lake.ensure(silver_table(name), silver_ddl(entity))
+    as_of = ctx.as_of or datetime.now(UTC)
+    write_gold(lake, as_of)
     rows_in = lake.read(silver_table("line_items")).count()
     counts = {table: lake.read(table).count() for table in gold.GOLD_TABLES}
     for table, n in counts.items():

@@ -12,10 +12,6 @@ from order_pipeline.common.display import show
 from order_pipeline.common.io import bronze_table, deferred_table, quarantine_table, silver_table
 
 
-def existing(spark: SparkSession, tables: list[str]) -> list[str]:
-    return [t for t in tables if spark.catalog.tableExists(t)]
-
-
 def quarantine_summary(
     spark: SparkSession, entities: list[str], status: str | None = None
 ) -> DataFrame:

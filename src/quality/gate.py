@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from order_pipeline.common.io import QUALITY_WARNINGS
 from order_pipeline.quality.checks import failed, failed_rule_names, fk_column
 from order_pipeline.quality.rules import RuleSet
 
 FAILED_QUARANTINE = "_failed_quarantine"
 FAILED_DEFER = "_failed_defer"
 FAILED_FAIL = "_failed_fail"
-WARNINGS = "_quality_warnings"
+WARNINGS = QUALITY_WARNINGS
 REASONS = "_reasons"
-OUTCOME_COLUMNS = (FAILED_QUARANTINE, FAILED_DEFER, FAILED_FAIL, WARNINGS, REASONS)
 
 
 class QualityFailure(RuntimeError):

@@ -134,7 +134,7 @@ class Silver:
         self, outcome: GateOutcome, counts: BatchCounts, batch_id: int, txn: Txn
     ) -> None:
         if counts.passed:
-            merge_latest(self.lake, self.silver, outcome.passed, self.entity, self.run_id, txn)
+            merge_latest(self.silver, outcome.passed, self.entity, self.run_id, txn)
         self.fault_hook("merged", batch_id)
         if counts.quarantined:
             rows = outcome.quarantined.transform(
@@ -181,7 +181,7 @@ class Silver:
             promoted_n, requarantined_n = counts.passed, counts.quarantined
             expired_n = expired.count() if counts.deferred else 0
             if promoted_n:
-                merge_latest(self.lake, self.silver, outcome.passed, self.entity, self.run_id)
+                merge_latest(self.silver, outcome.passed, self.entity, self.run_id)
             to_quarantine = expired.transform(
                 to_quarantine_rows(self.entity, F.col("_batch_id"), self.run_id, EXPIRED)
             ).unionByName(
@@ -231,7 +231,7 @@ class Silver:
             passed = split_by_outcome(checked).passed
             n_passed = passed.count()
             if n_passed:
-                merge_latest(self.lake, self.silver, passed, self.entity, self.run_id)
+                merge_latest(self.silver, passed, self.entity, self.run_id)
                 ids = passed.select("quarantine_id").distinct()
                 self.lake.delta(self.quarantine).alias("t").merge(
                     ids.alias("s"), "t.quarantine_id = s.quarantine_id"

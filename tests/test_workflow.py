@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,59 @@ def test_tasks_get_resolved_parameters_and_failures_skip_only_dependents(
         "--landing-root", variables["landing_root"], "--checkpoint-root", variables["checkpoint_root"],
         "--full-refresh", "false", "--run-id", "R7", "--data-root", "D",
     ]  # fmt: skip
+
+
+class Overlap:
+    """Entry points that record which tasks were running at the same time."""
+
+    def __init__(self, failing: str | None = None) -> None:
+        self.lock = threading.Lock()
+        self.running: set[str] = set()
+        self.together: set[frozenset[str]] = set()
+        self.started: list[str] = []
+        self.failing = failing
+
+    def load(self, name: str):
+        def main(argv: list[str]) -> int:
+            layer = name.removeprefix("order-pipeline-")
+            key = f"{layer}_{argv[argv.index('--entity') + 1]}" if "--entity" in argv else layer
+            with self.lock:
+                self.started.append(key)
+                self.together.update(frozenset({key, other}) for other in self.running)
+                self.running.add(key)
+            time.sleep(0.15)  # long enough for a parallel sibling to start
+            with self.lock:
+                self.running.discard(key)
+            if key == self.failing:
+                raise RuntimeError(f"boom in {key}")
+            return 0
+
+        return main
+
+
+def test_parallel_runner_overlaps_only_independent_tasks(monkeypatch, graph, variables) -> None:
+    overlap = Overlap(failing="silver_products")
+    monkeypatch.setattr(workflow, "load_entry_point", overlap.load)
+    outcomes = run_graph(
+        graph,
+        variables,
+        {},
+        "R10",
+        [],
+        progress=lambda _: None,
+        parallel=2,
+    )
+    # outcomes in the graph's order, whatever order the threads finished in
+    assert [o.key for o in outcomes] == [t.key for t in graph.ordered()]
+    status = {o.key: o.status for o in outcomes}
+    assert status["silver_products"] == "FAILED"
+    assert status["silver_orders"] == "SUCCESS"  # does not need products
+    assert status["silver_line_items"] == status["gold"] == "UPSTREAM_FAILED"
+    assert overlap.together, "no two tasks ever ran at the same time with parallel=2"
+    for pair in overlap.together:
+        a, b = sorted(pair)
+        assert a not in graph.tasks[b].depends_on and b not in graph.tasks[a].depends_on, pair
+    assert frozenset({"bronze_customers", "bronze_products"}) in overlap.together
 
 
 def test_one_task_and_job_parameters(monkeypatch, graph, variables) -> None:

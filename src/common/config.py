@@ -144,6 +144,7 @@ class Profile:
     spark: dict[str, str] = field(default_factory=dict)
     quality: QualitySettings = field(default_factory=QualitySettings)
     cache_batches: bool = True  # serverless compute rejects DataFrame.persist()
+    parallel_tasks: int = 1  # local runner: independent tasks of the job graph at once
 
     def __post_init__(self) -> None:
         if self.name not in PROFILES:
@@ -153,6 +154,10 @@ class Profile:
         if self.source_format not in SOURCE_FORMATS:
             raise ValueError(
                 f"source_format must be one of {SOURCE_FORMATS}, got {self.source_format!r}"
+            )
+        if not isinstance(self.parallel_tasks, int) or self.parallel_tasks < 1:
+            raise ValueError(
+                f"parallel_tasks must be a whole number of at least 1, got {self.parallel_tasks!r}"
             )
         if self.name == "local" and not self.warehouse_root:
             raise ValueError("the local profile needs warehouse_root")
@@ -182,7 +187,7 @@ def substitute(text: str, values: dict[str, str]) -> str:
 PROFILE_KEYS = {
     "profile", "catalog", "schema", "landing_root", "checkpoint_root", "warehouse_root",
     "source_format", "trigger", "processing_time", "max_files_per_trigger",
-    "max_bytes_per_trigger", "spark", "quality", "cache_batches",
+    "max_bytes_per_trigger", "spark", "quality", "cache_batches", "parallel_tasks",
 }  # fmt: skip
 
 
@@ -225,6 +230,7 @@ def load_profile(
             max_bytes_per_trigger=data.get("max_bytes_per_trigger"),
             spark={str(k): str(v) for k, v in (data.get("spark") or {}).items()},
             cache_batches=bool(data.get("cache_batches", True)),
+            parallel_tasks=data.get("parallel_tasks", 1),
             quality=QualitySettings(
                 defer_max_age_seconds=parse_duration(
                     quality.get("defer_max_age", "7 days"), path, "quality.defer_max_age"

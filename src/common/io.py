@@ -9,8 +9,10 @@ by name works the same way in both places.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +57,22 @@ def deferred_table(entity: str) -> str:
 
 QUALITY_METRICS = "ops_quality_metrics"
 TASK_RUNS = "ops_task_runs"
+GOLD_WATERMARKS = "ops_gold_watermarks"  # silver versions the gold build has consumed
 GX_RESULTS = "ops_gx_results"
 
 
 def bronze_schema(entity: Entity) -> StructType:
     return StructType.fromDDL(f"{entity.ddl()}, {BRONZE_METADATA_DDL}")
+
+
+# Local table folders registered by name, per session and schema folder (see
+# Lakehouse._register_local_tables); a stopped session's entry goes with it.
+_REGISTERED: weakref.WeakKeyDictionary[SparkSession, dict[str, set[str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+_CREATE_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -78,8 +91,9 @@ class Lakehouse:
         self.spark = spark
         self.profile = profile
         if profile.is_local:
-            spark.sql(f"CREATE DATABASE IF NOT EXISTS `{profile.schema}`")
-            spark.sql(f"USE `{profile.schema}`")
+            if spark.catalog.currentDatabase() != profile.schema:
+                spark.sql(f"CREATE DATABASE IF NOT EXISTS `{profile.schema}`")
+                spark.sql(f"USE `{profile.schema}`")
             self._register_local_tables()
 
     # -- locations -----------------------------------------------------------------------
@@ -94,24 +108,51 @@ class Lakehouse:
         return f"{self.profile.landing_root.rstrip('/')}/{entity}"
 
     def _register_local_tables(self) -> None:
+        """Register the Delta folders of the schema by name, once per session and folder.
+
+        Catalog look-ups load every table's log (about a second for a dozen tables here),
+        and a task opens the lakehouse several times: the folders already registered in
+        this session are remembered, so a repeated open only lists the directory.
+        """
         root = Path(self.table_path("x")).parent
         if not root.is_dir():
             return
-        known = {t.name for t in self.spark.catalog.listTables(self.profile.schema)}
-        for folder in sorted(root.iterdir()):
-            if (folder / "_delta_log").is_dir() and folder.name not in known:
+        registered = _REGISTERED.setdefault(self.spark, {}).setdefault(str(root), set())
+        new = [
+            folder
+            for folder in sorted(root.iterdir())
+            if folder.name not in registered and (folder / "_delta_log").is_dir()
+        ]
+        if not new:
+            return
+        known = {
+            row.tableName
+            for row in self.spark.sql(f"SHOW TABLES IN `{self.profile.schema}`").collect()
+        }
+        for folder in new:
+            if folder.name not in known:
                 self.spark.sql(
                     f"CREATE TABLE IF NOT EXISTS `{folder.name}` USING DELTA LOCATION '{folder}'"
                 )
+            registered.add(folder.name)
+
+    def _forget_local_table(self, table: str) -> None:
+        root = str(Path(self.table_path(table)).parent)
+        _REGISTERED.get(self.spark, {}).get(root, set()).discard(table)
 
     # -- tables --------------------------------------------------------------------------
     def exists(self, table: str) -> bool:
         return bool(self.spark.catalog.tableExists(table))
 
     def ensure(
-        self, table: str, schema: StructType | str, partitioned_by: tuple[str, ...] = ()
+        self,
+        table: str,
+        schema: StructType | str,
+        partitioned_by: tuple[str, ...] = (),
+        properties: dict[str, str] | None = None,
     ) -> None:
-        """Create the table if it does not exist yet (never alters an existing one)."""
+        """Create the table if it does not exist yet (never alters an existing one), with
+        the given Delta table properties."""
         if self.exists(table):
             return
         if isinstance(schema, str):
@@ -119,9 +160,20 @@ class Lakehouse:
         builder = DeltaTable.createIfNotExists(self.spark).tableName(table).addColumns(schema)
         if partitioned_by:
             builder = builder.partitionedBy(*partitioned_by)
+        for key, value in (properties or {}).items():
+            builder = builder.property(key, value)
         if self.profile.is_local:
             builder = builder.location(self.table_path(table))
-        builder.execute()
+        # Tasks running at the same time (threads of the local runner, parallel tasks of
+        # a Databricks job) may create the same shared table, such as ops_task_runs: in a
+        # process one creates it at a time; losing a race to another process is fine as
+        # long as the table exists afterwards.
+        with _CREATE_LOCK:
+            try:
+                builder.execute()
+            except Exception:
+                if not self.exists(table):
+                    raise
 
     def read(self, table: str) -> DataFrame:
         return self.spark.table(table)
@@ -158,6 +210,7 @@ class Lakehouse:
             self.spark.sql(f"DROP TABLE `{table}`")
         if self.profile.is_local:
             _remove_tree(self.table_path(table))
+            self._forget_local_table(table)
 
     def reset_checkpoint(self, name: str) -> None:
         _remove_tree(self.checkpoint(name))

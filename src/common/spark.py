@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -102,10 +103,17 @@ def check_java() -> None:
 
 
 _session: SparkSession | None = None
+_session_lock = threading.Lock()
 
 
 def get_spark(profile: Profile, app_name: str = "order-pipeline") -> SparkSession:
-    """Build (once per process) or return the session for this profile."""
+    """Build (once per process) or return the session for this profile. Tasks the local
+    runner starts in parallel threads ask at the same time: one builds, the others wait."""
+    with _session_lock:
+        return _get_or_build(profile, app_name)
+
+
+def _get_or_build(profile: Profile, app_name: str) -> SparkSession:
     global _session
     if _session is not None and _session._jsc is not None:
         return _session

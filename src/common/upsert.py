@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from order_pipeline.common.config import Entity
@@ -66,16 +66,13 @@ def merge_latest(
     With ``txn`` the MERGE commits under Delta's idempotent-write identity, set on the
     updates' own session (a micro-batch has its own) and always reset afterwards.
     """
-    latest = updates.transform(latest_per_key(entity))
-    columns = [*entity.columns, WARNINGS, SOURCE_FILE]
-    values = {c: F.col(f"s.`{c}`") for c in columns}
-    values[MERGED_AT] = F.current_timestamp()
-    values[RUN_ID] = F.lit(run_id)
+    latest = updates.transform(latest_per_key(entity)).alias("s")
+    values = silver_values(entity, run_id)
     session = updates.sparkSession
     target = DeltaTable.forName(session, table)  # the micro-batch's own session
     merge = (
         target.alias("t")
-        .merge(latest.alias("s"), f"t.`{entity.key}` = s.`{entity.key}`")
+        .merge(latest, f"t.`{entity.key}` = s.`{entity.key}`")
         .whenMatchedUpdate(condition=newer_condition(entity), set=values)
         .whenNotMatchedInsert(values=values)
     )
@@ -89,3 +86,24 @@ def merge_latest(
     finally:
         session.conf.unset(TXN_APP_ID)
         session.conf.unset(TXN_VERSION)
+
+
+def latest_rows(entity: Entity, run_id: str) -> Callable[[DataFrame], DataFrame]:
+    """Silver rows as ``merge_latest`` would insert them into an empty table: appending
+    these to an EMPTY silver table is the same write without a join against a target
+    that has nothing to match (the first load of a table is most of a cold run)."""
+
+    def transform(updates: DataFrame) -> DataFrame:
+        latest = updates.transform(latest_per_key(entity)).alias("s")
+        values = silver_values(entity, run_id)
+        return latest.select(*[value.alias(name) for name, value in values.items()])
+
+    return transform
+
+
+def silver_values(entity: Entity, run_id: str) -> dict[str, Column]:
+    """Silver's columns, in table order, from the aliased latest snapshots ``s``."""
+    values = {c: F.col(f"s.`{c}`") for c in [*entity.columns, WARNINGS, SOURCE_FILE]}
+    values[MERGED_AT] = F.current_timestamp()
+    values[RUN_ID] = F.lit(run_id)
+    return values

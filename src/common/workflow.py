@@ -12,6 +12,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -169,9 +170,12 @@ def run_graph(
     extra_args: list[str],
     only: str | None = None,
     progress: Callable[[str], None] = print,
+    parallel: int = 1,
 ) -> list[TaskOutcome]:
-    """Run the graph (or one task) in dependency order; a failed task marks its
-    dependents UPSTREAM_FAILED, as Databricks does, and independent tasks still run."""
+    """Run the graph (or one task) in dependency order, up to ``parallel`` independent
+    tasks at once (threads sharing the process's Spark session). A failed task marks its
+    dependents UPSTREAM_FAILED, as Databricks does, and independent tasks still run.
+    Outcomes come back in the graph's order whatever order the tasks finished in."""
     job_parameters = {
         name: resolve(default, variables, {}, f"{graph.source}: parameters.{name}")
         for name, default in graph.parameters.items()
@@ -183,30 +187,50 @@ def run_graph(
     if only is not None and only not in graph.tasks:
         raise ConfigError(graph.source, "tasks", f"no task {only!r}; tasks: {list(graph.tasks)}")
     tasks = [t for t in graph.ordered() if only is None or t.key == only]
-    failed: set[str] = set()
-    outcomes: list[TaskOutcome] = []
-    for index, task in enumerate(tasks, start=1):
-        if set(task.depends_on) & failed:
-            failed.add(task.key)
-            outcomes.append(TaskOutcome(task.key, "UPSTREAM_FAILED"))
-            progress(f"[{index}/{len(tasks)}] {task.key}: skipped, an upstream task failed")
-            continue
-        dynamic = {f"job.parameters.{k}": v for k, v in job_parameters.items()}
-        dynamic.update({"job.run_id": run_id, "task.name": task.key, "job.name": graph.name})
+    selected = {t.key for t in tasks}
+    position = {t.key: i for i, t in enumerate(tasks, start=1)}
+    dynamic = {f"job.parameters.{k}": v for k, v in job_parameters.items()}
+    dynamic.update({"job.run_id": run_id, "job.name": graph.name})
+
+    def argv_of(task: Task) -> list[str]:
         where = f"{graph.source}: tasks.{task.key}.parameters"
-        argv = [resolve(p, variables, dynamic, where) for p in task.parameters] + extra_args
-        progress(f"[{index}/{len(tasks)}] {task.key} ({task.entry_point})")
+        values = {**dynamic, "task.name": task.key}
+        return [resolve(p, variables, values, where) for p in task.parameters] + extra_args
+
+    def execute(task: Task, argv: list[str]) -> TaskOutcome:
         started = time.monotonic()
         try:
             load_entry_point(task.entry_point)(argv)
         except Exception as exc:  # a task failure must not hide the rest of the graph
-            failed.add(task.key)
-            outcomes.append(
-                TaskOutcome(
-                    task.key, "FAILED", time.monotonic() - started, f"{type(exc).__name__}: {exc}"
-                )
-            )
-            progress(f"  {task.key} FAILED: {type(exc).__name__}: {exc}")
-            continue
-        outcomes.append(TaskOutcome(task.key, "SUCCESS", time.monotonic() - started))
-    return outcomes
+            error = f"{type(exc).__name__}: {exc}"
+            progress(f"  {task.key} FAILED: {error}")
+            return TaskOutcome(task.key, "FAILED", time.monotonic() - started, error)
+        return TaskOutcome(task.key, "SUCCESS", time.monotonic() - started)
+
+    outcomes: dict[str, TaskOutcome] = {}
+    pending = list(tasks)
+    running: dict[Future[TaskOutcome], Task] = {}
+    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="task") as pool:
+        while pending or running:
+            for task in list(pending):
+                upstream = [d for d in task.depends_on if d in selected]
+                if any(d in outcomes and outcomes[d].status != "SUCCESS" for d in upstream):
+                    pending.remove(task)
+                    outcomes[task.key] = TaskOutcome(task.key, "UPSTREAM_FAILED")
+                    progress(
+                        f"[{position[task.key]}/{len(tasks)}] {task.key}: skipped, an upstream "
+                        "task failed"
+                    )
+                elif len(running) < parallel and all(d in outcomes for d in upstream):
+                    pending.remove(task)
+                    argv = argv_of(task)  # a reference error stops the run before this task
+                    progress(f"[{position[task.key]}/{len(tasks)}] {task.key} ({task.entry_point})")
+                    running[pool.submit(execute, task, argv)] = task
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                outcome = future.result()
+                outcomes[outcome.key] = outcome
+                del running[future]
+    return [outcomes[t.key] for t in tasks]

@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="do not ask before a full refresh")
     p.add_argument("--as-of", default="", help="as-of date for gold (default: now)")
     p.add_argument(
+        "--parallel",
+        type=positive_int,
+        help="independent tasks at once (default: parallel_tasks of the profile)",
+    )
+    p.add_argument(
         "--param", action="append", default=[], metavar="KEY=VALUE", help="job parameter"
     )
 
@@ -105,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trigger", help="start the deployed job on Databricks and follow it")
     trigger.configure_parser(p)
     return parser
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
 
 
 def key_values(pairs: list[str], option: str) -> dict[str, str]:
@@ -174,7 +186,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     variables = bundle_variables(graph.source.parent.parent, ctx.profile)
     print(f"job {graph.name}: {len(graph.tasks)} tasks from {graph.source}, run {ctx.run_id}")
     outcomes = run_graph(
-        graph, variables, parameters, ctx.run_id, ["--data-root", args.data_root], only=args.task
+        graph,
+        variables,
+        parameters,
+        ctx.run_id,
+        ["--data-root", args.data_root],
+        only=args.task,
+        parallel=args.parallel or ctx.profile.parallel_tasks,
     )
     print()
     print(format_table(["task", "status", "seconds", "error"],
@@ -250,7 +268,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return status
     print("\n== 2/3 run the workflow (resources/jobs.yml) ==")
     run_args = argparse.Namespace(
-        data_root=args.data_root, task=None, full_refresh=False, yes=False, as_of="", param=[]
+        data_root=args.data_root,
+        task=None,
+        full_refresh=False,
+        yes=False,
+        as_of="",
+        param=[],
+        parallel=None,
     )
     status = cmd_run(run_args)
     print("\n== 3/3 report ==")

@@ -9,7 +9,9 @@ MERGE only ever replaces older snapshots, quarantine inserts are keyed, deletes 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -26,7 +28,7 @@ from order_pipeline.common.io import (
     quarantine_table,
     silver_table,
 )
-from order_pipeline.common.upsert import merge_latest, silver_ddl
+from order_pipeline.common.upsert import latest_rows, merge_latest, silver_ddl
 from order_pipeline.quality.gate import (
     GateOutcome,
     apply_quality_gate,
@@ -54,6 +56,24 @@ class QuarantineRatioExceeded(RuntimeError):
     """Too large a share of a run's rows was quarantined: the scheduled run must alert."""
 
 
+class StepTimer:
+    """Wall seconds per named step of a micro-batch, for its progress line."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - started
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {seconds:.1f}s" for step, seconds in self.seconds.items())
+
+
 def no_fault(step: str, batch_id: int) -> None:
     """Default fault hook; tests replace it to crash at a named step."""
 
@@ -79,6 +99,7 @@ class Silver:
     progress: Callable[[str], None] = print
     fault_hook: Callable[[str, int], None] = no_fault
     run: SilverRun = field(default_factory=SilverRun)
+    _silver_empty: bool | None = field(default=None, init=False, repr=False)
 
     @property
     def silver(self) -> str:
@@ -92,8 +113,16 @@ class Silver:
     def deferred(self) -> str:
         return deferred_table(self.entity.name)
 
+    def silver_is_empty(self) -> bool:
+        """Whether silver has no rows yet (asked once per run: only this run writes it)."""
+        if self._silver_empty is None:
+            self._silver_empty = self.lake.delta(self.silver).detail().first()["numFiles"] == 0
+        return self._silver_empty
+
     def ensure_tables(self) -> None:
-        self.lake.ensure(self.silver, silver_ddl(self.entity))
+        # the gold build reads what changed from the change data feed (gold.CHANGE_DATA_FEED)
+        cdf = {"delta.enableChangeDataFeed": "true"}
+        self.lake.ensure(self.silver, silver_ddl(self.entity), properties=cdf)
         self.lake.ensure(self.quarantine, quarantine_ddl(self.entity))
         self.lake.ensure(self.deferred, deferred_ddl(self.entity))
         self.lake.ensure(QUALITY_METRICS, METRICS_DDL)
@@ -114,41 +143,63 @@ class Silver:
 
     # -- the micro-batch ----------------------------------------------------------------
     def process_batch(self, batch: DataFrame, batch_id: int, app_id: str) -> None:
+        steps = StepTimer()
         checked = self.lake.cache(self.check(batch))
         try:
             outcome = split_by_outcome(checked)
-            counts = count_outcomes(self.rules, checked)
+            with steps("check"):
+                counts = count_outcomes(self.rules, checked)
             if counts.failing:
                 raise_on_failing(self.rules, outcome.failing, self.entity.columns)
             self.fault_hook("checked", batch_id)
-            self.write_batch(outcome, counts, batch_id, Txn(app_id, batch_id))
+            self.write_batch(outcome, counts, batch_id, Txn(app_id, batch_id), steps)
             if self.quality.gx_validation:
-                self.validate_with_gx(batch, batch_id, Txn(app_id, batch_id))
+                with steps("gx"):
+                    self.validate_with_gx(batch, batch_id, Txn(app_id, batch_id))
             self.run.counts.add(counts)
             self.run.batches += 1
+            self.progress(
+                f"  {self.silver}: batch {batch_id}: {counts.checked} checked, {counts.passed} "
+                f"passed, {counts.quarantined} quarantined, {counts.deferred} deferred ({steps})"
+            )
             self.fault_hook("batch_done", batch_id)
         finally:
             self.lake.release(checked)
 
     def write_batch(
-        self, outcome: GateOutcome, counts: BatchCounts, batch_id: int, txn: Txn
+        self,
+        outcome: GateOutcome,
+        counts: BatchCounts,
+        batch_id: int,
+        txn: Txn,
+        steps: StepTimer | None = None,
     ) -> None:
+        steps = steps or StepTimer()
         if counts.passed:
-            merge_latest(self.silver, outcome.passed, self.entity, self.run_id, txn)
+            with steps("merge"):
+                if self.silver_is_empty():
+                    rows = outcome.passed.transform(latest_rows(self.entity, self.run_id))
+                    self.lake.append(rows, self.silver, txn)
+                else:
+                    merge_latest(self.silver, outcome.passed, self.entity, self.run_id, txn)
+                self._silver_empty = False
         self.fault_hook("merged", batch_id)
         if counts.quarantined:
             rows = outcome.quarantined.transform(
                 to_quarantine_rows(self.entity, batch_id, self.run_id)
             )
-            self.lake.append(rows, self.quarantine, txn)
+            with steps("quarantine"):
+                self.lake.append(rows, self.quarantine, txn)
         self.fault_hook("quarantined", batch_id)
         if counts.deferred:
             rows = outcome.deferred.transform(to_deferred_rows(self.entity, batch_id, self.run_id))
-            self.lake.append(rows, self.deferred, txn)
+            with steps("deferred"):
+                self.lake.append(rows, self.deferred, txn)
         metrics = metrics_rows(
             outcome.passed.sparkSession, self.rules, counts, self.run_id, batch_id, "stream"
         )
-        self.lake.append(metrics, QUALITY_METRICS, txn)
+        with steps("metrics"):
+            self.lake.append(metrics, QUALITY_METRICS, txn)
 
     def validate_with_gx(self, batch: DataFrame, batch_id: int, txn: Txn) -> None:
         from order_pipeline.quality.gx import gx_result_rows, validate_batch

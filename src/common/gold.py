@@ -1,11 +1,14 @@
-"""Gold: the business answers, as pure transforms of silver DataFrames (see DESIGN.md)."""
+"""Gold: the business answers, as pure transforms of silver DataFrames (see DESIGN.md),
+and the planning of an incremental gold build from the silver tables' change data feed."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from functools import reduce
 from importlib.resources import files
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 ORDER_DETAILS = "gold_order_details"
@@ -15,6 +18,10 @@ MOST_SOLD_LAST_30D = "gold_most_sold_product_last_30d"
 GOLD_TABLES = (ORDER_DETAILS, PRODUCT_SALES_MONTHLY, ORDER_COMPLETION_STATUS, MOST_SOLD_LAST_30D)
 
 COMPLETED, CANCELLED, IN_PROGRESS = "Completed", "Cancelled", "In Progress"
+
+# Silver tables record their row changes so that gold can be rebuilt for what changed only.
+CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
+VANISHED = "_vanished"  # a monthly sales group that no longer has any delivered item
 
 
 def order_details(
@@ -116,3 +123,170 @@ def most_sold_query() -> str:
 def most_sold_product_last_30d(spark: SparkSession, as_of: datetime) -> DataFrame:
     """Runs src/queries/most_sold_product_last_30d.sql against gold_order_details."""
     return spark.sql(most_sold_query(), args={"as_of": as_of})
+
+
+# -- incremental build ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class SilverSnapshot:
+    """A silver table as the gold build found it: identity, version, change data feed."""
+
+    table: str
+    table_id: str
+    version: int
+    change_data_feed: bool
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """The last version of a silver table the gold tables were built from."""
+
+    table: str
+    table_id: str
+    version: int
+
+
+def full_rebuild_reason(
+    full_refresh: bool,
+    missing_gold: list[str],
+    silver: list[SilverSnapshot],
+    watermarks: dict[str, Watermark],
+) -> str | None:
+    """Why gold must be rebuilt from whole silver tables, or None when the change feeds
+    since the watermarks are enough. (A change feed that turns out unreadable, e.g.
+    vacuumed, is only found when read: the job falls back then.)"""
+    if full_refresh:
+        return "full refresh requested"
+    if missing_gold:
+        return f"{', '.join(missing_gold)} missing"
+    for snapshot in silver:
+        watermark = watermarks.get(snapshot.table)
+        if watermark is None:
+            return f"no watermark for {snapshot.table} yet"
+        if not snapshot.change_data_feed:
+            return f"change data feed is off on {snapshot.table}"
+        if watermark.table_id != snapshot.table_id:
+            return f"{snapshot.table} was recreated since gold last read it"
+        if watermark.version > snapshot.version:
+            return (
+                f"{snapshot.table} is at version {snapshot.version}, "
+                f"behind the watermark {watermark.version}"
+            )
+    return None
+
+
+@dataclass(frozen=True)
+class SilverChanges:
+    """Change-feed rows of each silver table since gold last read it, every change type
+    (an update's pre-image matters as much as its post-image); None: no change."""
+
+    customers: DataFrame | None = None
+    products: DataFrame | None = None
+    orders: DataFrame | None = None
+    line_items: DataFrame | None = None
+
+    def any(self) -> bool:
+        return any(
+            c is not None for c in (self.customers, self.products, self.orders, self.line_items)
+        )
+
+
+def affected_orders(changes: SilverChanges, orders: DataFrame, line_items: DataFrame) -> DataFrame:
+    """The order_ids whose gold rows may differ from the last build: orders of changed
+    line items (before and after the change), changed orders, orders of changed customers
+    and orders with line items of changed products (``orders``/``line_items``: current
+    silver)."""
+    ids = [orders.select("order_id").limit(0)]
+    if changes.line_items is not None:
+        ids.append(changes.line_items.select("order_id"))
+    if changes.orders is not None:
+        ids.append(changes.orders.select("order_id"))
+    if changes.customers is not None:
+        customers = changes.customers.select("customer_id")
+        ids.append(orders.join(customers, "customer_id", "left_semi").select("order_id"))
+    if changes.products is not None:
+        products = changes.products.select("product_id")
+        ids.append(line_items.join(products, "product_id", "left_semi").select("order_id"))
+    return reduce(DataFrame.unionByName, ids).where(F.col("order_id").isNotNull()).distinct()
+
+
+def _of_orders(df: DataFrame, order_ids: DataFrame) -> DataFrame:
+    return df.join(order_ids, "order_id", "left_semi")
+
+
+def order_details_for_orders(
+    order_ids: DataFrame,
+    line_items: DataFrame,
+    orders: DataFrame,
+    customers: DataFrame,
+    products: DataFrame,
+) -> DataFrame:
+    """``order_details`` restricted to the line items of ``order_ids``: every input is
+    narrowed to the keys those line items reach before the joins."""
+    items = _of_orders(line_items, order_ids)
+    their_orders = _of_orders(orders, order_ids)
+    their_customers = customers.join(their_orders.select("customer_id"), "customer_id", "left_semi")
+    their_products = products.join(items.select("product_id"), "product_id", "left_semi")
+    return order_details(items, their_orders, their_customers, their_products)
+
+
+def order_completion_status_for_orders(
+    order_ids: DataFrame, orders: DataFrame, line_items: DataFrame
+) -> DataFrame:
+    """``order_completion_status`` of ``order_ids`` only."""
+    return order_completion_status(_of_orders(orders, order_ids), _of_orders(line_items, order_ids))
+
+
+def _order_month() -> Column:
+    return F.trunc("order_ts", "month").alias("month")
+
+
+def sales_groups_to_refresh(
+    changes: SilverChanges,
+    order_ids: DataFrame,
+    orders: DataFrame,
+    refreshed_details: DataFrame,
+    replaced_details: DataFrame,
+) -> DataFrame:
+    """The (product_id, month) groups of gold_product_sales_monthly that the refreshed
+    order details can change: the groups of the gold rows being replaced, of their new
+    rows, and of every (product, order month) pairing the affected line items and orders
+    went through since the watermark (pre- and post-images). The last part keeps a crash
+    between the gold writes harmless: gold rows already rewritten by a failed run no longer
+    show the groups they left, the change feed still does."""
+    pairs = [refreshed_details.select("order_id", "product_id")]
+    if changes.line_items is not None:
+        pairs.append(changes.line_items.select("order_id", "product_id"))
+    months = [_of_orders(orders, order_ids).select("order_id", _order_month())]
+    if changes.orders is not None:
+        months.append(changes.orders.select("order_id", _order_month()))
+    travelled = (
+        reduce(DataFrame.unionByName, pairs)
+        .join(reduce(DataFrame.unionByName, months), "order_id")
+        .select("product_id", "month")
+    )
+    before = replaced_details.select("product_id", _order_month())
+    after = refreshed_details.select("product_id", _order_month())
+    return travelled.unionByName(before).unionByName(after).distinct()
+
+
+def _same_group(details: DataFrame, groups: DataFrame) -> Column:
+    return details["product_id"].eqNullSafe(groups["product_id"]) & F.trunc(
+        details["order_ts"], "month"
+    ).eqNullSafe(groups["month"])
+
+
+def product_sales_for_groups(groups: DataFrame, details: DataFrame) -> DataFrame:
+    """One row per given group: its ``product_sales_monthly`` row from the whole order
+    details, or, with ``_vanished`` true, nothing but the key when the group has no
+    delivered item any more. What replacing those groups in gold_product_sales_monthly
+    takes."""
+    sales = product_sales_monthly(details.join(groups, _same_group(details, groups), "left_semi"))
+    key = sales["product_id"].eqNullSafe(groups["product_id"]) & sales["month"].eqNullSafe(
+        groups["month"]
+    )
+    return groups.join(sales, key, "left").select(
+        groups["month"],
+        groups["product_id"],
+        *[sales[c] for c in ("product_name", "product_category", "units", "revenue", "orders")],
+        sales["units"].isNull().alias(VANISHED),
+    )

@@ -1,14 +1,24 @@
-"""Gold task: rebuild the gold tables from silver."""
+"""Gold task: build the gold tables from silver, incrementally where the silver change
+data feed allows it.
+
+A full rebuild overwrites every gold table from whole silver tables. An incremental build
+reads the silver changes since the versions the last build consumed (its watermarks, in
+ops_gold_watermarks), recomputes the gold rows of the orders those changes reach and MERGEs
+them in. Both read silver at versions pinned when the task starts, and the watermarks move
+to those versions only after every gold write succeeded: a run that fails half way leaves
+the old watermarks, and the next run recomputes the same keys (and more) from current silver.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from order_pipeline.common import gold
-from order_pipeline.common.io import Lakehouse, silver_table
+from order_pipeline.common.io import GOLD_WATERMARKS, Lakehouse, silver_table
 from order_pipeline.common.job import (
     TaskContext,
     TaskResult,
@@ -18,13 +28,91 @@ from order_pipeline.common.job import (
 )
 from order_pipeline.common.upsert import silver_ddl
 
+SILVER_INPUTS = ("customers", "products", "orders", "line_items")
+MAINTAINED = (gold.ORDER_DETAILS, gold.PRODUCT_SALES_MONTHLY, gold.ORDER_COMPLETION_STATUS)
+WATERMARKS_DDL = (
+    "source_table string, table_id string, version bigint, run_id string, updated_at timestamp"
+)
+# Error conditions of a change feed that cannot serve the versions asked for (log or change
+# files cleaned up, change data not recorded for some version, incompatible schema change):
+# the build falls back to a full rebuild. PySpark leaves some JVM errors unconverted (a
+# failed job arrives as a Py4JJavaError), so they are recognised by their message.
+CHANGE_FEED_UNAVAILABLE = (
+    "DELTA_MISSING_CHANGE_DATA",
+    "DELTA_TRUNCATED_TRANSACTION_LOG",
+    "DELTA_LOG_FILE_NOT_FOUND",
+    "DELTA_VERSION_NOT_FOUND",
+    "DELTA_VERSIONS_NOT_CONTIGUOUS",
+    "DELTA_FILE_NOT_FOUND",
+    "FAILED_READ_FILE.FILE_NOT_EXIST",
+    "DELTA_CHANGE_DATA_FEED_INCOMPATIBLE_SCHEMA_CHANGE",
+    "DELTA_CHANGE_DATA_FEED_INCOMPATIBLE_DATA_SCHEMA",
+)
 
-def write_gold(lake: Lakehouse, as_of: datetime) -> None:
-    """Overwrite the four gold tables from the current silver tables."""
-    silver = {
-        name: lake.read(silver_table(name))
-        for name in ("customers", "products", "orders", "line_items")
+
+def no_fault(step: str) -> None:
+    """Default fault hook; tests replace it to crash after a named step."""
+
+
+class ChangeFeedUnavailable(RuntimeError):
+    """The silver change feed cannot serve the versions since the watermarks."""
+
+
+# -- reads ---------------------------------------------------------------------------------
+def read_at(lake: Lakehouse, table: str, version: int) -> DataFrame:
+    return lake.spark.read.format("delta").option("versionAsOf", version).table(table)
+
+
+def read_changes(lake: Lakehouse, table: str, after: int, up_to: int) -> DataFrame:
+    """Change-feed rows of the versions (after, up_to]; the end is pinned so that a silver
+    write committed meanwhile is left for the next run."""
+    return (
+        lake.spark.read.format("delta")
+        .option("readChangeFeed", "true")
+        .option("startingVersion", after + 1)
+        .option("endingVersion", up_to)
+        .table(table)
+    )
+
+
+def silver_snapshot(lake: Lakehouse, table: str) -> gold.SilverSnapshot:
+    detail = lake.delta(table).detail().select("id", "properties").first()
+    properties = detail["properties"] or {}
+    return gold.SilverSnapshot(
+        table=table,
+        table_id=detail["id"],
+        version=lake.version(table),
+        change_data_feed=properties.get("delta.enableChangeDataFeed", "").lower() == "true",
+    )
+
+
+def consumed_watermarks(lake: Lakehouse) -> dict[str, gold.Watermark]:
+    return {
+        r.source_table: gold.Watermark(r.source_table, r.table_id, r.version)
+        for r in lake.read(GOLD_WATERMARKS).collect()
     }
+
+
+def record_watermarks(lake: Lakehouse, snapshots: list[gold.SilverSnapshot], run_id: str) -> None:
+    now = datetime.now(UTC)
+    rows = lake.spark.createDataFrame(
+        [(s.table, s.table_id, s.version, run_id, now) for s in snapshots], WATERMARKS_DDL
+    )
+    merge_rows(lake, GOLD_WATERMARKS, rows, "source_table")
+
+
+def change_feed_unavailable(exc: BaseException) -> str | None:
+    """The error condition of ``exc`` if it says the change feed cannot serve a read."""
+    text = str(exc)
+    return next((c for c in CHANGE_FEED_UNAVAILABLE if f"[{c}]" in text), None)
+
+
+# -- full rebuild ----------------------------------------------------------------------------
+def write_gold(
+    lake: Lakehouse, as_of: datetime, silver: dict[str, DataFrame] | None = None
+) -> None:
+    """Overwrite the four gold tables from the given silver tables (default: current)."""
+    silver = silver or {name: lake.read(silver_table(name)) for name in SILVER_INPUTS}
     details = gold.order_details(
         silver["line_items"], silver["orders"], silver["customers"], silver["products"]
     )
@@ -39,25 +127,185 @@ def write_gold(lake: Lakehouse, as_of: datetime) -> None:
     lake.overwrite(gold.most_sold_product_last_30d(lake.spark, as_of), gold.MOST_SOLD_LAST_30D)
 
 
-def run(
-    spark: SparkSession, ctx: TaskContext, progress: Callable[[str], None] = print
-) -> TaskResult:
-    lake = Lakehouse(spark, ctx.profile)
-    for name, entity in ctx.entities.items():
-        lake.ensure(silver_table(name), silver_ddl(entity))
-    as_of = ctx.as_of or datetime.now(UTC)
-    write_gold(lake, as_of)
-    rows_in = lake.read(silver_table("line_items")).count()
-    counts = {table: lake.read(table).count() for table in gold.GOLD_TABLES}
-    for table, n in counts.items():
-        progress(f"  {table}: {n} rows")
-    return TaskResult(
-        rows_in=rows_in, rows_out=counts[gold.ORDER_DETAILS], details={"as_of": as_of, **counts}
+# -- incremental build -----------------------------------------------------------------------
+def silver_changes(
+    lake: Lakehouse,
+    snapshots: dict[str, gold.SilverSnapshot],
+    watermarks: dict[str, gold.Watermark],
+) -> gold.SilverChanges:
+    changed = {}
+    for name, snapshot in snapshots.items():
+        consumed = watermarks[snapshot.table].version
+        if snapshot.version > consumed:
+            changed[name] = read_changes(lake, snapshot.table, consumed, snapshot.version)
+    return gold.SilverChanges(**changed)
+
+
+def merge_rows(lake: Lakehouse, table: str, rows: DataFrame, key: str) -> None:
+    """Upsert rows by key (silver never deletes, so neither does the gold build)."""
+    (
+        lake.delta(table)
+        .alias("t")
+        .merge(rows.alias("s"), f"t.`{key}` = s.`{key}`")
+        .whenMatchedUpdateAll()
+        .whenNotMatchedInsertAll()
+        .execute()
     )
 
 
+def replace_sales_groups(lake: Lakehouse, groups: DataFrame) -> None:
+    """Recompute the given monthly sales groups from gold_order_details and replace them in
+    one MERGE: updated, inserted, or deleted when no delivered item is left in them."""
+    rows = gold.product_sales_for_groups(groups, lake.read(gold.ORDER_DETAILS))
+    columns = [c for c in rows.columns if c != gold.VANISHED]
+    values = {c: F.col(f"s.`{c}`") for c in columns}
+    vanished = F.col(f"s.`{gold.VANISHED}`")
+    (
+        lake.delta(gold.PRODUCT_SALES_MONTHLY)
+        .alias("t")
+        .merge(rows.alias("s"), "t.product_id <=> s.product_id AND t.month <=> s.month")
+        .whenMatchedDelete(condition=vanished)
+        .whenMatchedUpdate(set=values)
+        .whenNotMatchedInsert(condition=~vanished, values=values)
+        .execute()
+    )
+
+
+def update_gold(
+    lake: Lakehouse,
+    silver: dict[str, DataFrame],
+    changes: gold.SilverChanges,
+    order_ids: DataFrame,
+    fault_hook: Callable[[str], None] = no_fault,
+) -> None:
+    """MERGE the gold rows of ``order_ids``, recomputed from ``silver``, into gold."""
+    replaced = read_at(lake, gold.ORDER_DETAILS, lake.version(gold.ORDER_DETAILS)).join(
+        order_ids, "order_id", "left_semi"
+    )
+    refreshed = lake.cache(
+        gold.order_details_for_orders(
+            order_ids,
+            silver["line_items"],
+            silver["orders"],
+            silver["customers"],
+            silver["products"],
+        )
+    )
+    try:
+        groups = gold.sales_groups_to_refresh(
+            changes, order_ids, silver["orders"], refreshed, replaced
+        )
+        merge_rows(lake, gold.ORDER_DETAILS, refreshed, "line_item_id")
+        fault_hook("order_details_merged")
+        completion = gold.order_completion_status_for_orders(
+            order_ids, silver["orders"], silver["line_items"]
+        )
+        merge_rows(lake, gold.ORDER_COMPLETION_STATUS, completion, "order_id")
+        replace_sales_groups(lake, groups)
+    finally:
+        lake.release(refreshed)
+
+
+def build_incrementally(
+    lake: Lakehouse,
+    silver: dict[str, DataFrame],
+    snapshots: dict[str, gold.SilverSnapshot],
+    watermarks: dict[str, gold.Watermark],
+    progress: Callable[[str], None] = print,
+    fault_hook: Callable[[str], None] = no_fault,
+) -> int:
+    """Bring the gold tables up to the pinned silver versions from the changes since the
+    watermarks; returns the number of affected orders."""
+    order_ids: DataFrame | None = None
+    try:
+        changes = silver_changes(lake, snapshots, watermarks)
+        affected = 0
+        if changes.any():
+            order_ids = lake.cache(
+                gold.affected_orders(changes, silver["orders"], silver["line_items"])
+            )
+            # counting reads every change feed: an unreadable one shows here, before a write
+            affected = order_ids.count()
+    except Exception as exc:
+        if order_ids is not None:
+            lake.release(order_ids)
+        condition = change_feed_unavailable(exc)
+        if condition is None:
+            raise
+        raise ChangeFeedUnavailable(
+            f"the silver change feed cannot serve the versions since the watermarks ({condition})"
+        ) from exc
+    versions = {name: s.version for name, s in snapshots.items()}
+    progress(f"  gold: incremental at silver versions {versions}: {affected} affected orders")
+    try:
+        if affected:  # a changed customer without orders, say, changes no gold row
+            update_gold(lake, silver, changes, order_ids, fault_hook)
+    finally:
+        if order_ids is not None:
+            lake.release(order_ids)
+    return affected
+
+
+# -- the task --------------------------------------------------------------------------------
+def run(
+    spark: SparkSession,
+    ctx: TaskContext,
+    progress: Callable[[str], None] = print,
+    fault_hook: Callable[[str], None] = no_fault,
+) -> TaskResult:
+    lake = Lakehouse(spark, ctx.profile)
+    for name in SILVER_INPUTS:
+        entity = ctx.entities[name]
+        lake.ensure(silver_table(name), silver_ddl(entity), properties=gold.CHANGE_DATA_FEED)
+    lake.ensure(GOLD_WATERMARKS, WATERMARKS_DDL)
+    as_of = ctx.as_of or datetime.now(UTC)
+
+    snapshots = {name: silver_snapshot(lake, silver_table(name)) for name in SILVER_INPUTS}
+    versions = {name: s.version for name, s in snapshots.items()}
+    silver = {name: read_at(lake, s.table, s.version) for name, s in snapshots.items()}
+    watermarks = consumed_watermarks(lake)
+    reason = gold.full_rebuild_reason(
+        ctx.full_refresh,
+        [table for table in MAINTAINED if not lake.exists(table)],
+        list(snapshots.values()),
+        watermarks,
+    )
+    affected: int | None = None
+    if reason is None:
+        try:
+            affected = build_incrementally(
+                lake, silver, snapshots, watermarks, progress, fault_hook
+            )
+        except ChangeFeedUnavailable as exc:
+            reason = str(exc)
+    if reason is not None:
+        progress(f"  gold: full rebuild at silver versions {versions}: {reason}")
+        write_gold(lake, as_of, silver)
+    else:
+        lake.overwrite(gold.most_sold_product_last_30d(spark, as_of), gold.MOST_SOLD_LAST_30D)
+    fault_hook("gold_written")
+    if reason is not None or any(
+        s.version != watermarks[s.table].version for s in snapshots.values()
+    ):
+        record_watermarks(lake, list(snapshots.values()), ctx.run_id)
+
+    rows_in = silver["line_items"].count()
+    counts = {table: lake.read(table).count() for table in gold.GOLD_TABLES}
+    for table, n in counts.items():
+        progress(f"  {table}: {n} rows")
+    details = {
+        "as_of": as_of,
+        "mode": "incremental" if reason is None else "full",
+        "full_rebuild_reason": reason,
+        "silver_versions": versions,
+        "affected_orders": affected,
+        **counts,
+    }
+    return TaskResult(rows_in=rows_in, rows_out=counts[gold.ORDER_DETAILS], details=details)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = task_parser("Rebuild the gold tables from silver.", False).parse_args(argv)
+    args = task_parser("Build the gold tables from silver.", False).parse_args(argv)
     ctx = context_from_args(args)
     run_task("gold", ctx, run)
     return 0

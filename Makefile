@@ -28,8 +28,12 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/order-pipeline demo --data-root $(DATA_ROOT) --scale $(SCALE) --seed $(SEED)
 
+# Two worker processes, each with its one session-scoped Spark: most of a test's time is
+# Delta's fixed cost per commit, which two workers overlap on two cores. Files stay whole
+# on one worker (their module-scoped pipeline runs are shared by their tests).
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

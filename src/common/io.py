@@ -65,14 +65,13 @@ def bronze_schema(entity: Entity) -> StructType:
     return StructType.fromDDL(f"{entity.ddl()}, {BRONZE_METADATA_DDL}")
 
 
+# One table created or registered at a time in this process (see Lakehouse.ensure).
+_CREATE_LOCK = threading.RLock()
 # Local table folders registered by name, per session and schema folder (see
 # Lakehouse._register_local_tables); a stopped session's entry goes with it.
 _REGISTERED: weakref.WeakKeyDictionary[SparkSession, dict[str, set[str]]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-_CREATE_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -91,9 +90,10 @@ class Lakehouse:
         self.spark = spark
         self.profile = profile
         if profile.is_local:
-            if spark.catalog.currentDatabase() != profile.schema:
-                spark.sql(f"CREATE DATABASE IF NOT EXISTS `{profile.schema}`")
-                spark.sql(f"USE `{profile.schema}`")
+            with _CREATE_LOCK:
+                if spark.catalog.currentDatabase() != profile.schema:
+                    spark.sql(f"CREATE DATABASE IF NOT EXISTS `{profile.schema}`")
+                    spark.sql(f"USE `{profile.schema}`")
             self._register_local_tables()
 
     # -- locations -----------------------------------------------------------------------
@@ -117,24 +117,34 @@ class Lakehouse:
         root = Path(self.table_path("x")).parent
         if not root.is_dir():
             return
-        registered = _REGISTERED.setdefault(self.spark, {}).setdefault(str(root), set())
-        new = [
-            folder
-            for folder in sorted(root.iterdir())
-            if folder.name not in registered and (folder / "_delta_log").is_dir()
-        ]
-        if not new:
-            return
-        known = {
-            row.tableName
-            for row in self.spark.sql(f"SHOW TABLES IN `{self.profile.schema}`").collect()
-        }
-        for folder in new:
-            if folder.name not in known:
-                self.spark.sql(
-                    f"CREATE TABLE IF NOT EXISTS `{folder.name}` USING DELTA LOCATION '{folder}'"
-                )
-            registered.add(folder.name)
+        # tasks the local runner starts together open the lakehouse at the same moment;
+        # two concurrent CREATE TABLE IF NOT EXISTS of one table fail in Delta
+        with _CREATE_LOCK:
+            registered = _REGISTERED.setdefault(self.spark, {}).setdefault(str(root), set())
+            new = [
+                folder
+                for folder in sorted(root.iterdir())
+                if folder.name not in registered and (folder / "_delta_log").is_dir()
+            ]
+            if not new:
+                return
+            known = {
+                row.tableName
+                for row in self.spark.sql(f"SHOW TABLES IN `{self.profile.schema}`").collect()
+            }
+            for folder in new:
+                if folder.name not in known:
+                    self._register(folder)
+                registered.add(folder.name)
+
+    def _register(self, folder: Path) -> None:
+        try:
+            self.spark.sql(
+                f"CREATE TABLE IF NOT EXISTS `{folder.name}` USING DELTA LOCATION '{folder}'"
+            )
+        except Exception:
+            if not self.exists(folder.name):  # else a concurrent task registered it first
+                raise
 
     def _forget_local_table(self, table: str) -> None:
         root = str(Path(self.table_path(table)).parent)

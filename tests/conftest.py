@@ -33,12 +33,17 @@ TEST_SPARK_SETTINGS = {
 
 
 def make_context(root: Path, **overrides):
-    from order_pipeline.common.config import load_entities, load_profile
+    from order_pipeline.common.config import GoldSettings, load_entities, load_profile
     from order_pipeline.common.job import TaskContext
 
     schema = f"t_{uuid.uuid4().hex[:10]}"
     profile = load_profile("local", root, {"schema": schema})
-    profile = replace(profile, spark={**profile.spark, **TEST_SPARK_SETTINGS})
+    # gold builds incrementally however large the change, so tests reach that path
+    profile = replace(
+        profile,
+        spark={**profile.spark, **TEST_SPARK_SETTINGS},
+        gold=GoldSettings(max_incremental_share=1.0),
+    )
     return TaskContext(
         profile=profile,
         entities=load_entities(),

@@ -19,6 +19,7 @@ from conftest import make_context
 from pyspark.sql import functions as F
 
 from order_pipeline.common import gold
+from order_pipeline.common.config import GoldSettings
 from order_pipeline.common.io import (
     GOLD_WATERMARKS,
     QUALITY_WARNINGS,
@@ -263,6 +264,9 @@ def scenario(spark, tmp_path_factory):
     story["unchanged_versions"] = gold_versions(lake)
     story["full_refresh"] = run(full_refresh=True)
     story["rebuilt_versions"] = gold_versions(lake)
+    # one changed order of five is above a 10% share: a full rebuild is chosen instead
+    merge_silver(spark, ctx, "line_items", [line_item("L90", "O4", "P1", quantity=1, unit_price=2.0, status="shipped", updated_at=LATEST)])  # fmt: skip
+    story["above_share"] = run(profile=replace(ctx.profile, gold=GoldSettings(0.1)))
 
     # a change whose change files are gone (as after VACUUM): the feed cannot serve it
     merge_silver(spark, ctx, "line_items", [line_item("L5", "O4", "P1", quantity=3, unit_price=5.0, status="shipped", updated_at=LATEST)])  # fmt: skip
@@ -373,6 +377,17 @@ def test_a_run_without_silver_changes_leaves_gold_as_it_is(scenario) -> None:
     for table in (*gold_job.MAINTAINED, GOLD_WATERMARKS):
         assert after[table] == before[table], table
     assert after[gold.MOST_SOLD_LAST_30D] == before[gold.MOST_SOLD_LAST_30D] + 1  # depends on as_of
+
+
+def test_more_affected_orders_than_the_incremental_share_rebuild_in_full(scenario) -> None:
+    _, story = scenario
+    details = story["above_share"].details
+    assert details["mode"] == "full"
+    assert details["full_rebuild_reason"] == (
+        "1 affected orders of 5 are more than the gold.max_incremental_share of 0.1: "
+        "a full rebuild is cheaper"
+    )
+    assert details[gold.ORDER_DETAILS] == story["full_refresh"].details[gold.ORDER_DETAILS] + 1
 
 
 def test_full_refresh_rebuilds_everything(scenario) -> None:

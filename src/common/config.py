@@ -127,6 +127,20 @@ class QualitySettings:
 
 
 @dataclass(frozen=True)
+class GoldSettings:
+    # An incremental gold build MERGEs the rows of the affected orders; above this share of
+    # all orders, overwriting gold from silver is the cheaper way to the same tables.
+    max_incremental_share: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_incremental_share <= 1.0:
+            raise ValueError(
+                "gold.max_incremental_share must be between 0 and 1, got "
+                f"{self.max_incremental_share!r}"
+            )
+
+
+@dataclass(frozen=True)
 class Profile:
     """Where and how the pipeline runs: local laptop or Databricks."""
 
@@ -143,6 +157,7 @@ class Profile:
     max_bytes_per_trigger: str | None = None
     spark: dict[str, str] = field(default_factory=dict)
     quality: QualitySettings = field(default_factory=QualitySettings)
+    gold: GoldSettings = field(default_factory=GoldSettings)
     cache_batches: bool = True  # serverless compute rejects DataFrame.persist()
     parallel_tasks: int = 1  # local runner: independent tasks of the job graph at once
 
@@ -187,7 +202,7 @@ def substitute(text: str, values: dict[str, str]) -> str:
 PROFILE_KEYS = {
     "profile", "catalog", "schema", "landing_root", "checkpoint_root", "warehouse_root",
     "source_format", "trigger", "processing_time", "max_files_per_trigger",
-    "max_bytes_per_trigger", "spark", "quality", "cache_batches", "parallel_tasks",
+    "max_bytes_per_trigger", "spark", "quality", "cache_batches", "parallel_tasks", "gold",
 }  # fmt: skip
 
 
@@ -211,6 +226,7 @@ def load_profile(
         "schema": str(require(data, "schema", path)),
     }
     quality = data.get("quality") or {}
+    gold = data.get("gold") or {}
     try:
         return Profile(
             name=str(require(data, "profile", path)),
@@ -236,6 +252,9 @@ def load_profile(
                     quality.get("defer_max_age", "7 days"), path, "quality.defer_max_age"
                 ),
                 gx_validation=bool(quality.get("gx_validation", False)),
+            ),
+            gold=GoldSettings(
+                max_incremental_share=float(gold.get("max_incremental_share", 1.0)),
             ),
         )
     except ValueError as exc:

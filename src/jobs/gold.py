@@ -58,6 +58,10 @@ class ChangeFeedUnavailable(RuntimeError):
     """The silver change feed cannot serve the versions since the watermarks."""
 
 
+class IncrementalNotCheaper(RuntimeError):
+    """So many orders are affected that overwriting gold costs less than MERGEing them."""
+
+
 # -- reads ---------------------------------------------------------------------------------
 def read_at(lake: Lakehouse, table: str, version: int) -> DataFrame:
     return lake.spark.read.format("delta").option("versionAsOf", version).table(table)
@@ -213,9 +217,11 @@ def build_incrementally(
     watermarks: dict[str, gold.Watermark],
     progress: Callable[[str], None] = print,
     fault_hook: Callable[[str], None] = no_fault,
+    max_share: float = 1.0,
 ) -> int:
     """Bring the gold tables up to the pinned silver versions from the changes since the
-    watermarks; returns the number of affected orders."""
+    watermarks; returns the number of affected orders. Raises IncrementalNotCheaper, before
+    any write, when more than ``max_share`` of all orders are affected."""
     order_ids: DataFrame | None = None
     try:
         changes = silver_changes(lake, snapshots, watermarks)
@@ -235,6 +241,13 @@ def build_incrementally(
         raise ChangeFeedUnavailable(
             f"the silver change feed cannot serve the versions since the watermarks ({condition})"
         ) from exc
+    if affected and affected > max_share * (all_orders := silver["orders"].count()):
+        if order_ids is not None:
+            lake.release(order_ids)
+        raise IncrementalNotCheaper(
+            f"{affected} affected orders of {all_orders} are more than the "
+            f"gold.max_incremental_share of {max_share:g}: a full rebuild is cheaper"
+        )
     versions = {name: s.version for name, s in snapshots.items()}
     progress(f"  gold: incremental at silver versions {versions}: {affected} affected orders")
     try:
@@ -274,9 +287,15 @@ def run(
     if reason is None:
         try:
             affected = build_incrementally(
-                lake, silver, snapshots, watermarks, progress, fault_hook
+                lake,
+                silver,
+                snapshots,
+                watermarks,
+                progress,
+                fault_hook,
+                ctx.profile.gold.max_incremental_share,
             )
-        except ChangeFeedUnavailable as exc:
+        except (ChangeFeedUnavailable, IncrementalNotCheaper) as exc:
             reason = str(exc)
     if reason is not None:
         progress(f"  gold: full rebuild at silver versions {versions}: {reason}")

@@ -4,6 +4,7 @@ computed from the landed files (tests/expectations.py), across two landing batch
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from expectations import (
 )
 from pipeline_helpers import quiet
 
+from order_pipeline.common import job
+from order_pipeline.common.config import GoldSettings
 from order_pipeline.common.io import Lakehouse
 from order_pipeline.common.synthetic import GeneratorConfig, generate
 from order_pipeline.common.workflow import bundle_variables, load_job_graph, run_graph
@@ -57,7 +60,16 @@ def second_run(spark, first_run):
     manifest = generate(
         GeneratorConfig(landing=Path(ctx.profile.landing_root), batch=1, **SCALE), progress=quiet
     )
-    outcomes = run_workflow(ctx)
+    # the tasks load conf/local.yml themselves; at this size batch 1 reaches more orders than
+    # the local gold.max_incremental_share, and this run is to prove the incremental path
+    load_profile = job.load_profile
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            job,
+            "load_profile",
+            lambda *args, **kwargs: replace(load_profile(*args, **kwargs), gold=GoldSettings(1.0)),
+        )
+        outcomes = run_workflow(ctx)
     return ctx, manifest, outcomes
 
 

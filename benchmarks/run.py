@@ -326,7 +326,7 @@ def consistency(
 
 def previous_peak(scale: float) -> tuple[float, int] | None:
     """Peak RSS of the newest saved SF1 result, for the SF10-vs-SF1 memory target."""
-    for path in sorted(RESULTS_DIR.glob("bench-sf1-*.json"), reverse=True):
+    for path in sorted(RESULTS_DIR.glob("bench-sf1*.json"), reverse=True):
         data = read_json(path)
         if data and data.get("scale") == 1.0 and scale != 1.0:
             return 1.0, max(data["pipeline"][label]["peak_rss_bytes"] for label in LABELS)

@@ -185,8 +185,22 @@ class Lakehouse:
                 if not self.exists(table):
                     raise
 
-    def read(self, table: str) -> DataFrame:
-        return self.spark.table(table)
+    def read(self, table: str, version: int | None = None) -> DataFrame:
+        """The table, or its snapshot at a Delta ``version``."""
+        if version is None:
+            return self.spark.table(table)
+        return self.spark.read.format("delta").option("versionAsOf", version).table(table)
+
+    def read_changes(self, table: str, after: int, up_to: int) -> DataFrame:
+        """Change-feed rows of the versions (after, up_to]; the end is pinned so that a
+        write committed meanwhile is left for the next reader."""
+        return (
+            self.spark.read.format("delta")
+            .option("readChangeFeed", "true")
+            .option("startingVersion", after + 1)
+            .option("endingVersion", up_to)
+            .table(table)
+        )
 
     def delta(self, table: str) -> DeltaTable:
         return DeltaTable.forName(self.spark, table)

@@ -63,22 +63,6 @@ class IncrementalNotCheaper(RuntimeError):
 
 
 # -- reads ---------------------------------------------------------------------------------
-def read_at(lake: Lakehouse, table: str, version: int) -> DataFrame:
-    return lake.spark.read.format("delta").option("versionAsOf", version).table(table)
-
-
-def read_changes(lake: Lakehouse, table: str, after: int, up_to: int) -> DataFrame:
-    """Change-feed rows of the versions (after, up_to]; the end is pinned so that a silver
-    write committed meanwhile is left for the next run."""
-    return (
-        lake.spark.read.format("delta")
-        .option("readChangeFeed", "true")
-        .option("startingVersion", after + 1)
-        .option("endingVersion", up_to)
-        .table(table)
-    )
-
-
 def silver_snapshot(lake: Lakehouse, table: str) -> gold.SilverSnapshot:
     detail = lake.delta(table).detail().select("id", "properties").first()
     properties = detail["properties"] or {}
@@ -141,7 +125,7 @@ def silver_changes(
     for name, snapshot in snapshots.items():
         consumed = watermarks[snapshot.table].version
         if snapshot.version > consumed:
-            changed[name] = read_changes(lake, snapshot.table, consumed, snapshot.version)
+            changed[name] = lake.read_changes(snapshot.table, consumed, snapshot.version)
     return gold.SilverChanges(**changed)
 
 
@@ -183,7 +167,7 @@ def update_gold(
     fault_hook: Callable[[str], None] = no_fault,
 ) -> None:
     """MERGE the gold rows of ``order_ids``, recomputed from ``silver``, into gold."""
-    replaced = read_at(lake, gold.ORDER_DETAILS, lake.version(gold.ORDER_DETAILS)).join(
+    replaced = lake.read(gold.ORDER_DETAILS, lake.version(gold.ORDER_DETAILS)).join(
         order_ids, "order_id", "left_semi"
     )
     refreshed = lake.cache(
@@ -241,16 +225,14 @@ def build_incrementally(
         raise ChangeFeedUnavailable(
             f"the silver change feed cannot serve the versions since the watermarks ({condition})"
         ) from exc
-    if affected and affected > max_share * (all_orders := silver["orders"].count()):
-        if order_ids is not None:
-            lake.release(order_ids)
-        raise IncrementalNotCheaper(
-            f"{affected} affected orders of {all_orders} are more than the "
-            f"gold.max_incremental_share of {max_share:g}: a full rebuild is cheaper"
-        )
-    versions = {name: s.version for name, s in snapshots.items()}
-    progress(f"  gold: incremental at silver versions {versions}: {affected} affected orders")
     try:
+        if affected and affected > max_share * (all_orders := silver["orders"].count()):
+            raise IncrementalNotCheaper(
+                f"{affected} affected orders of {all_orders} are more than the "
+                f"gold.max_incremental_share of {max_share:g}: a full rebuild is cheaper"
+            )
+        versions = {name: s.version for name, s in snapshots.items()}
+        progress(f"  gold: incremental at silver versions {versions}: {affected} affected orders")
         if affected:  # a changed customer without orders, say, changes no gold row
             update_gold(lake, silver, changes, order_ids, fault_hook)
     finally:
@@ -275,7 +257,7 @@ def run(
 
     snapshots = {name: silver_snapshot(lake, silver_table(name)) for name in SILVER_INPUTS}
     versions = {name: s.version for name, s in snapshots.items()}
-    silver = {name: read_at(lake, s.table, s.version) for name, s in snapshots.items()}
+    silver = {name: lake.read(s.table, s.version) for name, s in snapshots.items()}
     watermarks = consumed_watermarks(lake)
     reason = gold.full_rebuild_reason(
         ctx.full_refresh,

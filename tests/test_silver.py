@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
+from urllib.parse import urlparse
 
 import pytest
 from builders import customer, land, line_item, order, product
+from pyspark.sql import functions as F
 from pipeline_helpers import quarantine_rows, run_all, run_entity, silver_rows, versions
 
 from order_pipeline.quality.silver import QuarantineRatioExceeded
@@ -202,3 +205,35 @@ def test_gx_validation_result_is_stored_per_batch_when_switched_on(spark, ctx) -
     }
     assert ("price_positive", "expect_column_values_to_be_between", 1) in results
     assert ("product_id_not_null", "expect_column_values_to_not_be_null", 0) in results
+
+
+def test_first_load_is_written_in_key_ranges_and_a_merge_reads_only_its_range(spark, ctx) -> None:
+    """silver_file_rows=2: six customers land as key-range files; a later batch for C6 and
+    C7 must not read the files of older keys: they are deleted from disk and the MERGE
+    still succeeds (reading one of them would fail)."""
+    ctx = replace(ctx, profile=replace(ctx.profile, silver_file_rows=2))
+    landing = ctx.profile.landing_root
+    land(landing, "customers", [customer(f"C{i}") for i in (4, 1, 6, 3, 5, 2)])
+    run_entity(spark, ctx, "customers")
+    files = sorted(
+        (r.low, r.high, r.path)
+        for r in spark.table("silver_customers")
+        .groupBy(F.input_file_name().alias("path"))
+        .agg(F.min("customer_id").alias("low"), F.max("customer_id").alias("high"))
+        .collect()
+    )
+    assert len(files) == 3
+    assert all(a[1] < b[0] for a, b in zip(files, files[1:], strict=False))  # disjoint ranges
+    older = [path for low, high, path in files if high < "C6"]
+    assert len(older) == 2
+
+    land(landing, "customers", [customer("C6", city="Oslo", updated_at="2026-06-01T00:00:00Z"),
+                                customer("C7")])  # fmt: skip
+    for path in older:
+        os.remove(urlparse(path).path)
+    run_entity(spark, ctx, "customers")
+    newest = spark.table("silver_customers").where("customer_id >= 'C6'")
+    assert sorted((r.customer_id, r.city) for r in newest.collect()) == [
+        ("C6", "Oslo"),
+        ("C7", "London"),
+    ]

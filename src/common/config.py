@@ -160,6 +160,7 @@ class Profile:
     gold: GoldSettings = field(default_factory=GoldSettings)
     cache_batches: bool = True  # serverless compute rejects DataFrame.persist()
     parallel_tasks: int = 1  # local runner: independent tasks of the job graph at once
+    silver_file_rows: int = 250_000  # rows per key-range file of a silver table's first load
 
     def __post_init__(self) -> None:
         if self.name not in PROFILES:
@@ -173,6 +174,11 @@ class Profile:
         if not isinstance(self.parallel_tasks, int) or self.parallel_tasks < 1:
             raise ValueError(
                 f"parallel_tasks must be a whole number of at least 1, got {self.parallel_tasks!r}"
+            )
+        if not isinstance(self.silver_file_rows, int) or self.silver_file_rows < 1:
+            raise ValueError(
+                f"silver_file_rows must be a whole number of at least 1, got "
+                f"{self.silver_file_rows!r}"
             )
         if self.name == "local" and not self.warehouse_root:
             raise ValueError("the local profile needs warehouse_root")
@@ -203,6 +209,7 @@ PROFILE_KEYS = {
     "profile", "catalog", "schema", "landing_root", "checkpoint_root", "warehouse_root",
     "source_format", "trigger", "processing_time", "max_files_per_trigger",
     "max_bytes_per_trigger", "spark", "quality", "cache_batches", "parallel_tasks", "gold",
+    "silver_file_rows",
 }  # fmt: skip
 
 
@@ -247,6 +254,7 @@ def load_profile(
             spark={str(k): str(v) for k, v in (data.get("spark") or {}).items()},
             cache_batches=bool(data.get("cache_batches", True)),
             parallel_tasks=data.get("parallel_tasks", 1),
+            silver_file_rows=data.get("silver_file_rows", 250_000),
             quality=QualitySettings(
                 defer_max_age_seconds=parse_duration(
                     quality.get("defer_max_age", "7 days"), path, "quality.defer_max_age"

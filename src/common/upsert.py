@@ -63,6 +63,11 @@ def merge_latest(
 ) -> None:
     """MERGE the latest snapshot per key into ``table``; a row only replaces an older one.
 
+    The match condition also bounds the target key by the batch's smallest and largest key:
+    it cannot change what matches, and Delta skips every target file whose key range lies
+    outside (silver is written in key ranges, see ``Silver.write_batch``), so a batch of
+    recent keys does not read the whole table's history.
+
     With ``txn`` the MERGE commits under Delta's idempotent-write identity, set on the
     updates' own session (a micro-batch has its own) and always reset afterwards.
     """
@@ -72,7 +77,7 @@ def merge_latest(
     target = DeltaTable.forName(session, table)  # the micro-batch's own session
     merge = (
         target.alias("t")
-        .merge(latest, f"t.`{entity.key}` = s.`{entity.key}`")
+        .merge(latest, key_match(updates, entity.key))
         .whenMatchedUpdate(condition=newer_condition(entity), set=values)
         .whenNotMatchedInsert(values=values)
     )
@@ -86,6 +91,15 @@ def merge_latest(
     finally:
         session.conf.unset(TXN_APP_ID)
         session.conf.unset(TXN_VERSION)
+
+
+def key_match(updates: DataFrame, key: str) -> Column:
+    """``t.key = s.key``, narrowed to the updates' key range (a target-only predicate that
+    Delta's MERGE uses to skip files by their key statistics)."""
+    low, high = updates.agg(F.min(key), F.max(key)).first()
+    target_key = F.col(f"t.`{key}`")
+    same = target_key == F.col(f"s.`{key}`")
+    return same if low is None else same & target_key.between(F.lit(low), F.lit(high))
 
 
 def latest_rows(entity: Entity, run_id: str) -> Callable[[DataFrame], DataFrame]:

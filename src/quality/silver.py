@@ -9,6 +9,7 @@ MERGE only ever replaces older snapshots, quarantine inserts are keyed, deletes 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -178,8 +179,9 @@ class Silver:
         if counts.passed:
             with steps("merge"):
                 if self.silver_is_empty():
-                    rows = outcome.passed.transform(latest_rows(self.entity, self.run_id))
-                    self.lake.append(rows, self.silver, txn)
+                    rows = self.in_key_ranges(outcome.passed, counts.passed)
+                    self.lake.append(rows.transform(latest_rows(self.entity, self.run_id)),
+                                     self.silver, txn)
                 else:
                     merge_latest(self.silver, outcome.passed, self.entity, self.run_id, txn)
                 self._silver_empty = False
@@ -200,6 +202,13 @@ class Silver:
         )
         with steps("metrics"):
             self.lake.append(metrics, QUALITY_METRICS, txn)
+
+    def in_key_ranges(self, passed: DataFrame, rows: int) -> DataFrame:
+        """The first load in files of ``silver_file_rows`` rows, each holding one key range
+        (the per-key aggregation reuses the range partitioning): later MERGEs bound the
+        key and skip every file outside the batch's range (``upsert.key_match``)."""
+        files = max(1, math.ceil(rows / self.lake.profile.silver_file_rows))
+        return passed.repartitionByRange(files, F.col(self.entity.key))
 
     def validate_with_gx(self, batch: DataFrame, batch_id: int, txn: Txn) -> None:
         from order_pipeline.quality.gx import gx_result_rows, validate_batch

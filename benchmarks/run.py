@@ -391,9 +391,13 @@ def targets(result: dict[str, Any]) -> list[dict[str, str]]:
     worst = max(
         (overhead.get(t, {}).get("median_trigger_ms") or 0 for t in ("bronze", "silver")), default=0
     )
-    figure = ", ".join(
-        f"{t} {(overhead.get(t, {}).get('median_trigger_ms') or 0) / 1000:.2f}s"
-        for t in ("bronze", "silver")
+    figure = (
+        ", ".join(
+            f"{t} {(overhead.get(t, {}).get('median_trigger_ms') or 0) / 1000:.2f}s"
+            for t in ("bronze", "silver")
+        )
+        if overhead
+        else "-"
     )
     rows.append(
         _target("fixed overhead per micro-batch < 0.5 s", figure, worst < 500, "", not overhead)

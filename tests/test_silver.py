@@ -6,12 +6,13 @@ import os
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
+from itertools import pairwise
 from urllib.parse import urlparse
 
 import pytest
 from builders import customer, land, line_item, order, product
-from pyspark.sql import functions as F
 from pipeline_helpers import quarantine_rows, run_all, run_entity, silver_rows, versions
+from pyspark.sql import functions as F
 
 from order_pipeline.quality.silver import QuarantineRatioExceeded
 
@@ -223,7 +224,7 @@ def test_first_load_is_written_in_key_ranges_and_a_merge_reads_only_its_range(sp
         .collect()
     )
     assert len(files) == 3
-    assert all(a[1] < b[0] for a, b in zip(files, files[1:], strict=False))  # disjoint ranges
+    assert all(a[1] < b[0] for a, b in pairwise(files))  # disjoint ranges
     older = [path for low, high, path in files if high < "C6"]
     assert len(older) == 2
 

@@ -26,6 +26,7 @@ from order_pipeline.common.job import (
     run_task,
     task_parser,
 )
+from order_pipeline.common.timing import StepTimer
 from order_pipeline.common.upsert import silver_ddl
 
 SILVER_INPUTS = ("customers", "products", "orders", "line_items")
@@ -97,22 +98,34 @@ def change_feed_unavailable(exc: BaseException) -> str | None:
 
 # -- full rebuild ----------------------------------------------------------------------------
 def write_gold(
-    lake: Lakehouse, as_of: datetime, silver: dict[str, DataFrame] | None = None
+    lake: Lakehouse,
+    as_of: datetime,
+    silver: dict[str, DataFrame] | None = None,
+    steps: StepTimer | None = None,
 ) -> None:
     """Overwrite the four gold tables from the given silver tables (default: current)."""
     silver = silver or {name: lake.read(silver_table(name)) for name in SILVER_INPUTS}
+    steps = steps or StepTimer()
     details = gold.order_details(
         silver["line_items"], silver["orders"], silver["customers"], silver["products"]
     )
-    lake.overwrite(details, gold.ORDER_DETAILS)
-    lake.overwrite(
-        gold.product_sales_monthly(lake.read(gold.ORDER_DETAILS)), gold.PRODUCT_SALES_MONTHLY
-    )
-    lake.overwrite(
-        gold.order_completion_status(silver["orders"], silver["line_items"]),
-        gold.ORDER_COMPLETION_STATUS,
-    )
-    lake.overwrite(gold.most_sold_product_last_30d(lake.spark, as_of), gold.MOST_SOLD_LAST_30D)
+    with steps("details"):
+        lake.overwrite(details, gold.ORDER_DETAILS)
+    with steps("monthly sales"):
+        lake.overwrite(
+            gold.product_sales_monthly(lake.read(gold.ORDER_DETAILS)), gold.PRODUCT_SALES_MONTHLY
+        )
+    with steps("completion"):
+        lake.overwrite(
+            gold.order_completion_status(silver["orders"], silver["line_items"]),
+            gold.ORDER_COMPLETION_STATUS,
+        )
+    write_most_sold(lake, as_of, steps)
+
+
+def write_most_sold(lake: Lakehouse, as_of: datetime, steps: StepTimer) -> None:
+    with steps("most sold"):
+        lake.overwrite(gold.most_sold_product_last_30d(lake.spark, as_of), gold.MOST_SOLD_LAST_30D)
 
 
 # -- incremental build -----------------------------------------------------------------------
@@ -165,8 +178,10 @@ def update_gold(
     changes: gold.SilverChanges,
     order_ids: DataFrame,
     fault_hook: Callable[[str], None] = no_fault,
+    steps: StepTimer | None = None,
 ) -> None:
     """MERGE the gold rows of ``order_ids``, recomputed from ``silver``, into gold."""
+    steps = steps or StepTimer()
     replaced = lake.read(gold.ORDER_DETAILS, lake.version(gold.ORDER_DETAILS)).join(
         order_ids, "order_id", "left_semi"
     )
@@ -183,13 +198,16 @@ def update_gold(
         groups = gold.sales_groups_to_refresh(
             changes, order_ids, silver["orders"], refreshed, replaced
         )
-        merge_rows(lake, gold.ORDER_DETAILS, refreshed, "line_item_id")
+        with steps("details"):
+            merge_rows(lake, gold.ORDER_DETAILS, refreshed, "line_item_id")
         fault_hook("order_details_merged")
         completion = gold.order_completion_status_for_orders(
             order_ids, silver["orders"], silver["line_items"]
         )
-        merge_rows(lake, gold.ORDER_COMPLETION_STATUS, completion, "order_id")
-        replace_sales_groups(lake, groups)
+        with steps("completion"):
+            merge_rows(lake, gold.ORDER_COMPLETION_STATUS, completion, "order_id")
+        with steps("monthly sales"):
+            replace_sales_groups(lake, groups)
     finally:
         lake.release(refreshed)
 
@@ -202,11 +220,13 @@ def build_incrementally(
     progress: Callable[[str], None] = print,
     fault_hook: Callable[[str], None] = no_fault,
     max_share: float = 1.0,
+    steps: StepTimer | None = None,
 ) -> int:
     """Bring the gold tables up to the pinned silver versions from the changes since the
     watermarks; returns the number of affected orders. Raises IncrementalNotCheaper, before
     any write, when more than ``max_share`` of all orders are affected."""
     order_ids: DataFrame | None = None
+    steps = steps or StepTimer()
     try:
         changes = silver_changes(lake, snapshots, watermarks)
         affected = 0
@@ -215,7 +235,8 @@ def build_incrementally(
                 gold.affected_orders(changes, silver["orders"], silver["line_items"])
             )
             # counting reads every change feed: an unreadable one shows here, before a write
-            affected = order_ids.count()
+            with steps("affected orders"):
+                affected = order_ids.count()
     except Exception as exc:
         if order_ids is not None:
             lake.release(order_ids)
@@ -234,7 +255,7 @@ def build_incrementally(
         versions = {name: s.version for name, s in snapshots.items()}
         progress(f"  gold: incremental at silver versions {versions}: {affected} affected orders")
         if affected:  # a changed customer without orders, say, changes no gold row
-            update_gold(lake, silver, changes, order_ids, fault_hook)
+            update_gold(lake, silver, changes, order_ids, fault_hook, steps)
     finally:
         if order_ids is not None:
             lake.release(order_ids)
@@ -266,6 +287,7 @@ def run(
         watermarks,
     )
     affected: int | None = None
+    steps = StepTimer()
     if reason is None:
         try:
             affected = build_incrementally(
@@ -276,24 +298,28 @@ def run(
                 progress,
                 fault_hook,
                 ctx.profile.gold.max_incremental_share,
+                steps,
             )
         except (ChangeFeedUnavailable, IncrementalNotCheaper) as exc:
             reason = str(exc)
     if reason is not None:
         progress(f"  gold: full rebuild at silver versions {versions}: {reason}")
-        write_gold(lake, as_of, silver)
+        write_gold(lake, as_of, silver, steps)
     else:
-        lake.overwrite(gold.most_sold_product_last_30d(spark, as_of), gold.MOST_SOLD_LAST_30D)
+        write_most_sold(lake, as_of, steps)
     fault_hook("gold_written")
     if reason is not None or any(
         s.version != watermarks[s.table].version for s in snapshots.values()
     ):
-        record_watermarks(lake, list(snapshots.values()), ctx.run_id)
+        with steps("watermarks"):
+            record_watermarks(lake, list(snapshots.values()), ctx.run_id)
 
-    rows_in = silver["line_items"].count()
-    counts = {table: lake.read(table).count() for table in gold.GOLD_TABLES}
+    with steps("counts"):
+        rows_in = silver["line_items"].count()
+        counts = {table: lake.read(table).count() for table in gold.GOLD_TABLES}
     for table, n in counts.items():
         progress(f"  {table}: {n} rows")
+    progress(f"  gold: {'incremental' if reason is None else 'full'} build: {steps}")
     details = {
         "as_of": as_of,
         "mode": "incremental" if reason is None else "full",

@@ -10,9 +10,7 @@ MERGE only ever replaces older snapshots, quarantine inserts are keyed, deletes 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -29,6 +27,7 @@ from order_pipeline.common.io import (
     quarantine_table,
     silver_table,
 )
+from order_pipeline.common.timing import StepTimer
 from order_pipeline.common.upsert import latest_rows, merge_latest, silver_ddl
 from order_pipeline.quality.gate import (
     GateOutcome,
@@ -55,24 +54,6 @@ from order_pipeline.quality.rules import RuleSet
 
 class QuarantineRatioExceeded(RuntimeError):
     """Too large a share of a run's rows was quarantined: the scheduled run must alert."""
-
-
-class StepTimer:
-    """Wall seconds per named step of a micro-batch, for its progress line."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, step: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - started
-
-    def __str__(self) -> str:
-        return ", ".join(f"{step} {seconds:.1f}s" for step, seconds in self.seconds.items())
 
 
 def no_fault(step: str, batch_id: int) -> None:
@@ -180,8 +161,9 @@ class Silver:
             with steps("merge"):
                 if self.silver_is_empty():
                     rows = self.in_key_ranges(outcome.passed, counts.passed)
-                    self.lake.append(rows.transform(latest_rows(self.entity, self.run_id)),
-                                     self.silver, txn)
+                    self.lake.append(
+                        rows.transform(latest_rows(self.entity, self.run_id)), self.silver, txn
+                    )
                 else:
                     merge_latest(self.silver, outcome.passed, self.entity, self.run_id, txn)
                 self._silver_empty = False

@@ -171,15 +171,10 @@ class Profile:
             raise ValueError(
                 f"source_format must be one of {SOURCE_FORMATS}, got {self.source_format!r}"
             )
-        if not isinstance(self.parallel_tasks, int) or self.parallel_tasks < 1:
-            raise ValueError(
-                f"parallel_tasks must be a whole number of at least 1, got {self.parallel_tasks!r}"
-            )
-        if not isinstance(self.silver_file_rows, int) or self.silver_file_rows < 1:
-            raise ValueError(
-                f"silver_file_rows must be a whole number of at least 1, got "
-                f"{self.silver_file_rows!r}"
-            )
+        for name in ("parallel_tasks", "silver_file_rows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
         if self.name == "local" and not self.warehouse_root:
             raise ValueError("the local profile needs warehouse_root")
 

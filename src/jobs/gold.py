@@ -177,11 +177,10 @@ def update_gold(
     silver: dict[str, DataFrame],
     changes: gold.SilverChanges,
     order_ids: DataFrame,
-    fault_hook: Callable[[str], None] = no_fault,
-    steps: StepTimer | None = None,
+    fault_hook: Callable[[str], None],
+    steps: StepTimer,
 ) -> None:
     """MERGE the gold rows of ``order_ids``, recomputed from ``silver``, into gold."""
-    steps = steps or StepTimer()
     replaced = lake.read(gold.ORDER_DETAILS, lake.version(gold.ORDER_DETAILS)).join(
         order_ids, "order_id", "left_semi"
     )
@@ -217,16 +216,15 @@ def build_incrementally(
     silver: dict[str, DataFrame],
     snapshots: dict[str, gold.SilverSnapshot],
     watermarks: dict[str, gold.Watermark],
-    progress: Callable[[str], None] = print,
-    fault_hook: Callable[[str], None] = no_fault,
-    max_share: float = 1.0,
-    steps: StepTimer | None = None,
+    progress: Callable[[str], None],
+    fault_hook: Callable[[str], None],
+    max_share: float,
+    steps: StepTimer,
 ) -> int:
     """Bring the gold tables up to the pinned silver versions from the changes since the
     watermarks; returns the number of affected orders. Raises IncrementalNotCheaper, before
     any write, when more than ``max_share`` of all orders are affected."""
     order_ids: DataFrame | None = None
-    steps = steps or StepTimer()
     try:
         changes = silver_changes(lake, snapshots, watermarks)
         affected = 0
@@ -319,10 +317,11 @@ def run(
         counts = {table: lake.read(table).count() for table in gold.GOLD_TABLES}
     for table, n in counts.items():
         progress(f"  {table}: {n} rows")
-    progress(f"  gold: {'incremental' if reason is None else 'full'} build: {steps}")
+    mode = "incremental" if reason is None else "full"
+    progress(f"  gold: {mode} build: {steps}")
     details = {
         "as_of": as_of,
-        "mode": "incremental" if reason is None else "full",
+        "mode": mode,
         "full_rebuild_reason": reason,
         "silver_versions": versions,
         "affected_orders": affected,

@@ -5,6 +5,11 @@ BIN := $(VENV)/bin
 DATA_ROOT ?= .local
 SCALE ?= 0.01
 SEED ?= 42
+# The Databricks CLI whose `bundle validate` tests/test_bundle.py runs: pinned here only,
+# built from source once per machine into the cache the Delta jars use (needs Go).
+DATABRICKS_CLI_VERSION := 0.298.0
+CACHE_ROOT := $(or $(ORDER_PIPELINE_JAR_CACHE),$(HOME)/.cache/order-pipeline)
+DATABRICKS_CLI := $(CACHE_ROOT)/databricks-cli-$(DATABRICKS_CLI_VERSION)/databricks
 
 .PHONY: setup demo test lint format bench clean help
 
@@ -22,8 +27,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[local,dev,bench]"
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(DATABRICKS_CLI)
 	$(BIN)/order-pipeline setup
+
+$(DATABRICKS_CLI):
+	tools/build_databricks_cli.sh $(DATABRICKS_CLI_VERSION) $@
 
 demo: setup
 	$(BIN)/order-pipeline demo --data-root $(DATA_ROOT) --scale $(SCALE) --seed $(SEED)

@@ -35,6 +35,7 @@ from order_pipeline.common.io import (
     Lakehouse,
     deferred_table,
     quarantine_table,
+    quote,
     silver_table,
 )
 from order_pipeline.common.job import TaskContext
@@ -104,7 +105,9 @@ def task_runs(lake: Lakehouse) -> list[dict[str, Any]]:
 
 
 def merge_history(lake: Lakehouse, table: str) -> list[dict[str, Any]]:
-    history = lake.delta(table).history().where(F.col("operation") == "MERGE")
+    history = lake.spark.sql(f"DESCRIBE HISTORY {quote(table)}").where(
+        F.col("operation") == "MERGE"
+    )
     rows = history.select(
         "version", F.col("timestamp").cast("double").alias("epoch"), "operationMetrics"
     ).collect()

@@ -214,7 +214,7 @@ def merge_silver(spark, ctx, entity_name: str, records: list[dict]) -> None:
         F.lit(None).cast("array<string>").alias(QUALITY_WARNINGS),
         F.lit("test.json").alias(SOURCE_FILE),
     )
-    merge_latest(silver_table(entity_name), rows, entity, ctx.run_id)
+    merge_latest(Lakehouse(spark, ctx.profile), silver_table(entity_name), rows, entity, ctx.run_id)
 
 
 class Crash(RuntimeError):
@@ -417,5 +417,5 @@ def test_a_silver_table_without_change_data_feed_falls_back_to_a_full_rebuild(sc
 def test_silver_tables_are_created_with_change_data_feed(spark, ctx) -> None:
     silver = build_silver(spark, replace(ctx, entity="customers"))
     silver.ensure_tables()
-    properties = silver.lake.delta(silver.silver).detail().first().properties
+    properties = silver.lake.detail(silver.silver)["properties"]
     assert properties.get("delta.enableChangeDataFeed") == "true"

@@ -88,7 +88,8 @@ def test_any_order_and_batch_split_gives_the_same_silver(
             (*(r[c] for c in COLUMNS), None, None, file, None, batch_id, ctx.run_id)
             for r, file in batch
         ]
-        silver.process_batch(spark.createDataFrame(rows, schema), batch_id, app_id="property-test")
+        process = silver.batch_function(app_id="property-test")
+        process(spark.createDataFrame(rows, schema), batch_id)
 
     Lakehouse(spark, ctx.profile)
     actual = {tuple(row) for row in spark.table("silver_customers").select(*COLUMNS).collect()}

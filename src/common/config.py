@@ -161,6 +161,9 @@ class Profile:
     cache_batches: bool = True  # serverless compute rejects DataFrame.persist()
     parallel_tasks: int = 1  # local runner: independent tasks of the job graph at once
     silver_file_rows: int = 250_000  # rows per key-range file of a silver table's first load
+    # quarantine_<entity> tables hold raw records (e-mails, phones): on Databricks they live
+    # in a schema of their own that only data stewards may read; None: the main schema
+    quarantine_schema: str | None = None
 
     def __post_init__(self) -> None:
         if self.name not in PROFILES:
@@ -204,7 +207,7 @@ PROFILE_KEYS = {
     "profile", "catalog", "schema", "landing_root", "checkpoint_root", "warehouse_root",
     "source_format", "trigger", "processing_time", "max_files_per_trigger",
     "max_bytes_per_trigger", "spark", "quality", "cache_batches", "parallel_tasks", "gold",
-    "silver_file_rows",
+    "silver_file_rows", "quarantine_schema",
 }  # fmt: skip
 
 
@@ -250,6 +253,11 @@ def load_profile(
             cache_batches=bool(data.get("cache_batches", True)),
             parallel_tasks=data.get("parallel_tasks", 1),
             silver_file_rows=data.get("silver_file_rows", 250_000),
+            quarantine_schema=(
+                substitute(str(data["quarantine_schema"]), values)
+                if data.get("quarantine_schema")
+                else None
+            ),
             quality=QualitySettings(
                 defer_max_age_seconds=parse_duration(
                     quality.get("defer_max_age", "7 days"), path, "quality.defer_max_age"

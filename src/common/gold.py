@@ -11,6 +11,8 @@ from importlib.resources import files
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from order_pipeline.common.io import bind_parameters
+
 ORDER_DETAILS = "gold_order_details"
 PRODUCT_SALES_MONTHLY = "gold_product_sales_monthly"
 ORDER_COMPLETION_STATUS = "gold_order_completion_status"
@@ -122,7 +124,7 @@ def most_sold_query() -> str:
 
 def most_sold_product_last_30d(spark: SparkSession, as_of: datetime) -> DataFrame:
     """Runs src/queries/most_sold_product_last_30d.sql against gold_order_details."""
-    return spark.sql(most_sold_query(), args={"as_of": as_of})
+    return spark.sql(bind_parameters(most_sold_query(), {"as_of": as_of}))
 
 
 # -- incremental build ---------------------------------------------------------------------

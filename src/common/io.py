@@ -9,22 +9,30 @@ by name works the same way in both places.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 
-from delta.tables import DeltaTable
 from pyspark.errors import StreamingQueryException
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 from pyspark.sql.types import StructType
 
 from order_pipeline.common.config import Entity, Profile
+from order_pipeline.common.platform import (
+    ConfigNotAvailable,
+    capabilities,
+    set_session_conf,
+    unset_session_conf,
+)
 
 CORRUPT_RECORD = "_corrupt_record"
 RESCUED_DATA = "_rescued_data"
@@ -72,6 +80,8 @@ _CREATE_LOCK = threading.RLock()
 _REGISTERED: weakref.WeakKeyDictionary[SparkSession, dict[str, set[str]]] = (
     weakref.WeakKeyDictionary()
 )
+TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
+TXN_VERSION = "spark.databricks.delta.write.txnVersion"
 
 
 @dataclass(frozen=True)
@@ -83,23 +93,153 @@ class Txn:
     version: int
 
 
-class Lakehouse:
-    """Tables, checkpoints and landing folders for one profile."""
+@dataclass(frozen=True)
+class WhenMatched:
+    """A WHEN MATCHED clause: update every column (``set`` None), the given ones (SQL
+    expressions over ``t.``/``s.``), or delete; only where ``condition`` holds."""
 
-    def __init__(self, spark: SparkSession, profile: Profile) -> None:
+    condition: str | None = None
+    set: dict[str, str] | None = None
+    delete: bool = False
+
+    def sql(self) -> str:
+        when = f"WHEN MATCHED{f' AND ({self.condition})' if self.condition else ''} THEN "
+        if self.delete:
+            return when + "DELETE"
+        if self.set is None:
+            return when + "UPDATE SET *"
+        return when + "UPDATE SET " + ", ".join(f"t.{quote(c)} = {e}" for c, e in self.set.items())
+
+
+@dataclass(frozen=True)
+class WhenNotMatched:
+    """A WHEN NOT MATCHED clause: insert every source column (``values`` None) or the given
+    ones, only where ``condition`` holds."""
+
+    condition: str | None = None
+    values: dict[str, str] | None = None
+
+    def sql(self) -> str:
+        when = f"WHEN NOT MATCHED{f' AND ({self.condition})' if self.condition else ''} THEN "
+        if self.values is None:
+            return when + "INSERT *"
+        columns = ", ".join(quote(c) for c in self.values)
+        return f"{when}INSERT ({columns}) VALUES ({', '.join(self.values.values())})"
+
+
+def quote(name: str) -> str:
+    """A table or column name as a SQL identifier; ``schema.table`` quotes each part."""
+    return ".".join(f"`{part}`" for part in name.split("."))
+
+
+def sql_literal(value: object) -> str:
+    """A Python value as a SQL literal (MERGE conditions need literals for file skipping)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Decimal):
+        return f"{value}BD"
+    if isinstance(value, datetime):
+        stamp = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return f"TIMESTAMP '{stamp.isoformat()}'"
+    if isinstance(value, date):
+        return f"DATE '{value.isoformat()}'"
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    raise TypeError(f"no SQL literal for a value of type {type(value).__name__}: {value!r}")
+
+
+# A quoted string, a quoted identifier or a comment (left alone), or a :name marker.
+_SQL_MARKER = re.compile(
+    r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|`[^`]*`|--[^\n]*|/\*.*?\*/)"""
+    r"|(?<![:\w]):([A-Za-z_]\w*)",
+    re.DOTALL,
+)
+
+
+def bind_parameters(query: str, parameters: dict[str, object]) -> str:
+    """``query`` with its named parameter markers (``:as_of``) replaced by literals.
+
+    Databricks SQL binds them itself; open-source Delta's SQL parser loses them on Spark 4.1
+    (delta-io/delta#7640) in every mode but classic Spark's legacy substitution, so the
+    pipeline binds them here, the same way on every engine."""
+    unbound: set[str] = set()
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(1) is not None:
+            return match.group(1)
+        name = match.group(2)
+        if name not in parameters:
+            unbound.add(name)
+            return match.group(0)
+        return sql_literal(parameters[name])
+
+    bound = _SQL_MARKER.sub(replace, query)
+    if unbound:
+        raise ValueError(
+            f"[UNBOUND_SQL_PARAMETER] no value for parameter(s) {', '.join(sorted(unbound))}; "
+            f"given: {', '.join(sorted(parameters)) or 'none'}"
+        )
+    return bound
+
+
+def schema_ddl(schema: StructType | str) -> str:
+    if isinstance(schema, str):
+        return schema
+    return ", ".join(f"{quote(f.name)} {f.dataType.simpleString()}" for f in schema.fields)
+
+
+def rows_written(commit: Row) -> int:
+    """Rows a Delta commit added, from its history entry's operation metrics."""
+    metrics = commit["operationMetrics"] or {}
+    return int(metrics.get("numOutputRows") or metrics.get("numTargetRowsInserted") or 0)
+
+
+class Lakehouse:
+    """Tables, checkpoints and landing folders for one profile.
+
+    Every read, append, MERGE and stream of the pipeline goes through here, as plain SQL or
+    DataFrame calls that classic Spark, a Spark Connect session and Databricks serverless
+    all run the same way (Delta's Python ``DeltaTable`` API needs a Delta Connect server
+    plugin that open-source Delta does not publish for Spark 4.1)."""
+
+    def __init__(self, spark: SparkSession, profile: Profile, register: bool = True) -> None:
         self.spark = spark
         self.profile = profile
-        if profile.is_local:
+        self.capabilities = capabilities(spark)
+        if profile.is_local and register:
             with _CREATE_LOCK:
+                for schema in self.schemas():
+                    spark.sql(f"CREATE DATABASE IF NOT EXISTS {quote(schema)}")
                 if spark.catalog.currentDatabase() != profile.schema:
-                    spark.sql(f"CREATE DATABASE IF NOT EXISTS `{profile.schema}`")
-                    spark.sql(f"USE `{profile.schema}`")
+                    spark.sql(f"USE {quote(profile.schema)}")
             self._register_local_tables()
 
-    # -- locations -----------------------------------------------------------------------
+    @classmethod
+    def for_batch(cls, batch: DataFrame, profile: Profile) -> Lakehouse:
+        """The lakehouse as seen from inside ``foreachBatch``: the batch's own session (on
+        Spark Connect a separate Python process has nothing else), tables already set up."""
+        return cls(batch.sparkSession, profile, register=False)
+
+    # -- names and locations ---------------------------------------------------------------
+    def schemas(self) -> list[str]:
+        return list(
+            dict.fromkeys(s for s in (self.profile.schema, self.profile.quarantine_schema) if s)
+        )
+
+    def quarantine(self, entity: str) -> str:
+        """quarantine_<entity>, in the quarantine schema where the profile has one."""
+        table = quarantine_table(entity)
+        schema = self.profile.quarantine_schema
+        return f"{schema}.{table}" if schema and schema != self.profile.schema else table
+
     def table_path(self, table: str) -> str:
         assert self.profile.warehouse_root, "table paths exist only locally"
-        return str(Path(self.profile.warehouse_root) / self.profile.schema / table)
+        schema, _, name = table.rpartition(".")
+        return str(Path(self.profile.warehouse_root) / (schema or self.profile.schema) / name)
 
     def checkpoint(self, name: str) -> str:
         return f"{self.profile.checkpoint_root.rstrip('/')}/{name}"
@@ -108,47 +248,48 @@ class Lakehouse:
         return f"{self.profile.landing_root.rstrip('/')}/{entity}"
 
     def _register_local_tables(self) -> None:
-        """Register the Delta folders of the schema by name, once per session and folder.
+        """Register the Delta folders of the schemas by name, once per session and folder.
 
         Catalog look-ups load every table's log (about a second for a dozen tables here),
         and a task opens the lakehouse several times: the folders already registered in
         this session are remembered, so a repeated open only lists the directory.
         """
-        root = Path(self.table_path("x")).parent
-        if not root.is_dir():
-            return
-        # tasks the local runner starts together open the lakehouse at the same moment;
-        # two concurrent CREATE TABLE IF NOT EXISTS of one table fail in Delta
-        with _CREATE_LOCK:
-            registered = _REGISTERED.setdefault(self.spark, {}).setdefault(str(root), set())
-            new = [
-                folder
-                for folder in sorted(root.iterdir())
-                if folder.name not in registered and (folder / "_delta_log").is_dir()
-            ]
-            if not new:
-                return
-            known = {
-                row.tableName
-                for row in self.spark.sql(f"SHOW TABLES IN `{self.profile.schema}`").collect()
-            }
-            for folder in new:
-                if folder.name not in known:
-                    self._register(folder)
-                registered.add(folder.name)
+        for schema in self.schemas():
+            root = Path(self.table_path(f"{schema}.x")).parent
+            if not root.is_dir():
+                continue
+            # tasks the local runner starts together open the lakehouse at the same moment;
+            # two concurrent CREATE TABLE IF NOT EXISTS of one table fail in Delta
+            with _CREATE_LOCK:
+                registered = _REGISTERED.setdefault(self.spark, {}).setdefault(str(root), set())
+                new = [
+                    folder
+                    for folder in sorted(root.iterdir())
+                    if folder.name not in registered and (folder / "_delta_log").is_dir()
+                ]
+                if not new:
+                    continue
+                known = {
+                    row.tableName
+                    for row in self.spark.sql(f"SHOW TABLES IN {quote(schema)}").collect()
+                }
+                for folder in new:
+                    if folder.name not in known:
+                        self._register(f"{schema}.{folder.name}", folder)
+                    registered.add(folder.name)
 
-    def _register(self, folder: Path) -> None:
+    def _register(self, table: str, folder: Path) -> None:
         try:
             self.spark.sql(
-                f"CREATE TABLE IF NOT EXISTS `{folder.name}` USING DELTA LOCATION '{folder}'"
+                f"CREATE TABLE IF NOT EXISTS {quote(table)} USING DELTA LOCATION '{folder}'"
             )
         except Exception:
-            if not self.exists(folder.name):  # else a concurrent task registered it first
+            if not self.exists(table):  # else a concurrent task registered it first
                 raise
 
     def _forget_local_table(self, table: str) -> None:
         root = str(Path(self.table_path(table)).parent)
-        _REGISTERED.get(self.spark, {}).get(root, set()).discard(table)
+        _REGISTERED.get(self.spark, {}).get(root, set()).discard(table.rpartition(".")[2])
 
     # -- tables --------------------------------------------------------------------------
     def exists(self, table: str) -> bool:
@@ -165,22 +306,21 @@ class Lakehouse:
         the given Delta table properties."""
         if self.exists(table):
             return
-        if isinstance(schema, str):
-            schema = StructType.fromDDL(schema)
-        builder = DeltaTable.createIfNotExists(self.spark).tableName(table).addColumns(schema)
+        statement = f"CREATE TABLE IF NOT EXISTS {quote(table)} ({schema_ddl(schema)}) USING DELTA"
         if partitioned_by:
-            builder = builder.partitionedBy(*partitioned_by)
-        for key, value in (properties or {}).items():
-            builder = builder.property(key, value)
+            statement += f" PARTITIONED BY ({', '.join(quote(c) for c in partitioned_by)})"
         if self.profile.is_local:
-            builder = builder.location(self.table_path(table))
+            statement += f" LOCATION '{self.table_path(table)}'"
+        if properties:
+            pairs = ", ".join(f"'{k}' = '{v}'" for k, v in properties.items())
+            statement += f" TBLPROPERTIES ({pairs})"
         # Tasks running at the same time (threads of the local runner, parallel tasks of
         # a Databricks job) may create the same shared table, such as ops_task_runs: in a
         # process one creates it at a time; losing a race to another process is fine as
         # long as the table exists afterwards.
         with _CREATE_LOCK:
             try:
-                builder.execute()
+                self.spark.sql(statement)
             except Exception:
                 if not self.exists(table):
                     raise
@@ -202,11 +342,21 @@ class Lakehouse:
             .table(table)
         )
 
-    def delta(self, table: str) -> DeltaTable:
-        return DeltaTable.forName(self.spark, table)
+    def detail(self, table: str) -> Row:
+        """DESCRIBE DETAIL: id, numFiles, properties, ..."""
+        return self.spark.sql(f"DESCRIBE DETAIL {quote(table)}").first()
+
+    def history(self, table: str, limit: int | None = None) -> list[Row]:
+        """The table's commits, newest first."""
+        text = f"DESCRIBE HISTORY {quote(table)}" + (f" LIMIT {int(limit)}" if limit else "")
+        return self.spark.sql(text).select("version", "operation", "operationMetrics").collect()
 
     def version(self, table: str) -> int:
-        return int(self.delta(table).history(1).select("version").first()[0])
+        return int(self.history(table, 1)[0]["version"])
+
+    def rows_written_since(self, table: str, version: int) -> int:
+        """Rows the commits after ``version`` added to an append-only table."""
+        return sum(rows_written(c) for c in self.history(table) if c["version"] > version)
 
     def read_stream(self, table: str) -> DataFrame:
         reader = self.spark.readStream.format("delta")
@@ -217,6 +367,8 @@ class Lakehouse:
         return reader.table(table)
 
     def append(self, df: DataFrame, table: str, txn: Txn | None = None) -> None:
+        """Append ``df``; with ``txn`` as Delta's writer options, which every platform
+        accepts (serverless included), so a replayed batch's append is skipped."""
         writer = df.write.format("delta").mode("append")
         if txn is not None:
             writer = writer.option("txnAppId", txn.app_id).option("txnVersion", txn.version)
@@ -228,10 +380,51 @@ class Lakehouse:
             writer = writer.option("path", self.table_path(table))
         writer.saveAsTable(table)
 
+    def merge(
+        self,
+        source: DataFrame,
+        table: str,
+        on: str,
+        clauses: list[WhenMatched | WhenNotMatched],
+        txn: Txn | None = None,
+        idempotent_by_content: bool = False,
+    ) -> None:
+        """MERGE ``source`` (aliased ``s``) into ``table`` (aliased ``t``), as SQL on the
+        source's own session (a micro-batch has its own).
+
+        With ``txn`` the MERGE commits under Delta's idempotent-write identity where the
+        session may carry it (session settings, always reset). Serverless refuses those
+        settings: there a MERGE may only be replayed if it is idempotent by its content
+        (e.g. it only ever replaces a row by a newer one), which the caller must vouch for.
+        """
+        session = source.sparkSession
+        carry_txn = txn is not None and capabilities(session).session_txn_confs
+        if txn is not None and not carry_txn and not idempotent_by_content:
+            raise ConfigNotAvailable(
+                f"MERGE into {table} needs Delta's txnAppId/txnVersion session settings to be "
+                "replay-safe, and this session cannot set them"
+            )
+        view = f"merge_source_{uuid.uuid4().hex}"
+        source.createOrReplaceTempView(view)
+        statement = f"MERGE INTO {quote(table)} AS t USING {view} AS s ON {on} " + " ".join(
+            clause.sql() for clause in clauses
+        )
+        try:
+            if carry_txn:
+                assert txn is not None
+                set_session_conf(session, TXN_APP_ID, txn.app_id)
+                set_session_conf(session, TXN_VERSION, str(txn.version))
+            session.sql(statement)
+        finally:
+            if carry_txn:
+                unset_session_conf(session, TXN_APP_ID)
+                unset_session_conf(session, TXN_VERSION)
+            session.catalog.dropTempView(view)
+
     def drop(self, table: str) -> None:
         """Drop a table and, locally, its files (a full refresh starts from nothing)."""
         if self.exists(table):
-            self.spark.sql(f"DROP TABLE `{table}`")
+            self.spark.sql(f"DROP TABLE {quote(table)}")
         if self.profile.is_local:
             _remove_tree(self.table_path(table))
             self._forget_local_table(table)
@@ -241,11 +434,15 @@ class Lakehouse:
 
     def cache(self, df: DataFrame) -> DataFrame:
         """Keep a DataFrame that several writes read, where the platform allows it."""
-        return df.persist() if self.profile.cache_batches else df
+        return df.persist() if self.caches else df
 
     def release(self, df: DataFrame) -> None:
-        if self.profile.cache_batches:
+        if self.caches:
             df.unpersist()
+
+    @property
+    def caches(self) -> bool:
+        return self.profile.cache_batches and self.capabilities.can_persist
 
     # -- landing -------------------------------------------------------------------------
     def landing_stream(self, entity: Entity) -> DataFrame:
@@ -341,9 +538,9 @@ def await_with_progress(query: StreamingQuery, progress: Callable[[str], None]) 
             if marker in seen:
                 continue
             seen.add(marker)
-            if item["numInputRows"]:
+            if item.numInputRows:
                 progress(
-                    f"  {query.name}: batch {item['batchId']}: {item['numInputRows']} rows "
+                    f"  {query.name}: batch {item['batchId']}: {item.numInputRows} rows "
                     f"({time.monotonic() - started:.1f}s)"
                 )
 

@@ -2,7 +2,9 @@
 
 Locally: a ``local[*]`` session with Delta Lake configured from jars that ``setup`` resolved
 once from Maven Central (through Spark's own package resolution) into a cache folder; no
-resolution happens at session start. On Databricks: the runtime's own session.
+resolution happens at session start. With ORDER_PIPELINE_SPARK_MODE=connect the same engine
+runs as a local Spark Connect server and the job gets a Connect session, as on serverless.
+On Databricks: the runtime's own session.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,7 +22,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from order_pipeline.common.config import Profile
-from order_pipeline.common.platform import is_databricks
+from order_pipeline.common.platform import is_databricks, is_spark_connect, local_spark_mode
 
 SPARK_LINE = "4.1"
 SCALA = "2.13"
@@ -113,48 +116,105 @@ def get_spark(profile: Profile, app_name: str = "order-pipeline") -> SparkSessio
         return _get_or_build(profile, app_name)
 
 
+def _is_live(session: SparkSession) -> bool:
+    if is_spark_connect(session):
+        return not session.is_stopped
+    return session._jsc is not None
+
+
 def _get_or_build(profile: Profile, app_name: str) -> SparkSession:
     global _session
-    if _session is not None and _session._jsc is not None:
+    if _session is not None and _is_live(_session):
         return _session
     if is_databricks():
         _session = SparkSession.builder.getOrCreate()
-        _session.sql(f"USE CATALOG `{profile.catalog}`")
-        _session.sql(f"CREATE SCHEMA IF NOT EXISTS `{profile.schema}`")
-        _session.sql(f"USE SCHEMA `{profile.schema}`")
+        use_databricks_schemas(_session, profile)
         return _session
     check_java()
-    jars = cached_delta_jars()
+    settings = local_settings(profile, app_name, cached_delta_jars())
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    warehouse = Path(profile.warehouse_root or ".local/warehouse").resolve()
-    builder = (
-        SparkSession.builder.master(os.environ.get("ORDER_PIPELINE_MASTER", "local[*]"))
-        .appName(app_name)
-        .config("spark.jars", ",".join(str(j) for j in jars))
-        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-        .config(
-            "spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog"
-        )
-        .config("spark.sql.warehouse.dir", str(warehouse))
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC -Dderby.system.home=/tmp")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.streaming.stopTimeout", "60s")
-        .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
-        # Delta 4.1's SQL parser drops named parameter markers on Spark 4.1
-        # (delta-io/delta#7640); the legacy substitution binds them before parsing.
-        .config("spark.sql.legacy.parameterSubstitution.constantsOnly", "true")
-        .config("spark.log.structuredLogging.enabled", "false")
-    )
-    for key, value in profile.spark.items():
-        builder = builder.config(key, value)
-    _session = builder.getOrCreate()
-    _session.sparkContext.setLogLevel(os.environ.get("ORDER_PIPELINE_SPARK_LOG", "ERROR"))
+    master = os.environ.get("ORDER_PIPELINE_MASTER", "local[*]")
+    if local_spark_mode() == "connect":
+        _session = _start_local_connect(master, settings)
+    else:
+        builder = SparkSession.builder.master(master)
+        for key, value in settings.items():
+            builder = builder.config(key, value)
+        _session = builder.getOrCreate()
+        _session.sparkContext.setLogLevel(os.environ.get("ORDER_PIPELINE_SPARK_LOG", "ERROR"))
     # PySpark logs every SQL error as JSON before raising it; the raised error suffices.
     logging.getLogger("SQLQueryContextLogger").setLevel(logging.CRITICAL)
     return _session
+
+
+def use_databricks_schemas(spark: SparkSession, profile: Profile) -> None:
+    """Point the job's session at the profile's catalog and schema. The bundle creates the
+    schemas (with their grants); a missing one is created here so that a run outside the
+    bundle works too, and fails with Unity Catalog's own error where that is not allowed."""
+    spark.sql(f"USE CATALOG `{profile.catalog}`")
+    for schema in dict.fromkeys(s for s in (profile.schema, profile.quarantine_schema) if s):
+        if not spark.catalog.databaseExists(f"{profile.catalog}.{schema}"):
+            spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{schema}`")
+    spark.sql(f"USE SCHEMA `{profile.schema}`")
+
+
+def local_settings(profile: Profile, app_name: str, jars: list[Path]) -> dict[str, str]:
+    """Every setting of the local engine: Delta, the warehouse, UTC, quiet logs, and the
+    profile's own ``spark`` settings (which win)."""
+    warehouse = Path(profile.warehouse_root or ".local/warehouse").resolve()
+    settings = {
+        "spark.app.name": app_name,
+        "spark.jars": ",".join(str(j) for j in jars),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.warehouse.dir": str(warehouse),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC -Dderby.system.home=/tmp",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.streaming.stopTimeout": "60s",
+        "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        "spark.log.structuredLogging.enabled": "false",
+        "spark.log.level": os.environ.get("ORDER_PIPELINE_SPARK_LOG", "ERROR"),
+    }
+    settings.update(profile.spark)
+    return settings
+
+
+def _start_local_connect(master: str, settings: dict[str, str]) -> SparkSession:
+    """A local Spark Connect server with Delta, and a Connect session to it: the engine as
+    serverless jobs see it. The server's settings are fixed when its JVM starts (like a
+    serverless cluster's), so they go to spark-submit through PYSPARK_SUBMIT_ARGS, not to
+    the session (``builder.config`` of a Connect session takes runtime SQL settings only).
+    Its foreachBatch functions run in Python workers started with PYSPARK_PYTHON.
+
+    PySpark's own ``builder.remote("local")`` always connects to port 15002, so two local
+    servers (two test workers, a test run beside a demo) would meet there: the server binds
+    an ephemeral port instead, read back from its JVM, as PySpark's own tests do."""
+    from pyspark.sql import SparkSession as ClassicSession
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    server = {**settings, "spark.connect.grpc.binding.port": "0"}
+    args = [arg for key, value in server.items() for arg in ("--conf", f"{key}={value}")]
+    previous = os.environ.get("PYSPARK_SUBMIT_ARGS")
+    os.environ["PYSPARK_SUBMIT_ARGS"] = shlex.join([*args, "pyspark-shell"])
+    try:
+        # marks the server as local: stopping the Connect session stops it too
+        os.environ["SPARK_LOCAL_REMOTE"] = "1"
+        ConnectSession._start_connect_server(master, {})
+    finally:
+        if previous is None:
+            os.environ.pop("PYSPARK_SUBMIT_ARGS", None)
+        else:
+            os.environ["PYSPARK_SUBMIT_ARGS"] = previous
+    server_session = ClassicSession._instantiatedSession
+    assert server_session is not None, "the local Spark Connect server did not start"
+    jvm = server_session._jvm
+    service = getattr(jvm, "org.apache.spark.sql.connect.service.SparkConnectService$")
+    port = getattr(service, "MODULE$").localPort()
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    return ConnectSession.builder.remote(f"sc://localhost:{port}").getOrCreate()
 
 
 def stop_spark() -> None:

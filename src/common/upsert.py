@@ -9,18 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from order_pipeline.common.config import Entity
-from order_pipeline.common.io import QUALITY_WARNINGS, RUN_ID, SOURCE_FILE, Txn
+from order_pipeline.common.io import (
+    QUALITY_WARNINGS,
+    RUN_ID,
+    SOURCE_FILE,
+    Lakehouse,
+    Txn,
+    WhenMatched,
+    WhenNotMatched,
+    quote,
+    sql_literal,
+)
 
 WARNINGS = QUALITY_WARNINGS
 MERGED_AT = "_merged_at"
 SILVER_METADATA_DDL = f"`{WARNINGS}` array<string>, `{SOURCE_FILE}` string, `{MERGED_AT}` timestamp, `{RUN_ID}` string"
-TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
-TXN_VERSION = "spark.databricks.delta.write.txnVersion"
 
 
 def silver_ddl(entity: Entity) -> str:
@@ -55,6 +62,7 @@ def newer_condition(entity: Entity, source: str = "s", target: str = "t") -> str
 
 
 def merge_latest(
+    lake: Lakehouse,
     table: str,
     updates: DataFrame,
     entity: Entity,
@@ -68,38 +76,30 @@ def merge_latest(
     outside (silver is written in key ranges, see ``Silver.write_batch``), so a batch of
     recent keys does not read the whole table's history.
 
-    With ``txn`` the MERGE commits under Delta's idempotent-write identity, set on the
-    updates' own session (a micro-batch has its own) and always reset afterwards.
+    Replaying this MERGE changes nothing, with or without ``txn``: a snapshot replaces a row
+    only when it is strictly newer under ``ordering_columns``, so the second time every key
+    matches an equal row. That is what keeps silver exactly once where the platform refuses
+    the idempotent-write session settings (serverless); where it allows them, ``txn`` makes
+    the replayed MERGE a skipped commit as well.
     """
-    latest = updates.transform(latest_per_key(entity)).alias("s")
-    values = silver_values(entity, run_id)
-    session = updates.sparkSession
-    target = DeltaTable.forName(session, table)  # the micro-batch's own session
-    merge = (
-        target.alias("t")
-        .merge(latest, key_match(updates, entity.key))
-        .whenMatchedUpdate(condition=newer_condition(entity), set=values)
-        .whenNotMatchedInsert(values=values)
+    lake.merge(
+        updates.transform(latest_rows(entity, run_id)),
+        table,
+        key_match(updates, entity.key),
+        [WhenMatched(condition=newer_condition(entity)), WhenNotMatched()],
+        txn=txn,
+        idempotent_by_content=True,
     )
-    if txn is None:
-        merge.execute()
-        return
-    session.conf.set(TXN_APP_ID, txn.app_id)
-    session.conf.set(TXN_VERSION, str(txn.version))
-    try:
-        merge.execute()
-    finally:
-        session.conf.unset(TXN_APP_ID)
-        session.conf.unset(TXN_VERSION)
 
 
-def key_match(updates: DataFrame, key: str) -> Column:
+def key_match(updates: DataFrame, key: str) -> str:
     """``t.key = s.key``, narrowed to the updates' key range (a target-only predicate that
     Delta's MERGE uses to skip files by their key statistics)."""
     low, high = updates.agg(F.min(key), F.max(key)).first()
-    target_key = F.col(f"t.`{key}`")
-    same = target_key == F.col(f"s.`{key}`")
-    return same if low is None else same & target_key.between(F.lit(low), F.lit(high))
+    same = f"t.{quote(key)} = s.{quote(key)}"
+    if low is None:
+        return same
+    return f"{same} AND t.{quote(key)} BETWEEN {sql_literal(low)} AND {sql_literal(high)}"
 
 
 def latest_rows(entity: Entity, run_id: str) -> Callable[[DataFrame], DataFrame]:

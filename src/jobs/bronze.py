@@ -8,10 +8,12 @@ batch replayed after a crash (written, but not yet committed to the checkpoint) 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from order_pipeline.common.config import Profile
 from order_pipeline.common.io import (
     BATCH_ID,
     INGESTED_AT,
@@ -20,6 +22,7 @@ from order_pipeline.common.io import (
     Txn,
     bronze_schema,
     bronze_table,
+    rows_written,
 )
 from order_pipeline.common.job import (
     TaskContext,
@@ -43,6 +46,23 @@ def with_ingest_metadata(batch_id: int, run_id: str) -> Callable[[DataFrame], Da
     return transform
 
 
+@dataclass(frozen=True)
+class BronzeBatch:
+    """The ``foreachBatch`` function of a bronze stream; plain settings only, so that it
+    pickles for Spark Connect, where it runs in another Python process."""
+
+    profile: Profile
+    table: str
+    columns: tuple[str, ...]
+    run_id: str
+    app_id: str
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        rows = batch.transform(with_ingest_metadata(batch_id, self.run_id)).select(*self.columns)
+        lake = Lakehouse.for_batch(batch, self.profile)
+        lake.append(rows, self.table, Txn(self.app_id, batch_id))
+
+
 def run(
     spark: SparkSession, ctx: TaskContext, progress: Callable[[str], None] = print
 ) -> TaskResult:
@@ -54,16 +74,20 @@ def run(
         lake.drop(table)
         lake.reset_checkpoint(checkpoint)
     lake.ensure(table, bronze_schema(entity))
-    columns = bronze_schema(entity).fieldNames()
-    app_id = lake.stream_app_id(checkpoint)
-
-    def write_batch(batch: DataFrame, batch_id: int) -> None:
-        rows = batch.transform(with_ingest_metadata(batch_id, ctx.run_id)).select(*columns)
-        lake.append(rows, table, Txn(app_id, batch_id))
-
-    query = lake.run_stream(lake.landing_stream(entity), checkpoint, write_batch, table, progress)
-    rows = sum(p["numInputRows"] for p in query.recentProgress)
-    return TaskResult(rows_in=rows, rows_out=rows, details={"batches": len(query.recentProgress)})
+    before = lake.version(table)
+    batch = BronzeBatch(
+        profile=ctx.profile,
+        table=table,
+        columns=tuple(bronze_schema(entity).fieldNames()),
+        run_id=ctx.run_id,
+        app_id=lake.stream_app_id(checkpoint),
+    )
+    lake.run_stream(lake.landing_stream(entity), checkpoint, batch, table, progress)
+    # counted from the table's commits, not from the batches' Python state or the query's
+    # bounded progress history
+    commits = [c for c in lake.history(table) if c["version"] > before]
+    rows = sum(rows_written(c) for c in commits)
+    return TaskResult(rows_in=rows, rows_out=rows, details={"batches": len(commits)})
 
 
 def main(argv: list[str] | None = None) -> int:

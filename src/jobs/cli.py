@@ -148,9 +148,8 @@ def open_lakehouse(data_root: str):
     from order_pipeline.common.spark import get_spark
 
     ctx = local_context(data_root)
-    spark = get_spark(ctx.profile)
-    Lakehouse(spark, ctx.profile)
-    return spark, ctx
+    lake = Lakehouse(get_spark(ctx.profile), ctx.profile)
+    return lake, ctx
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
@@ -202,13 +201,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sql(args: argparse.Namespace) -> int:
     from order_pipeline.common.display import json_lines, show
+    from order_pipeline.common.io import bind_parameters
 
     if bool(args.query) == bool(args.file):
         raise SystemExit("sql: give a query or --file, not both")
     query = args.file.read_text() if args.file else args.query
-    spark, _ = open_lakehouse(args.data_root)
+    lake, _ = open_lakehouse(args.data_root)
+    spark = lake.spark
     params = key_values(args.param, "--param")
-    df = spark.sql(query, args=params) if params else spark.sql(query)
+    try:
+        df = spark.sql(bind_parameters(query, params))
+    except ValueError as exc:
+        raise SystemExit(f"sql: {exc}") from None
     if args.json:
         for line in json_lines(df, args.limit):
             print(line)
@@ -221,15 +225,15 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     from order_pipeline.common.display import json_lines, show
     from order_pipeline.jobs.report import quarantine_rows, quarantine_summary
 
-    spark, ctx = open_lakehouse(args.data_root)
+    lake, ctx = open_lakehouse(args.data_root)
     if args.entity:
         if args.entity not in ctx.entities:
             raise SystemExit(
                 f"--entity {args.entity!r}: not in conf/pipeline.yml ({', '.join(ctx.entities)})"
             )
-        df = quarantine_rows(spark, args.entity, args.rule, args.status)
+        df = quarantine_rows(lake, args.entity, args.rule, args.status)
     else:
-        df = quarantine_summary(spark, list(ctx.entities), args.status)
+        df = quarantine_summary(lake, list(ctx.entities), args.status)
         if args.rule:
             df = df.where(df.rule == args.rule)
     if args.json:
@@ -254,8 +258,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from order_pipeline.jobs.report import gold_report
 
-    spark, ctx = open_lakehouse(args.data_root)
-    print(gold_report(spark, list(ctx.entities)))
+    lake, ctx = open_lakehouse(args.data_root)
+    print(gold_report(lake, list(ctx.entities)))
     return 0
 
 

@@ -15,10 +15,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from order_pipeline.common import gold
-from order_pipeline.common.io import GOLD_WATERMARKS, Lakehouse, silver_table
+from order_pipeline.common.io import (
+    GOLD_WATERMARKS,
+    Lakehouse,
+    WhenMatched,
+    WhenNotMatched,
+    silver_table,
+)
 from order_pipeline.common.job import (
     TaskContext,
     TaskResult,
@@ -65,7 +70,7 @@ class IncrementalNotCheaper(RuntimeError):
 
 # -- reads ---------------------------------------------------------------------------------
 def silver_snapshot(lake: Lakehouse, table: str) -> gold.SilverSnapshot:
-    detail = lake.delta(table).detail().select("id", "properties").first()
+    detail = lake.detail(table)
     properties = detail["properties"] or {}
     return gold.SilverSnapshot(
         table=table,
@@ -144,31 +149,24 @@ def silver_changes(
 
 def merge_rows(lake: Lakehouse, table: str, rows: DataFrame, key: str) -> None:
     """Upsert rows by key (silver never deletes, so neither does the gold build)."""
-    (
-        lake.delta(table)
-        .alias("t")
-        .merge(rows.alias("s"), f"t.`{key}` = s.`{key}`")
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    lake.merge(rows, table, f"t.`{key}` = s.`{key}`", [WhenMatched(), WhenNotMatched()])
 
 
 def replace_sales_groups(lake: Lakehouse, groups: DataFrame) -> None:
     """Recompute the given monthly sales groups from gold_order_details and replace them in
     one MERGE: updated, inserted, or deleted when no delivered item is left in them."""
     rows = gold.product_sales_for_groups(groups, lake.read(gold.ORDER_DETAILS))
-    columns = [c for c in rows.columns if c != gold.VANISHED]
-    values = {c: F.col(f"s.`{c}`") for c in columns}
-    vanished = F.col(f"s.`{gold.VANISHED}`")
-    (
-        lake.delta(gold.PRODUCT_SALES_MONTHLY)
-        .alias("t")
-        .merge(rows.alias("s"), "t.product_id <=> s.product_id AND t.month <=> s.month")
-        .whenMatchedDelete(condition=vanished)
-        .whenMatchedUpdate(set=values)
-        .whenNotMatchedInsert(condition=~vanished, values=values)
-        .execute()
+    values = {c: f"s.`{c}`" for c in rows.columns if c != gold.VANISHED}
+    vanished = f"s.`{gold.VANISHED}`"
+    lake.merge(
+        rows,
+        gold.PRODUCT_SALES_MONTHLY,
+        "t.product_id <=> s.product_id AND t.month <=> s.month",
+        [
+            WhenMatched(condition=vanished, delete=True),
+            WhenMatched(set=values),
+            WhenNotMatched(condition=f"NOT {vanished}", values=values),
+        ],
     )
 
 

@@ -4,27 +4,27 @@ from __future__ import annotations
 
 from functools import reduce
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from order_pipeline.common import gold
 from order_pipeline.common.display import show
-from order_pipeline.common.io import bronze_table, deferred_table, quarantine_table, silver_table
+from order_pipeline.common.io import Lakehouse, bronze_table, deferred_table, silver_table
 
 
 def quarantine_summary(
-    spark: SparkSession, entities: list[str], status: str | None = None
+    lake: Lakehouse, entities: list[str], status: str | None = None
 ) -> DataFrame:
     """Per entity, rule and status: rows, oldest and newest quarantine time."""
     parts = [
-        spark.table(quarantine_table(e)).select(
+        lake.read(lake.quarantine(e)).select(
             F.lit(e).alias("entity"), F.explode("reasons").alias("rule"), "status", "quarantined_at"
         )
         for e in entities
-        if spark.catalog.tableExists(quarantine_table(e))
+        if lake.exists(lake.quarantine(e))
     ]
     if not parts:
-        return spark.createDataFrame(
+        return lake.spark.createDataFrame(
             [],
             "entity string, rule string, status string, rows bigint, oldest timestamp, newest timestamp",
         )
@@ -43,9 +43,9 @@ def quarantine_summary(
 
 
 def quarantine_rows(
-    spark: SparkSession, entity: str, rule: str | None, status: str | None
+    lake: Lakehouse, entity: str, rule: str | None, status: str | None
 ) -> DataFrame:
-    rows = spark.table(quarantine_table(entity))
+    rows = lake.read(lake.quarantine(entity))
     if rule:
         rows = rows.where(F.array_contains("reasons", rule))
     if status:
@@ -60,21 +60,22 @@ def quarantine_rows(
     ).orderBy("quarantined_at", "file")
 
 
-def table_counts(spark: SparkSession, entities: list[str]) -> DataFrame:
+def table_counts(lake: Lakehouse, entities: list[str]) -> DataFrame:
     rows = []
     for e in entities:
         counts = []
-        for table in (bronze_table(e), silver_table(e), quarantine_table(e), deferred_table(e)):
-            counts.append(spark.table(table).count() if spark.catalog.tableExists(table) else None)
+        for table in (bronze_table(e), silver_table(e), lake.quarantine(e), deferred_table(e)):
+            counts.append(lake.read(table).count() if lake.exists(table) else None)
         rows.append((e, *counts))
-    return spark.createDataFrame(
+    return lake.spark.createDataFrame(
         rows, "entity string, bronze bigint, silver bigint, quarantine bigint, deferred bigint"
     )
 
 
-def gold_report(spark: SparkSession, entities: list[str]) -> str:
-    sections = ["Tables", show(table_counts(spark, entities))]
-    if not spark.catalog.tableExists(gold.ORDER_DETAILS):
+def gold_report(lake: Lakehouse, entities: list[str]) -> str:
+    spark = lake.spark
+    sections = ["Tables", show(table_counts(lake, entities))]
+    if not lake.exists(gold.ORDER_DETAILS):
         sections.append("\nNo gold tables yet: run `order-pipeline run` first.")
         return "\n".join(sections)
     sections += [
@@ -105,6 +106,6 @@ def gold_report(spark: SparkSession, entities: list[str]) -> str:
             limit=24,
         ),
         "\nQuarantine (open rows by rule; `order-pipeline quarantine` for details)",
-        show(quarantine_summary(spark, entities, status=None)),
+        show(quarantine_summary(lake, entities, status=None)),
     ]
     return "\n".join(sections)

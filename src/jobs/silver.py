@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 
 from order_pipeline.common.io import Lakehouse, bronze_schema, bronze_table
 from order_pipeline.common.job import (
@@ -16,8 +16,6 @@ from order_pipeline.common.job import (
 )
 from order_pipeline.quality.rules import load_rules
 from order_pipeline.quality.silver import Silver, no_fault
-
-RESET_ON_FULL_REFRESH = ("silver", "quarantine", "deferred")
 
 
 def build_silver(
@@ -33,7 +31,6 @@ def build_silver(
         entities=ctx.entities,
         rules=load_rules(entity, ctx.entities),
         run_id=ctx.run_id,
-        quality=ctx.profile.quality,
         progress=progress,
         fault_hook=fault_hook,
     )
@@ -54,22 +51,20 @@ def run(
         lake.reset_checkpoint(checkpoint)
     lake.ensure(bronze_table(name), bronze_schema(silver.entity))
     silver.ensure_tables()
-    app_id = lake.stream_app_id(checkpoint)
-
-    def process(batch: DataFrame, batch_id: int) -> None:
-        silver.process_batch(batch, batch_id, app_id)
-
+    batch = silver.batch_function(lake.stream_app_id(checkpoint))
     lake.run_stream(
-        lake.read_stream(bronze_table(name)), checkpoint, process, silver.silver, progress
+        lake.read_stream(bronze_table(name)), checkpoint, batch, silver.silver, progress
     )
+    # The batches may have run in another process (Spark Connect): what they did is read
+    # back from the metrics rows they wrote, not from Python state.
+    counts, batches = silver.stream_counts()
     promoted, expired = silver.resolve_deferred()
-    counts = silver.run.counts
     progress(
         f"  {silver.silver}: checked {counts.checked}, passed {counts.passed}, quarantined "
         f"{counts.quarantined}, deferred {counts.deferred}; earlier deferred rows promoted "
         f"{promoted}, expired {expired}"
     )
-    alert = silver.check_quarantine_ratio()
+    alert = silver.check_quarantine_ratio(counts)
     return TaskResult(
         rows_in=counts.checked,
         rows_out=counts.passed + promoted,
@@ -78,7 +73,7 @@ def run(
             "deferred": counts.deferred,
             "promoted": promoted,
             "expired": expired,
-            "batches": silver.run.batches,
+            "batches": batches,
             "ratio_warning": alert,
         },
     )

@@ -283,6 +283,10 @@ def _cache(df: DataFrame) -> bool:
     bundles, row counts, queries); True when this call cached it and must unpersist."""
     from pyspark.errors import PySparkException
 
+    from order_pipeline.common.platform import capabilities
+
+    if not capabilities(df.sparkSession).can_persist:  # serverless has no DataFrame cache
+        return False
     try:
         if df.is_cached:
             return False

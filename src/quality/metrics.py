@@ -3,10 +3,11 @@ Delta Live Tables' expectation metrics), computed in one aggregation over a chec
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from order_pipeline.quality.gate import FAILED_DEFER, FAILED_FAIL, FAILED_QUARANTINE, REASONS
@@ -17,6 +18,8 @@ METRICS_DDL = (
     "rows_checked bigint, rows_failed bigint, measured_at timestamp"
 )
 OUTCOMES = ("quarantined", "deferred", "failing")
+OUTCOME_PREFIX = "outcome:"
+STREAM = "stream"  # metrics rows of micro-batches (other sources: replay, deferred passes)
 
 
 @dataclass
@@ -79,8 +82,27 @@ def metrics_rows(
         for rule in ruleset.rules
     ]  # fmt: skip
     rows += [
-        (ruleset.entity, run_id, batch_id, source, f"outcome:{outcome}", "outcome", counts.checked,
+        (ruleset.entity, run_id, batch_id, source, f"{OUTCOME_PREFIX}{outcome}", "outcome", counts.checked,
          getattr(counts, outcome), now)
         for outcome in OUTCOMES
     ]  # fmt: skip
     return spark.createDataFrame(rows, METRICS_DDL)
+
+
+def run_counts(ruleset: RuleSet, rows: Iterable[Row]) -> tuple[BatchCounts, int]:
+    """A run's totals from its metrics rows (``batch_id``, ``rule``, ``rows_checked``,
+    ``rows_failed``: one row per rule and outcome of each batch), and its batch count."""
+    batches: dict[int, BatchCounts] = {}
+    for row in rows:
+        counts = batches.setdefault(row["batch_id"], BatchCounts(checked=row["rows_checked"]))
+        rule = row["rule"]
+        if rule.startswith(OUTCOME_PREFIX):
+            outcome = rule.removeprefix(OUTCOME_PREFIX)
+            if outcome in OUTCOMES:
+                setattr(counts, outcome, row["rows_failed"])
+        elif rule in {r.name for r in ruleset.rules}:
+            counts.per_rule[rule] = row["rows_failed"]
+    total = BatchCounts()
+    for counts in batches.values():
+        total.add(counts)
+    return total, len(batches)

@@ -1,10 +1,17 @@
 """Silver for one entity: the quality gate inside ``foreachBatch``, exactly-once writes,
 deferred rows waiting for their parents, and replay of quarantined rows.
 
-Every write of a micro-batch carries Delta's idempotent-write identity (the stream's app
-id, the batch id), so a batch replayed after a crash skips what it already committed.
-The passes over deferred and quarantined rows are idempotent by construction instead:
-MERGE only ever replaces older snapshots, quarantine inserts are keyed, deletes are keyed.
+``SilverBatch`` is the ``foreachBatch`` function. On serverless (Spark Connect) it is
+pickled and runs in a separate Python process, so it holds only plain settings, works on
+the batch's own session, and hands nothing back through Python state: what a run did is
+read back by the task from what the batches wrote (their ops_quality_metrics rows).
+
+Every append of a micro-batch carries Delta's idempotent-write identity (the stream's app
+id, the batch id) as writer options, so a batch replayed after a crash skips what it
+already committed. The silver MERGE only ever replaces a row by a strictly newer one, so
+replaying it changes nothing even where the platform refuses the identity for MERGE.
+The passes over deferred and quarantined rows are idempotent by construction too:
+quarantine inserts are keyed, deletes are keyed.
 """
 
 from __future__ import annotations
@@ -14,18 +21,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from order_pipeline.common.config import Entity, QualitySettings
+from order_pipeline.common.config import Entity, Profile
 from order_pipeline.common.io import (
     GX_RESULTS,
     QUALITY_METRICS,
     Lakehouse,
     Txn,
+    WhenMatched,
+    WhenNotMatched,
     deferred_table,
-    quarantine_table,
     silver_table,
+    sql_literal,
 )
 from order_pipeline.common.timing import StepTimer
 from order_pipeline.common.upsert import latest_rows, merge_latest, silver_ddl
@@ -35,7 +44,14 @@ from order_pipeline.quality.gate import (
     raise_on_failing,
     split_by_outcome,
 )
-from order_pipeline.quality.metrics import METRICS_DDL, BatchCounts, count_outcomes, metrics_rows
+from order_pipeline.quality.metrics import (
+    METRICS_DDL,
+    STREAM,
+    BatchCounts,
+    count_outcomes,
+    metrics_rows,
+    run_counts,
+)
 from order_pipeline.quality.quarantine import (
     DEFERRED_AT,
     DEFERRED_ID,
@@ -60,28 +76,150 @@ def no_fault(step: str, batch_id: int) -> None:
     """Default fault hook; tests replace it to crash at a named step."""
 
 
-@dataclass
-class SilverRun:
-    """What one silver run did, for the run record and the ratio alert."""
+def parent_keys(
+    lake: Lakehouse, rules: RuleSet, entities: dict[str, Entity]
+) -> dict[str, DataFrame]:
+    """The silver keys of every parent a foreign-key rule names (empty before it exists)."""
+    keys = {}
+    for parent in {r.parent for r in rules.rules if r.kind == "foreign_key"}:
+        assert parent is not None
+        key = entities[parent].key
+        table = silver_table(parent)
+        if lake.exists(table):
+            keys[parent] = lake.read(table).select(key)
+        else:
+            keys[parent] = lake.spark.createDataFrame([], f"`{key}` string")
+    return keys
 
-    counts: BatchCounts = field(default_factory=BatchCounts)
-    promoted: int = 0
-    expired: int = 0
-    batches: int = 0
+
+def check(lake: Lakehouse, rules: RuleSet, entities: dict[str, Entity], df: DataFrame) -> DataFrame:
+    return df.transform(apply_quality_gate(rules, parent_keys(lake, rules, entities)))
+
+
+@dataclass
+class SilverBatch:
+    """The ``foreachBatch`` function of a silver stream: gate one micro-batch and write its
+    parts exactly once. Plain settings only, so that it pickles for Spark Connect."""
+
+    profile: Profile
+    entity: Entity
+    entities: dict[str, Entity]
+    rules: RuleSet
+    run_id: str
+    app_id: str
+    quarantine: str  # the quarantine table's (possibly schema-qualified) name
+    progress: Callable[[str], None] = print
+    fault_hook: Callable[[str, int], None] = no_fault
+    # Whether silver had no rows when last looked at. Only this stream writes silver while
+    # it runs, so once seen non-empty it stays so; a fresh copy (another process, a
+    # restarted query) looks again.
+    _silver_empty: bool | None = field(default=None, repr=False)
+
+    @property
+    def silver(self) -> str:
+        return silver_table(self.entity.name)
+
+    @property
+    def deferred(self) -> str:
+        return deferred_table(self.entity.name)
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        lake = Lakehouse.for_batch(batch, self.profile)
+        steps = StepTimer()
+        checked = lake.cache(check(lake, self.rules, self.entities, batch))
+        try:
+            outcome = split_by_outcome(checked)
+            with steps("check"):
+                counts = count_outcomes(self.rules, checked)
+            if counts.failing:
+                raise_on_failing(self.rules, outcome.failing, self.entity.columns)
+            self.fault_hook("checked", batch_id)
+            self.write(lake, outcome, counts, batch_id, Txn(self.app_id, batch_id), steps)
+            if self.profile.quality.gx_validation:
+                with steps("gx"):
+                    self.validate_with_gx(lake, batch, batch_id, Txn(self.app_id, batch_id))
+            self.progress(
+                f"  {self.silver}: batch {batch_id}: {counts.checked} checked, {counts.passed} "
+                f"passed, {counts.quarantined} quarantined, {counts.deferred} deferred ({steps})"
+            )
+            self.fault_hook("batch_done", batch_id)
+        finally:
+            lake.release(checked)
+
+    def silver_is_empty(self, lake: Lakehouse) -> bool:
+        if self._silver_empty is None:
+            self._silver_empty = lake.detail(self.silver)["numFiles"] == 0
+        return self._silver_empty
+
+    def write(
+        self,
+        lake: Lakehouse,
+        outcome: GateOutcome,
+        counts: BatchCounts,
+        batch_id: int,
+        txn: Txn,
+        steps: StepTimer,
+    ) -> None:
+        if counts.passed:
+            with steps("merge"):
+                if self.silver_is_empty(lake):
+                    rows = self.in_key_ranges(outcome.passed, counts.passed)
+                    lake.append(
+                        rows.transform(latest_rows(self.entity, self.run_id)), self.silver, txn
+                    )
+                else:
+                    merge_latest(lake, self.silver, outcome.passed, self.entity, self.run_id, txn)
+                self._silver_empty = False
+        self.fault_hook("merged", batch_id)
+        if counts.quarantined:
+            rows = outcome.quarantined.transform(
+                to_quarantine_rows(self.entity, batch_id, self.run_id)
+            )
+            with steps("quarantine"):
+                lake.append(rows, self.quarantine, txn)
+        self.fault_hook("quarantined", batch_id)
+        if counts.deferred:
+            rows = outcome.deferred.transform(to_deferred_rows(self.entity, batch_id, self.run_id))
+            with steps("deferred"):
+                lake.append(rows, self.deferred, txn)
+        # The metrics rows are the batch's report to its task (see Silver.stream_counts):
+        # written last, under the same identity, so they exist exactly when the batch did.
+        metrics = metrics_rows(lake.spark, self.rules, counts, self.run_id, batch_id, STREAM)
+        with steps("metrics"):
+            lake.append(metrics, QUALITY_METRICS, txn)
+
+    def in_key_ranges(self, passed: DataFrame, rows: int) -> DataFrame:
+        """The first load in files of ``silver_file_rows`` rows, each holding one key range
+        (the per-key aggregation reuses the range partitioning): later MERGEs bound the
+        key and skip every file outside the batch's range (``upsert.key_match``)."""
+        files = max(1, math.ceil(rows / self.profile.silver_file_rows))
+        return passed.repartitionByRange(files, F.col(self.entity.key))
+
+    def validate_with_gx(self, lake: Lakehouse, batch: DataFrame, batch_id: int, txn: Txn) -> None:
+        from order_pipeline.quality.gx import gx_result_rows, validate_batch
+
+        result = validate_batch(self.rules, batch)
+        rows = gx_result_rows(lake.spark, self.rules, result, self.run_id, batch_id)
+        lake.ensure(GX_RESULTS, rows.schema)
+        lake.append(rows, GX_RESULTS, txn)
 
 
 @dataclass
 class Silver:
+    """The driver's side of silver: tables, the batch function, deferred rows, replay and
+    the run's summary."""
+
     lake: Lakehouse
     entity: Entity
     entities: dict[str, Entity]
     rules: RuleSet
     run_id: str
-    quality: QualitySettings
     progress: Callable[[str], None] = print
     fault_hook: Callable[[str, int], None] = no_fault
-    run: SilverRun = field(default_factory=SilverRun)
-    _silver_empty: bool | None = field(default=None, init=False, repr=False)
+
+    @property
+    def profile(self) -> Profile:
+        return self.lake.profile
 
     @property
     def silver(self) -> str:
@@ -89,17 +227,11 @@ class Silver:
 
     @property
     def quarantine(self) -> str:
-        return quarantine_table(self.entity.name)
+        return self.lake.quarantine(self.entity.name)
 
     @property
     def deferred(self) -> str:
         return deferred_table(self.entity.name)
-
-    def silver_is_empty(self) -> bool:
-        """Whether silver has no rows yet (asked once per run: only this run writes it)."""
-        if self._silver_empty is None:
-            self._silver_empty = self.lake.delta(self.silver).detail().first()["numFiles"] == 0
-        return self._silver_empty
 
     def ensure_tables(self) -> None:
         # the gold build reads what changed from the change data feed (gold.CHANGE_DATA_FEED)
@@ -109,96 +241,36 @@ class Silver:
         self.lake.ensure(self.deferred, deferred_ddl(self.entity))
         self.lake.ensure(QUALITY_METRICS, METRICS_DDL)
 
-    def parent_keys(self, spark: SparkSession) -> dict[str, DataFrame]:
-        keys = {}
-        for parent in {r.parent for r in self.rules.rules if r.kind == "foreign_key"}:
-            key = self.entities[parent].key
-            table = silver_table(parent)
-            if spark.catalog.tableExists(table):
-                keys[parent] = spark.table(table).select(key)
-            else:
-                keys[parent] = spark.createDataFrame([], f"`{key}` string")
-        return keys
+    def batch_function(self, app_id: str) -> SilverBatch:
+        return SilverBatch(
+            profile=self.profile,
+            entity=self.entity,
+            entities=self.entities,
+            rules=self.rules,
+            run_id=self.run_id,
+            app_id=app_id,
+            quarantine=self.quarantine,
+            progress=self.progress,
+            fault_hook=self.fault_hook,
+        )
 
     def check(self, df: DataFrame) -> DataFrame:
-        return df.transform(apply_quality_gate(self.rules, self.parent_keys(df.sparkSession)))
+        return check(self.lake, self.rules, self.entities, df)
 
-    # -- the micro-batch ----------------------------------------------------------------
-    def process_batch(self, batch: DataFrame, batch_id: int, app_id: str) -> None:
-        steps = StepTimer()
-        checked = self.lake.cache(self.check(batch))
-        try:
-            outcome = split_by_outcome(checked)
-            with steps("check"):
-                counts = count_outcomes(self.rules, checked)
-            if counts.failing:
-                raise_on_failing(self.rules, outcome.failing, self.entity.columns)
-            self.fault_hook("checked", batch_id)
-            self.write_batch(outcome, counts, batch_id, Txn(app_id, batch_id), steps)
-            if self.quality.gx_validation:
-                with steps("gx"):
-                    self.validate_with_gx(batch, batch_id, Txn(app_id, batch_id))
-            self.run.counts.add(counts)
-            self.run.batches += 1
-            self.progress(
-                f"  {self.silver}: batch {batch_id}: {counts.checked} checked, {counts.passed} "
-                f"passed, {counts.quarantined} quarantined, {counts.deferred} deferred ({steps})"
+    def stream_counts(self) -> tuple[BatchCounts, int]:
+        """What this run's micro-batches did, read back from their metrics rows: the rows
+        checked, passed, quarantined and deferred, and the number of batches."""
+        rows = (
+            self.lake.read(QUALITY_METRICS)
+            .where(
+                (F.col("entity") == self.entity.name)
+                & (F.col("run_id") == self.run_id)
+                & (F.col("source") == STREAM)
             )
-            self.fault_hook("batch_done", batch_id)
-        finally:
-            self.lake.release(checked)
-
-    def write_batch(
-        self,
-        outcome: GateOutcome,
-        counts: BatchCounts,
-        batch_id: int,
-        txn: Txn,
-        steps: StepTimer | None = None,
-    ) -> None:
-        steps = steps or StepTimer()
-        if counts.passed:
-            with steps("merge"):
-                if self.silver_is_empty():
-                    rows = self.in_key_ranges(outcome.passed, counts.passed)
-                    self.lake.append(
-                        rows.transform(latest_rows(self.entity, self.run_id)), self.silver, txn
-                    )
-                else:
-                    merge_latest(self.silver, outcome.passed, self.entity, self.run_id, txn)
-                self._silver_empty = False
-        self.fault_hook("merged", batch_id)
-        if counts.quarantined:
-            rows = outcome.quarantined.transform(
-                to_quarantine_rows(self.entity, batch_id, self.run_id)
-            )
-            with steps("quarantine"):
-                self.lake.append(rows, self.quarantine, txn)
-        self.fault_hook("quarantined", batch_id)
-        if counts.deferred:
-            rows = outcome.deferred.transform(to_deferred_rows(self.entity, batch_id, self.run_id))
-            with steps("deferred"):
-                self.lake.append(rows, self.deferred, txn)
-        metrics = metrics_rows(
-            outcome.passed.sparkSession, self.rules, counts, self.run_id, batch_id, "stream"
+            .select("batch_id", "rule", "rows_checked", "rows_failed")
+            .collect()
         )
-        with steps("metrics"):
-            self.lake.append(metrics, QUALITY_METRICS, txn)
-
-    def in_key_ranges(self, passed: DataFrame, rows: int) -> DataFrame:
-        """The first load in files of ``silver_file_rows`` rows, each holding one key range
-        (the per-key aggregation reuses the range partitioning): later MERGEs bound the
-        key and skip every file outside the batch's range (``upsert.key_match``)."""
-        files = max(1, math.ceil(rows / self.lake.profile.silver_file_rows))
-        return passed.repartitionByRange(files, F.col(self.entity.key))
-
-    def validate_with_gx(self, batch: DataFrame, batch_id: int, txn: Txn) -> None:
-        from order_pipeline.quality.gx import gx_result_rows, validate_batch
-
-        result = validate_batch(self.rules, batch)
-        rows = gx_result_rows(batch.sparkSession, self.rules, result, self.run_id, batch_id)
-        self.lake.ensure(GX_RESULTS, rows.schema)
-        self.lake.append(rows, GX_RESULTS, txn)
+        return run_counts(self.rules, rows)
 
     # -- deferred rows ------------------------------------------------------------------
     def resolve_deferred(self, now: datetime | None = None) -> tuple[int, int]:
@@ -210,7 +282,7 @@ class Silver:
         if pending.isEmpty():
             return 0, 0
         now = now or datetime.now(UTC)
-        cutoff = now - timedelta(seconds=self.quality.defer_max_age_seconds)
+        cutoff = now - timedelta(seconds=self.profile.quality.defer_max_age_seconds)
         checked = self.lake.cache(
             self.check(pending.transform(deferred_as_candidates(self.entity)))
         )
@@ -223,7 +295,7 @@ class Silver:
             promoted_n, requarantined_n = counts.passed, counts.quarantined
             expired_n = expired.count() if counts.deferred else 0
             if promoted_n:
-                merge_latest(self.silver, outcome.passed, self.entity, self.run_id)
+                merge_latest(self.lake, self.silver, outcome.passed, self.entity, self.run_id)
             to_quarantine = expired.transform(
                 to_quarantine_rows(self.entity, F.col("_batch_id"), self.run_id, EXPIRED)
             ).unionByName(
@@ -240,20 +312,24 @@ class Silver:
                 .distinct()
             )
             if promoted_n or expired_n or requarantined_n:
-                self.lake.delta(self.deferred).alias("t").merge(
-                    resolved.alias("s"), f"t.{DEFERRED_ID} = s.{DEFERRED_ID}"
-                ).whenMatchedDelete().execute()
+                self.lake.merge(
+                    resolved,
+                    self.deferred,
+                    f"t.{DEFERRED_ID} = s.{DEFERRED_ID}",
+                    [WhenMatched(delete=True)],
+                )
         finally:
             self.lake.release(checked)
-        self.run.promoted += promoted_n
-        self.run.expired += expired_n
         return promoted_n, expired_n
 
     def insert_quarantine_once(self, rows: DataFrame) -> None:
         """Insert quarantine rows unless the same id is already there (safe to repeat)."""
-        self.lake.delta(self.quarantine).alias("t").merge(
-            rows.dropDuplicates(["quarantine_id"]).alias("s"), "t.quarantine_id = s.quarantine_id"
-        ).whenNotMatchedInsertAll().execute()
+        self.lake.merge(
+            rows.dropDuplicates(["quarantine_id"]),
+            self.quarantine,
+            "t.quarantine_id = s.quarantine_id",
+            [WhenNotMatched()],
+        )
 
     # -- replay -------------------------------------------------------------------------
     def replay(
@@ -273,26 +349,30 @@ class Silver:
             passed = split_by_outcome(checked).passed
             n_passed = passed.count()
             if n_passed:
-                merge_latest(self.silver, passed, self.entity, self.run_id)
-                ids = passed.select("quarantine_id").distinct()
-                self.lake.delta(self.quarantine).alias("t").merge(
-                    ids.alias("s"), "t.quarantine_id = s.quarantine_id"
-                ).whenMatchedUpdate(
-                    condition=F.col("t.status").isin(*statuses),
-                    set={
-                        "status": F.lit(REPLAYED),
-                        "status_changed_at": F.current_timestamp(),
-                        "status_run_id": F.lit(self.run_id),
-                    },
-                ).execute()
+                merge_latest(self.lake, self.silver, passed, self.entity, self.run_id)
+                still = ", ".join(sql_literal(s) for s in statuses)
+                self.lake.merge(
+                    passed.select("quarantine_id").distinct(),
+                    self.quarantine,
+                    "t.quarantine_id = s.quarantine_id",
+                    [
+                        WhenMatched(
+                            condition=f"t.status IN ({still})",
+                            set={
+                                "status": sql_literal(REPLAYED),
+                                "status_changed_at": "current_timestamp()",
+                                "status_run_id": sql_literal(self.run_id),
+                            },
+                        )
+                    ],
+                )
         finally:
             self.lake.release(checked)
         return n_checked, n_passed
 
     # -- the run ------------------------------------------------------------------------
-    def check_quarantine_ratio(self) -> str | None:
+    def check_quarantine_ratio(self, counts: BatchCounts) -> str | None:
         """Fail (or warn, per config) when the run quarantined too large a share."""
-        counts = self.run.counts
         if not counts.checked:
             return None
         ratio = counts.quarantined / counts.checked

@@ -4,7 +4,7 @@ computed from the landed files (tests/expectations.py), across two landing batch
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from pipeline_helpers import quiet
 from order_pipeline.common import job
 from order_pipeline.common.config import GoldSettings
 from order_pipeline.common.io import Lakehouse
+from order_pipeline.common.job import TaskContext
 from order_pipeline.common.synthetic import GeneratorConfig, generate
 from order_pipeline.common.workflow import bundle_variables, load_job_graph, run_graph
 
@@ -44,22 +45,36 @@ def run_workflow(ctx):
     )
 
 
+@dataclass(frozen=True)
+class WorkflowRun:
+    """One run of the whole graph: the context to read its tables with, the manifest of
+    the batch it landed, each task's outcome in graph order, and the runs so far."""
+
+    ctx: TaskContext
+    manifest: dict
+    outcomes: list[tuple[str, str]]
+    run_ids: tuple[str, ...]
+
+
+def land_batch(ctx, batch: int) -> dict:
+    return generate(
+        GeneratorConfig(landing=Path(ctx.profile.landing_root), batch=batch, **SCALE),
+        progress=quiet,
+    )
+
+
 @pytest.fixture(scope="module")
 def first_run(spark, tmp_path_factory):
     ctx = make_context(tmp_path_factory.mktemp("e2e"))
-    manifest = generate(
-        GeneratorConfig(landing=Path(ctx.profile.landing_root), batch=0, **SCALE), progress=quiet
-    )
-    outcomes = run_workflow(ctx)
-    return ctx, manifest, outcomes
+    manifest = land_batch(ctx, 0)
+    outcomes = [(o.key, o.status) for o in run_workflow(ctx)]
+    return WorkflowRun(ctx, manifest, outcomes, (ctx.run_id,))
 
 
 @pytest.fixture(scope="module")
 def second_run(spark, first_run):
-    ctx, _, _ = first_run
-    manifest = generate(
-        GeneratorConfig(landing=Path(ctx.profile.landing_root), batch=1, **SCALE), progress=quiet
-    )
+    ctx = first_run.ctx
+    manifest = land_batch(ctx, 1)
     # the tasks load conf/local.yml themselves; at this size batch 1 reaches more orders than
     # the local gold.max_incremental_share, and this run is to prove the incremental path
     load_profile = job.load_profile
@@ -69,8 +84,8 @@ def second_run(spark, first_run):
             "load_profile",
             lambda *args, **kwargs: replace(load_profile(*args, **kwargs), gold=GoldSettings(1.0)),
         )
-        outcomes = run_workflow(ctx)
-    return ctx, manifest, outcomes
+        outcomes = [(o.key, o.status) for o in run_workflow(ctx)]
+    return WorkflowRun(ctx, manifest, outcomes, (ctx.run_id,))
 
 
 def use(spark, ctx) -> Path:
@@ -103,8 +118,7 @@ def completion_rows(spark) -> dict[str, tuple]:
 
 
 def test_every_task_of_the_graph_succeeds_in_dependency_order(first_run) -> None:
-    _, _, outcomes = first_run
-    assert [(o.key, o.status) for o in outcomes] == [
+    assert first_run.outcomes == [
         ("bronze_customers", "SUCCESS"), ("bronze_products", "SUCCESS"), ("bronze_orders", "SUCCESS"),
         ("bronze_line_items", "SUCCESS"), ("silver_customers", "SUCCESS"), ("silver_products", "SUCCESS"),
         ("silver_orders", "SUCCESS"), ("silver_line_items", "SUCCESS"), ("gold", "SUCCESS"),
@@ -112,19 +126,26 @@ def test_every_task_of_the_graph_succeeds_in_dependency_order(first_run) -> None
 
 
 def test_every_task_run_is_recorded_in_ops_task_runs(spark, first_run) -> None:
-    ctx, manifest, _ = first_run
+    ctx, manifest = first_run.ctx, first_run.manifest
     use(spark, ctx)
-    runs = {
-        r.task: r for r in spark.table("ops_task_runs").where(f"run_id = '{ctx.run_id}'").collect()
-    }
+    (run_id,) = first_run.run_ids
+    runs = {r.task: r for r in spark.table("ops_task_runs").where(f"run_id = '{run_id}'").collect()}
     assert set(runs) == {t.key for t in load_job_graph().tasks.values()}
     assert all(r.status == "SUCCESS" and r.ended_at >= r.started_at for r in runs.values())
     assert runs["bronze_orders"].rows_in == manifest["counts"]["orders"]["lines"]
     assert runs["gold"].rows_out == spark.table("gold_order_details").count()
+    # what silver reports comes from what its batches wrote, and adds up to what it holds
+    landing = Path(ctx.profile.landing_root)
+    for entity in ENTITIES:
+        details = json.loads(runs[f"silver_{entity}"].details)
+        expected = read_landing(landing, entity)
+        assert runs[f"silver_{entity}"].rows_in == manifest["counts"][entity]["lines"], entity
+        assert details["quarantined"] == sum(expected.quarantined.values()), entity
+        assert details["batches"] >= 1, entity
 
 
 def test_bronze_holds_every_landed_line(spark, first_run) -> None:
-    ctx, manifest, _ = first_run
+    ctx, manifest = first_run.ctx, first_run.manifest
     use(spark, ctx)
     for entity in ENTITIES:
         assert spark.table(f"bronze_{entity}").count() == manifest["counts"][entity]["lines"], (
@@ -133,13 +154,11 @@ def test_bronze_holds_every_landed_line(spark, first_run) -> None:
 
 
 def test_silver_equals_the_latest_valid_snapshot_per_key(spark, first_run) -> None:
-    ctx, _, _ = first_run
-    assert_silver_matches(spark, use(spark, ctx))
+    assert_silver_matches(spark, use(spark, first_run.ctx))
 
 
 def test_quarantine_holds_every_invalid_line_with_its_reasons(spark, first_run) -> None:
-    ctx, _, _ = first_run
-    landing = use(spark, ctx)
+    landing = use(spark, first_run.ctx)
     for entity in ENTITIES:
         expected = read_landing(landing, entity).quarantined
         rows = (
@@ -156,8 +175,8 @@ def test_quarantine_holds_every_invalid_line_with_its_reasons(spark, first_run) 
 
 
 def test_each_injected_fault_is_quarantined_with_the_right_rule(spark, first_run) -> None:
-    ctx, manifest, _ = first_run
-    landing = use(spark, ctx)
+    manifest = first_run.manifest
+    landing = use(spark, first_run.ctx)
     faults = [
         f
         for f in manifest["faults"]
@@ -191,8 +210,8 @@ def test_each_injected_fault_is_quarantined_with_the_right_rule(spark, first_run
 
 
 def test_line_items_without_their_order_wait_in_deferred(spark, first_run) -> None:
-    ctx, manifest, _ = first_run
-    landing = use(spark, ctx)
+    manifest = first_run.manifest
+    landing = use(spark, first_run.ctx)
     _, deferred = expected_silver(landing)
     early = {f["key"] for f in manifest["faults"] if f["kind"] == "early_line_item"}
     waiting = {r.line_item_id for r in spark.table("deferred_line_items").collect()}
@@ -201,8 +220,7 @@ def test_line_items_without_their_order_wait_in_deferred(spark, first_run) -> No
 
 
 def test_gold_equals_python_computation(spark, first_run) -> None:
-    ctx, _, _ = first_run
-    assert_gold_matches(spark, use(spark, ctx))
+    assert_gold_matches(spark, use(spark, first_run.ctx))
 
 
 def assert_gold_matches(spark, landing) -> None:
@@ -235,9 +253,9 @@ def assert_gold_matches(spark, landing) -> None:
 
 
 def test_second_batch_promotes_deferred_items_and_matches_python(spark, second_run) -> None:
-    ctx, manifest, outcomes = second_run
+    ctx, manifest = second_run.ctx, second_run.manifest
     landing = use(spark, ctx)
-    assert all(o.status == "SUCCESS" for o in outcomes)
+    assert all(status == "SUCCESS" for _, status in second_run.outcomes)
     assert_silver_matches(spark, landing)
     _, deferred = expected_silver(landing)
     waiting = {r.line_item_id for r in spark.table("deferred_line_items").collect()}
@@ -246,10 +264,11 @@ def test_second_batch_promotes_deferred_items_and_matches_python(spark, second_r
     early = {f["key"] for f in manifest["faults"] if f["kind"] == "early_line_item"}
     assert not early or early <= promoted  # batch 1 lands the withheld orders
     # the second gold build is incremental, and equals the plain-Python gold all the same
+    runs = ", ".join(f"'{run_id}'" for run_id in second_run.run_ids)
     modes = [
         json.loads(r.details)["mode"]
         for r in spark.table("ops_task_runs")
-        .where(f"task = 'gold' and run_id = '{ctx.run_id}'")  # both runs share the context
+        .where(f"task = 'gold' and run_id in ({runs})")
         .orderBy("started_at")
         .collect()
     ]

@@ -14,6 +14,7 @@ import pytest
 from builders import customer, land, product
 from pipeline_helpers import quarantine_rows, quiet, silver_rows
 
+from order_pipeline.common import io, platform
 from order_pipeline.common.io import StreamFailed
 from order_pipeline.jobs import bronze, silver
 
@@ -69,6 +70,73 @@ def test_restart_after_a_crash_inside_the_batch_gives_the_same_tables(spark, ctx
     # and the replayed batch did not commit twice: one MERGE and one quarantine append
     operations = [r.operation for r in spark.sql("describe history quarantine_customers").collect()]
     assert operations.count("WRITE") == 1
+
+
+@pytest.fixture
+def serverless_session(monkeypatch):
+    """The test session behaves as a Spark Connect one: no DataFrame cache, and Delta's
+    txnAppId/txnVersion session settings refused (platform.set_session_conf raises), as on
+    serverless. Appends keep their writer options, which serverless accepts."""
+    monkeypatch.setattr(platform, "is_spark_connect", lambda _: True)
+    with pytest.raises(platform.ConfigNotAvailable):
+        platform.set_session_conf(None, io.TXN_APP_ID, "x")  # type: ignore[arg-type]
+
+
+CUSTOMERS_V2 = [
+    customer("C1", city="Oslo", updated_at="2026-06-01T10:00:00Z"),
+    customer("C4", updated_at="2026-06-01T10:00:00Z"),
+    customer("C5", email="not-an-address"),
+]
+EXPECTED_SILVER_V2 = {
+    ("C1", "Ada", "Lovelace", "c1@example.com", None, "Oslo", "GB", "2026-01-01 00:00:00", "2026-06-01 10:00:00"),
+    ("C3", "Ada", "Lovelace", "c3@example.com", None, "Paris", "GB", "2026-01-01 00:00:00", "2026-05-01 10:00:00"),
+    ("C4", "Ada", "Lovelace", "c4@example.com", None, "London", "GB", "2026-01-01 00:00:00", "2026-06-01 10:00:00"),
+}  # fmt: skip
+
+
+def merge_metrics(spark, table: str) -> list[dict[str, str]]:
+    history = spark.sql(f"describe history {table}").where("operation = 'MERGE'")
+    return [r.operationMetrics for r in history.orderBy("version").collect()]
+
+
+@pytest.mark.parametrize("step", ["merged", "quarantined", "batch_done"])
+def test_without_txn_session_settings_a_replayed_merge_changes_nothing(
+    spark, ctx, serverless_session, step
+) -> None:
+    # silver already holds rows, so the second batch goes through the MERGE, not the
+    # first-load append; the crash comes after that MERGE committed
+    ctx = replace(ctx, entity="customers")
+    land_customers(ctx)
+    bronze.run(spark, ctx, progress=quiet)
+    silver.run(spark, ctx, progress=quiet)
+    land(ctx.profile.landing_root, "customers", CUSTOMERS_V2)
+    bronze.run(spark, ctx, progress=quiet)
+    with pytest.raises(StreamFailed, match=f"injected crash at {step}"):
+        silver.run(spark, ctx, progress=quiet, fault_hook=crash_at(step))
+    steps: list[tuple[str, int]] = []
+    result = silver.run(
+        spark, ctx, progress=quiet, fault_hook=lambda step, batch: steps.append((step, batch))
+    )
+
+    assert ("merged", 1) in steps  # the restart replayed batch 1 through the MERGE again
+    assert silver_as_text(spark) == EXPECTED_SILVER_V2
+    assert quarantine_rows(spark, "customers") == [
+        ("C2", ("email_valid",), "open", None),
+        ("C5", ("email_valid",), "open", None),
+    ]
+    # the replayed MERGE had no txn identity to skip it, and matched only equal rows: it
+    # changed nothing, so Delta committed nothing; the one MERGE is the first attempt's
+    (merge,) = merge_metrics(spark, "silver_customers")
+    assert (merge["numTargetRowsUpdated"], merge["numTargetRowsInserted"]) == ("1", "1")
+    # while the appends kept their writer options: each batch's rows once
+    metrics = spark.table("ops_quality_metrics").where("rule = 'outcome:quarantined'")
+    assert sorted((r.batch_id, r.rows_checked, r.rows_failed) for r in metrics.collect()) == [
+        (0, 3, 1),
+        (1, 3, 1),
+    ]
+    # and the task reports its run (the three runs here share one run id, as the attempts of
+    # one Databricks job run do) from those metrics rows: both batches, each counted once
+    assert (result.rows_in, result.details["quarantined"], result.details["batches"]) == (6, 2, 2)
 
 
 KILL_SCRIPT = textwrap.dedent(

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from order_pipeline.common.config import ConfigError, Profile, conf_dir
+from order_pipeline.common.config import ConfigError, Profile
 
 VAR_REF = re.compile(r"\$\{var\.([A-Za-z0-9_]+)\}")
 DYNAMIC_REF = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
@@ -59,14 +59,20 @@ class JobGraph:
 
 
 def bundle_root() -> Path:
-    """The folder with databricks.yml and resources/: $ORDER_PIPELINE_BUNDLE_ROOT, else
-    the repository this package is installed from, else the parent of conf/."""
+    """The folder with resources/jobs.yml: $ORDER_PIPELINE_BUNDLE_ROOT, else the repository
+    this package is installed from (an editable install), else the package itself (the
+    wheel carries resources/ as order_pipeline/resources)."""
     if env := os.environ.get("ORDER_PIPELINE_BUNDLE_ROOT"):
         return Path(env)
-    repository = Path(__file__).resolve().parents[2]
-    if (repository / "resources" / "jobs.yml").is_file():
-        return repository
-    return conf_dir().parent
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2], here.parents[1]):
+        if (candidate / "resources" / "jobs.yml").is_file():
+            return candidate
+    raise ConfigError(
+        "resources/jobs.yml",
+        "<file>",
+        "not found beside the package; set ORDER_PIPELINE_BUNDLE_ROOT",
+    )
 
 
 def load_job_graph(root: Path | None = None, job_key: str = "order_pipeline") -> JobGraph:

@@ -1,0 +1,225 @@
+"""The pipeline as a serverless Databricks task runs it: the wheel alone, on Spark Connect.
+
+A task gets the wheel the bundle builds and the job's parameters, nothing else: no
+repository, no conf/ folder beside it, no working directory of ours. Serverless runs it on
+Spark Connect, where every foreachBatch function is pickled into a separate Python worker,
+``persist`` and the sparkContext are refused and only a documented handful of Spark
+properties may be set (so the MERGE goes without Delta's txnAppId/txnVersion settings).
+
+This module builds the wheel with the exact command of databricks.yml, on a PATH where only
+``python3`` exists, installs it with its ``local`` extra into a fresh virtualenv outside the
+repository and, from an empty folder, runs a task's entry point as a process of its own and
+then the whole job graph twice with ORDER_PIPELINE_SPARK_MODE=connect (a local Spark Connect
+server with Delta). This process then reads the tables with its own classic session and runs
+the end-to-end tests of test_end_to_end.py on them: the same plain-Python expectations.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TEST_SPARK_SETTINGS, make_context
+from expectations import KEYS
+from test_end_to_end import (
+    AS_OF,
+    WorkflowRun,
+    land_batch,
+    test_bronze_holds_every_landed_line,
+    test_each_injected_fault_is_quarantined_with_the_right_rule,
+    test_every_task_of_the_graph_succeeds_in_dependency_order,
+    test_every_task_run_is_recorded_in_ops_task_runs,
+    test_gold_equals_python_computation,
+    test_line_items_without_their_order_wait_in_deferred,
+    test_quarantine_holds_every_invalid_line_with_its_reasons,
+    test_second_batch_promotes_deferred_items_and_matches_python,
+    test_silver_equals_the_latest_valid_snapshot_per_key,
+)
+
+from order_pipeline.common.config import conf_dir, load_profile
+from order_pipeline.common.io import TASK_RUNS, Lakehouse
+from order_pipeline.common.workflow import load_job_graph
+
+__all__ = [  # the shared end-to-end tests, collected again here against this module's runs
+    "test_bronze_holds_every_landed_line",
+    "test_each_injected_fault_is_quarantined_with_the_right_rule",
+    "test_every_task_of_the_graph_succeeds_in_dependency_order",
+    "test_every_task_run_is_recorded_in_ops_task_runs",
+    "test_gold_equals_python_computation",
+    "test_line_items_without_their_order_wait_in_deferred",
+    "test_quarantine_holds_every_invalid_line_with_its_reasons",
+    "test_second_batch_promotes_deferred_items_and_matches_python",
+    "test_silver_equals_the_latest_valid_snapshot_per_key",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+# what a checkout holds that a clean clone does not
+NOT_IN_A_CLONE = shutil.ignore_patterns(
+    ".git", ".venv", ".local", ".databricks", "dist", "build", "*.egg-info", "__pycache__",
+    ".pytest_cache", ".ruff_cache",
+)  # fmt: skip
+STANDALONE_RUN_ID = "standalone-bronze"
+
+
+def run(command: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> str:
+    done = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{output[-4000:]}"
+    return output
+
+
+def base_python() -> str:
+    """The interpreter this virtualenv was made from: a plain python3 with pip."""
+    return getattr(sys, "_base_executable", None) or sys.executable
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    source = tmp_path_factory.mktemp("bundle") / "order-pipeline"
+    shutil.copytree(REPO, source, ignore=NOT_IN_A_CLONE)
+    bin_dir = tmp_path_factory.mktemp("python3-only")
+    (bin_dir / "python3").symlink_to(base_python())
+    path = os.pathsep.join([str(bin_dir), "/usr/bin", "/bin"])
+    assert shutil.which("python", path=path) is None, "the build must not find a `python`"
+    build = yaml.safe_load((REPO / "databricks.yml").read_text())["artifacts"]["default"]["build"]
+    run(["bash", "-c", build], source, {"PATH": path, "HOME": os.environ.get("HOME", "/root")}, 600)
+    (built,) = (source / "dist").glob("*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def task_env(wheel, tmp_path_factory) -> dict[str, str]:
+    """A fresh virtualenv with the wheel and its local extra, and the environment a task
+    process gets there: no repository on any path, no conf/ override, Spark Connect."""
+    venv = tmp_path_factory.mktemp("task-venv")
+    run([base_python(), "-m", "venv", str(venv)], venv, dict(os.environ))
+    pip_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    run([str(venv / "bin" / "pip"), "install", "--quiet", f"{wheel}[local]"], venv, pip_env)
+    java = shutil.which("java")
+    assert java, "Java is needed"
+    bins = [str(venv / "bin"), str(Path(java).resolve().parent), "/usr/bin", "/bin"]
+    env = {
+        "PATH": os.pathsep.join(bins),
+        "HOME": os.environ.get("HOME", "/root"),
+        "TZ": "UTC",
+        "ORDER_PIPELINE_SPARK_MODE": "connect",  # as serverless runs the tasks
+        "ORDER_PIPELINE_MASTER": "local[2]",
+        "VIRTUAL_ENV": str(venv),
+    }
+    for name in ("JAVA_HOME", "ORDER_PIPELINE_JAR_CACHE"):  # the machine's Java and Delta jars
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def conf_for_tests(root: Path) -> Path:
+    """conf/ with the test session's small-data Spark settings and gold always incremental,
+    for the graph runs (ORDER_PIPELINE_CONF); the standalone task reads the wheel's own."""
+    conf = root / "conf"
+    shutil.copytree(conf_dir(), conf)
+    local = yaml.safe_load((conf / "local.yml").read_text())
+    local["spark"] = {**local["spark"], **TEST_SPARK_SETTINGS}
+    local["gold"] = {"max_incremental_share": 1.0}
+    (conf / "local.yml").write_text(yaml.safe_dump(local))
+    return conf
+
+
+def task_command(env: dict[str, str], name: str, *args: str) -> list[str]:
+    return [str(Path(env["VIRTUAL_ENV"]) / "bin" / name), *args]
+
+
+def run_graph_on_connect(ctx, env: dict[str, str], conf: Path) -> str:
+    """``order-pipeline run`` of the installed wheel over the context's data root and
+    schema, from an empty folder; returns the run id the run recorded."""
+    folder = ctx.data_root / f"cwd-{len(list(ctx.data_root.glob('cwd-*')))}"
+    folder.mkdir()
+    output = run(
+        task_command(env, "order-pipeline", "run", "--data-root", str(ctx.data_root),
+                     "--param", f"schema={ctx.profile.schema}", "--as-of", AS_OF.isoformat() + "Z"),
+        folder, {**env, "ORDER_PIPELINE_CONF": str(conf)},
+    )  # fmt: skip
+    assert "Streaming ForeachBatch worker" in output  # the batches ran on Spark Connect
+    assert f"tasks from {Path(env['VIRTUAL_ENV'])}" in output  # the wheel's resources/jobs.yml
+    return next(
+        line.rsplit(" ", 1)[1]
+        for line in output.splitlines()
+        if line.startswith("job ") and ", run " in line
+    )
+
+
+def outcomes(spark, ctx, run_id: str) -> list[tuple[str, str]]:
+    lake = Lakehouse(spark, ctx.profile)
+    status = {
+        r.task: r.status for r in lake.read(TASK_RUNS).where(f"run_id = '{run_id}'").collect()
+    }
+    return [(task.key, status.get(task.key, "NOT RUN")) for task in load_job_graph().ordered()]
+
+
+@pytest.fixture(scope="module")
+def connect_ctx(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serverless")
+    ctx = make_context(root)
+    # the graph runs load their profile from the copied conf: read the tables with it
+    profile = load_profile("local", root, {"schema": ctx.profile.schema})
+    return replace(ctx, profile=replace(profile, spark=ctx.profile.spark)), conf_for_tests(root)
+
+
+@pytest.fixture(scope="module")
+def first_run(spark, connect_ctx, task_env):
+    ctx, conf = connect_ctx
+    manifest = land_batch(ctx, 0)
+    # the entry point Databricks calls for a task, alone in its process with the wheel's own
+    # conf/: the very call that failed with "no conf/ folder found" before the wheel had it
+    folder = ctx.data_root / "cwd-standalone"
+    folder.mkdir()
+    run(task_command(task_env, "order-pipeline-bronze", "--entity", "customers",
+                     "--schema", ctx.profile.schema, "--data-root", str(ctx.data_root),
+                     "--run-id", STANDALONE_RUN_ID), folder, task_env)  # fmt: skip
+    run_id = run_graph_on_connect(ctx, task_env, conf)
+    return WorkflowRun(ctx, manifest, outcomes(spark, ctx, run_id), (run_id,))
+
+
+@pytest.fixture(scope="module")
+def second_run(spark, first_run, connect_ctx, task_env):
+    ctx, conf = connect_ctx
+    manifest = land_batch(ctx, 1)
+    run_id = run_graph_on_connect(ctx, task_env, conf)
+    return WorkflowRun(ctx, manifest, outcomes(spark, ctx, run_id), (*first_run.run_ids, run_id))
+
+
+def test_the_wheel_carries_what_a_task_reads(wheel) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for path in (
+        "order_pipeline/conf/pipeline.yml",
+        "order_pipeline/conf/local.yml",
+        "order_pipeline/conf/databricks.yml",
+        *(f"order_pipeline/conf/quality/{e}.yml" for e in KEYS),
+        "order_pipeline/queries/most_sold_product_last_30d.sql",
+        "order_pipeline/resources/jobs.yml",
+    ):
+        assert path in names, path
+
+
+def test_the_task_imports_the_installed_wheel_not_the_repository(task_env, tmp_path) -> None:
+    located = run(
+        task_command(task_env, "python", "-c", "import order_pipeline; print(order_pipeline.__file__)"),
+        tmp_path, task_env,
+    )  # fmt: skip
+    assert Path(task_env["VIRTUAL_ENV"]) in Path(located.strip()).parents
+
+
+def test_a_task_entry_point_alone_loads_every_landed_customer(spark, first_run) -> None:
+    ctx, manifest = first_run.ctx, first_run.manifest
+    lake = Lakehouse(spark, ctx.profile)
+    (standalone,) = lake.read(TASK_RUNS).where(f"run_id = '{STANDALONE_RUN_ID}'").collect()
+    assert (standalone.task, standalone.status) == ("bronze_customers", "SUCCESS")
+    assert standalone.rows_in == manifest["counts"]["customers"]["lines"]

@@ -223,3 +223,61 @@ def test_a_task_entry_point_alone_loads_every_landed_customer(spark, first_run) 
     (standalone,) = lake.read(TASK_RUNS).where(f"run_id = '{STANDALONE_RUN_ID}'").collect()
     assert (standalone.task, standalone.status) == ("bronze_customers", "SUCCESS")
     assert standalone.rows_in == manifest["counts"]["customers"]["lines"]
+
+
+REFUSALS = """
+import sys
+from pathlib import Path
+from order_pipeline.common.config import load_profile
+from order_pipeline.common.spark import get_spark
+
+root = Path(sys.argv[1])
+spark = get_spark(load_profile("local", root))
+df = spark.range(3)
+
+def outcome(name, call):
+    try:
+        call()
+        result = "allowed"
+    except Exception as exc:
+        result = type(exc).__name__
+        print(f"MESSAGE {name}: {exc}", flush=True)
+    print(f"REFUSAL {name}: {result}", flush=True)
+
+outcome("persist", df.persist)
+outcome("cache", df.cache)
+outcome("txn conf", lambda: spark.conf.set("spark.databricks.delta.write.txnAppId", "x"))
+outcome("shuffle conf", lambda: spark.conf.set("spark.sql.shuffle.partitions", "3"))
+outcome("sparkContext", lambda: spark.sparkContext)
+
+def batch(frame, batch_id):  # pickled into the server's foreachBatch worker process
+    import order_pipeline.common.platform  # what the pipeline's batch functions import
+    frame.persist()
+
+(root / "in").mkdir()
+(root / "in" / "a.json").write_text('{"a": 1}\\n')
+query = (spark.readStream.format("json").schema("a int").load(str(root / "in"))
+         .writeStream.foreachBatch(batch).trigger(availableNow=True)
+         .option("checkpointLocation", str(root / "checkpoint")).start())
+outcome("persist in foreachBatch", query.awaitTermination)
+"""
+
+
+def test_connect_mode_refuses_what_serverless_refuses(task_env, tmp_path) -> None:
+    output = run(
+        task_command(task_env, "python", "-c", REFUSALS, str(tmp_path)), tmp_path, task_env
+    )
+    outcomes = dict(
+        line.removeprefix("REFUSAL ").split(": ", 1)
+        for line in output.splitlines()
+        if line.startswith("REFUSAL ")
+    )
+    assert outcomes == {
+        "persist": "NotAvailableOnServerless",
+        "cache": "NotAvailableOnServerless",
+        "txn conf": "ConfigNotAvailable",
+        "shuffle conf": "allowed",
+        "sparkContext": "PySparkAttributeError",
+        "persist in foreachBatch": "StreamingQueryException",
+    }
+    assert "NOT_SUPPORTED_WITH_SERVERLESS" in output  # the worker's own refusal, reported back

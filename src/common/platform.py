@@ -39,6 +39,10 @@ class ConfigNotAvailable(RuntimeError):
     CONFIG_NOT_AVAILABLE)."""
 
 
+class NotAvailableOnServerless(RuntimeError):
+    """An API serverless compute refuses (e.g. ``DataFrame.persist``)."""
+
+
 def is_databricks() -> bool:
     """True inside a Databricks runtime (classic or serverless jobs set this variable)."""
     return "DATABRICKS_RUNTIME_VERSION" in os.environ
@@ -108,3 +112,49 @@ def set_session_conf(spark: SparkSession, key: str, value: str) -> None:
 def unset_session_conf(spark: SparkSession, key: str) -> None:
     if capabilities(spark).settable(key):
         spark.conf.unset(key)
+
+
+def refuse_what_serverless_refuses() -> None:
+    """Make this process's Spark Connect client refuse what serverless refuses and a local
+    Connect server would allow: ``persist``/``cache`` and setting any Spark property off the
+    allowlist. (``sparkContext`` and RDDs Spark Connect refuses by itself.)
+
+    Runs at import when ORDER_PIPELINE_SPARK_MODE=connect, so that it holds in the job's
+    process and in every foreachBatch worker process (they import this package to unpickle
+    the batch function, and inherit the environment). Never on Databricks, which refuses
+    these itself."""
+    from pyspark.sql.connect.conf import RuntimeConf
+    from pyspark.sql.connect.dataframe import DataFrame as ConnectDataFrame
+
+    if getattr(ConnectDataFrame.persist, "_serverless_guard", False):
+        return
+
+    def persist(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise NotAvailableOnServerless(
+            "[NOT_SUPPORTED_WITH_SERVERLESS] DataFrame.persist/cache is not supported on "
+            "serverless compute (local Spark Connect mode refuses it too)"
+        )
+
+    def guarded(method):  # type: ignore[no-untyped-def]
+        def call(self, key, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if key not in SERVERLESS_SESSION_CONFS:
+                raise ConfigNotAvailable(
+                    f"[CONFIG_NOT_AVAILABLE] Configuration {key} is not available on serverless "
+                    "compute (local Spark Connect mode refuses it too)"
+                )
+            return method(self, key, *args, **kwargs)
+
+        return call
+
+    persist._serverless_guard = True  # type: ignore[attr-defined]
+    ConnectDataFrame.persist = persist  # type: ignore[method-assign]
+    ConnectDataFrame.cache = persist  # type: ignore[method-assign]
+    RuntimeConf.set = guarded(RuntimeConf.set)  # type: ignore[method-assign]
+    RuntimeConf.unset = guarded(RuntimeConf.unset)  # type: ignore[method-assign]
+
+
+if (
+    not is_databricks()
+    and os.environ.get("ORDER_PIPELINE_SPARK_MODE", "").strip().lower() == "connect"
+):
+    refuse_what_serverless_refuses()

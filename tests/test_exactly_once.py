@@ -99,7 +99,7 @@ def merge_metrics(spark, table: str) -> list[dict[str, str]]:
     return [r.operationMetrics for r in history.orderBy("version").collect()]
 
 
-@pytest.mark.parametrize("step", ["merged", "quarantined", "batch_done"])
+@pytest.mark.parametrize("step", ["merged", "batch_done"])
 def test_without_txn_session_settings_a_replayed_merge_changes_nothing(
     spark, ctx, serverless_session, step
 ) -> None:

@@ -6,9 +6,9 @@ from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 
-from builders import customer, land, line_item, order, product
+from builders import customer, line_item, order, product
 from chispa import assert_df_equality
-from pipeline_helpers import run_all
+from pipeline_helpers import merge_silver
 
 from order_pipeline.common import gold
 from order_pipeline.jobs import gold as gold_job
@@ -163,23 +163,17 @@ def test_a_late_line_item_turns_a_completed_order_back_to_in_progress(spark) -> 
 
 
 def test_gold_task_answers_the_most_sold_product_of_the_30_days_before_as_of(spark, ctx) -> None:
-    landing = ctx.profile.landing_root
-    land(landing, "customers", [customer("C1")])
-    land(landing, "products", [product("P1"), product("P2", name="Gadget")])
-    land(
-        landing,
-        "orders",
-        [
-            order("O1", order_ts="2026-05-01T10:00:00Z"),
-            order("O2", order_ts="2026-03-01T10:00:00Z"),
-        ],
-    )
-    land(landing, "line_items", [
+    merge_silver(spark, ctx, "customers", [customer("C1")])
+    merge_silver(spark, ctx, "products", [product("P1"), product("P2", name="Gadget")])
+    merge_silver(spark, ctx, "orders", [
+        order("O1", order_ts="2026-05-01T10:00:00Z"),
+        order("O2", order_ts="2026-03-01T10:00:00Z"),
+    ])  # fmt: skip
+    merge_silver(spark, ctx, "line_items", [
         line_item("L1", "O1", "P1", quantity=2, status="delivered", delivered_at="2026-05-03T00:00:00Z"),
         line_item("L2", "O1", "P2", quantity=1, status="delivered", delivered_at="2026-05-03T00:00:00Z"),
         line_item("L3", "O2", "P2", quantity=9, status="delivered", delivered_at="2026-03-03T00:00:00Z"),
     ])  # fmt: skip
-    run_all(spark, ctx)
     gold_job.run(spark, replace(ctx, as_of=datetime(2026, 5, 10)), progress=lambda _: None)
     (top,) = spark.table("gold_most_sold_product_last_30d").collect()
     # O2 is outside the window: P2's 9 units do not count; P1 has 2 of the 3 units in it

@@ -4,7 +4,6 @@ tables changed between runs, checked against hand-written rows and against a ful
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
@@ -16,18 +15,16 @@ import pytest
 from builders import customer, line_item, order, product
 from chispa import assert_df_equality
 from conftest import make_context
-from pyspark.sql import functions as F
+from pipeline_helpers import merge_silver
 
 from order_pipeline.common import gold
 from order_pipeline.common.config import GoldSettings
 from order_pipeline.common.io import (
     GOLD_WATERMARKS,
-    QUALITY_WARNINGS,
-    SOURCE_FILE,
     Lakehouse,
     silver_table,
 )
-from order_pipeline.common.upsert import merge_latest, silver_ddl
+from order_pipeline.common.upsert import silver_ddl
 from order_pipeline.jobs import gold as gold_job
 from order_pipeline.jobs.silver import build_silver
 
@@ -203,18 +200,6 @@ CHANGES = {
 }  # fmt: skip
 # after a run crashed half way, O3 moves once more: from June to July
 O3_MOVES_AGAIN = [order("O3", "C1", order_ts="2026-07-03T10:00:00Z", status="shipped", updated_at=LATEST)]  # fmt: skip
-
-
-def merge_silver(spark, ctx, entity_name: str, records: list[dict]) -> None:
-    """Write contract records into a silver table through the silver MERGE itself."""
-    entity = ctx.entities[entity_name]
-    raw = spark.createDataFrame([(json.dumps(r),) for r in records], "value string")
-    rows = raw.select(F.from_json("value", entity.ddl()).alias("r")).select(
-        "r.*",
-        F.lit(None).cast("array<string>").alias(QUALITY_WARNINGS),
-        F.lit("test.json").alias(SOURCE_FILE),
-    )
-    merge_latest(Lakehouse(spark, ctx.profile), silver_table(entity_name), rows, entity, ctx.run_id)
 
 
 class Crash(RuntimeError):

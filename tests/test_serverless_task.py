@@ -105,7 +105,9 @@ def task_env(wheel, tmp_path_factory) -> dict[str, str]:
     venv = tmp_path_factory.mktemp("task-venv")
     run([base_python(), "-m", "venv", str(venv)], venv, dict(os.environ))
     pip_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    run([str(venv / "bin" / "pip"), "install", "--quiet", f"{wheel}[local]"], venv, pip_env)
+    # --no-compile: byte-compiling pyspark is half of the install, and imports compile lazily
+    install = ["install", "--quiet", "--no-compile", "--disable-pip-version-check"]
+    run([str(venv / "bin" / "pip"), *install, f"{wheel}[local]"], venv, pip_env)
     java = shutil.which("java")
     assert java, "Java is needed"
     bins = [str(venv / "bin"), str(Path(java).resolve().parent), "/usr/bin", "/bin"]

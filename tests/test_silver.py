@@ -238,3 +238,21 @@ def test_first_load_is_written_in_key_ranges_and_a_merge_reads_only_its_range(sp
         ("C6", "Oslo"),
         ("C7", "London"),
     ]
+
+
+def test_quarantine_rows_go_to_the_quarantine_schema_where_the_profile_has_one(spark, ctx) -> None:
+    # as on Databricks, where only the data stewards may read <schema>_quarantine
+    from order_pipeline.common.io import Lakehouse
+    from order_pipeline.jobs.report import quarantine_summary
+
+    restricted = f"{ctx.profile.schema}_quarantine"
+    ctx = replace(ctx, profile=replace(ctx.profile, quarantine_schema=restricted))
+    land(ctx.profile.landing_root, "customers", [customer("C1"), customer("C2", email="nope")])
+    run_entity(spark, ctx, "customers")
+    lake = Lakehouse(spark, ctx.profile)
+    assert lake.quarantine("customers") == f"{restricted}.quarantine_customers"
+    assert not lake.exists("quarantine_customers")  # nothing in the main schema
+    rows = lake.read(lake.quarantine("customers")).select("record.customer_id", "reasons")
+    assert [tuple(r) for r in rows.collect()] == [("C2", ["email_valid"])]
+    summary = quarantine_summary(lake, ["customers"]).select("entity", "rule", "rows")
+    assert [tuple(r) for r in summary.collect()] == [("customers", "email_valid", 1)]

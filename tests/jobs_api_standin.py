@@ -26,13 +26,12 @@ Every request is recorded in ``requests``.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from loopback import LoopbackServer, Request
 
 WORKSPACE_ID = "1234567890123456"
 CREATOR = "alice@example.com"
@@ -40,13 +39,7 @@ EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: fixed, so durations are pr
 STEP_MS = 60_000  # every runs/get call moves the scripted run one minute on
 
 
-@dataclass
-class RecordedRequest:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    body: dict[str, Any] | None
-    headers: dict[str, str]
+RecordedRequest = Request
 
 
 @dataclass
@@ -254,7 +247,7 @@ class ApiError(Exception):
         self.body = {"error_code": error_code, "message": message}
 
 
-class JobsApiStandIn:
+class JobsApiStandIn(LoopbackServer):
     """Start with ``with JobsApiStandIn() as api:``; point the SDK at ``api.url``."""
 
     def __init__(self, token: str = "x", page_size_cap: int = 100) -> None:
@@ -268,24 +261,7 @@ class JobsApiStandIn:
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._next_run_id = 700_000_000
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> JobsApiStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._start_server()
 
     # -- scripting ----------------------------------------------------------------------
 
@@ -310,6 +286,10 @@ class JobsApiStandIn:
         return [r for r in self.requests if r.method == method and r.path == path]
 
     # -- endpoints ----------------------------------------------------------------------
+
+    def respond(self, request: RecordedRequest) -> tuple[int, Any, dict[str, str]]:
+        status, body = self.handle(request)
+        return status, body, {}
 
     def handle(self, request: RecordedRequest) -> tuple[int, dict[str, Any]]:
         with self._lock:
@@ -399,38 +379,3 @@ class JobsApiStandIn:
 def _one(query: dict[str, list[str]], key: str) -> str | None:
     values = query.get(key)
     return values[0] if values else None
-
-
-def _handler_for(api: JobsApiStandIn) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self._serve()
-
-        def do_POST(self) -> None:
-            self._serve()
-
-        def _serve(self) -> None:
-            parts = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            request = RecordedRequest(
-                method=self.command,
-                path=parts.path,
-                query=parse_qs(parts.query),
-                body=json.loads(raw) if raw else None,
-                headers=dict(self.headers.items()),
-            )
-            status, body = api.handle(request)
-            payload = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(payload)))
-            if status >= 400:
-                self.send_header("X-Databricks-Reason-Phrase", body["message"])
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            """Quiet: requests are recorded in ``api.requests`` instead."""
-
-    return Handler

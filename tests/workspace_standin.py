@@ -37,9 +37,9 @@ import posixpath
 import threading
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from loopback import LoopbackServer, Request
 
 WORKSPACE_ID = "1234567890123456"
 ROOT_OBJECT_ID = 0
@@ -99,7 +99,7 @@ class ApiError(Exception):
 
 
 @dataclass
-class WorkspaceStandIn:
+class WorkspaceStandIn(LoopbackServer):
     """Start with ``with WorkspaceStandIn({token: identity}) as ws:``; point the CLI at ``ws.url``."""
 
     users: dict[str, Identity]
@@ -114,24 +114,7 @@ class WorkspaceStandIn:
             self._mkdirs(folder, owner=None)
         for identity in self.users.values():
             self._mkdirs(identity.home, owner=identity)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> WorkspaceStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._start_server()
 
     def folders(self) -> list[str]:
         with self._lock:
@@ -148,6 +131,14 @@ class WorkspaceStandIn:
         )
 
     # -- endpoints ----------------------------------------------------------------------
+
+    def respond(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        status, body = self.handle(request.method, request.path, request.query, request.body, token)
+        headers = {}
+        if status == HTTPStatus.OK and request.path.endswith("/scim/v2/Me"):
+            headers["X-Databricks-Org-Id"] = WORKSPACE_ID
+        return status, body, headers
 
     def handle(
         self, method: str, path: str, query: dict[str, list[str]], body: Any, token: str
@@ -271,49 +262,3 @@ def _workspace_path(path: Any) -> str:
 def _one(query: dict[str, list[str]], key: str) -> str | None:
     values = query.get(key)
     return values[0] if values else None
-
-
-def _handler_for(standin: WorkspaceStandIn) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self._serve()
-
-        def do_POST(self) -> None:
-            self._serve()
-
-        def do_PUT(self) -> None:
-            self._serve()
-
-        def do_PATCH(self) -> None:
-            self._serve()
-
-        def do_DELETE(self) -> None:
-            self._serve()
-
-        def _serve(self) -> None:
-            parts = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            token = self.headers.get("Authorization", "").removeprefix("Bearer ")
-            status, body = standin.handle(
-                self.command,
-                parts.path,
-                parse_qs(parts.query),
-                json.loads(raw) if raw else None,
-                token,
-            )
-            payload = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(payload)))
-            if status == HTTPStatus.OK and parts.path.endswith("/scim/v2/Me"):
-                self.send_header("X-Databricks-Org-Id", WORKSPACE_ID)
-            if status >= 400:
-                self.send_header("X-Databricks-Reason-Phrase", body["message"])
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            """Quiet: requests are recorded in ``standin.requests`` instead."""
-
-    return Handler

@@ -12,6 +12,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from order_pipeline.common.config import dependency_order, load_entities
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
@@ -19,7 +21,7 @@ RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 SEED = 42
 END_DATE = date(2025, 6, 30)  # last day of batch 0; batch 1 covers the days after it
 AS_OF = "2025-07-03T00:00:00+00:00"  # gold's as-of date, after batch 1's window
-ENTITY_ORDER = ("customers", "products", "orders", "line_items")  # parents first
+ENTITY_ORDER = tuple(dependency_order(load_entities()))  # conf/pipeline.yml, parents first
 
 ROOT_MARKER = ".benchmark-root"  # only a folder with this marker is ever wiped
 

@@ -29,7 +29,7 @@ import yaml
 
 from benchmarks.common import ENTITY_ORDER, ChildResult, peer_main, timed
 from benchmarks.sdp.readback import column_sums, row_count
-from order_pipeline.common import gold
+from order_pipeline.common import contract
 from order_pipeline.common.config import load_profile
 from order_pipeline.common.spark import cached_delta_jars
 
@@ -39,7 +39,7 @@ ERROR_MARKERS = ("Error", "Exception", "error:", "FAILED")
 DATABASE = "default"  # exists in a new metastore; SDP does not create schemas
 COUNTED = (
     *(f"{layer}_{name}" for layer in ("silver", "quarantine") for name in ENTITY_ORDER),
-    *gold.GOLD_TABLES,
+    *contract.GOLD_TABLES,
 )
 
 
@@ -162,7 +162,7 @@ def bronze_rows(state: Path) -> int:
 def read_back(state: Path, result: ChildResult) -> None:
     """Final row counts and gold sums, the figures the other peers report."""
     result.counts = {t: row_count(table_path(state, t)) for t in COUNTED}
-    sums = column_sums(table_path(state, gold.PRODUCT_SALES_MONTHLY), ["units", "revenue"])
+    sums = column_sums(table_path(state, contract.PRODUCT_SALES_MONTHLY), ["units", "revenue"])
     result.details["checks"] = {"gold_units": sums["units"], "gold_revenue": sums["revenue"]}
 
 

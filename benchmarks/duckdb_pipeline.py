@@ -5,7 +5,7 @@ seen yet (bronze), checks them with the rules of conf/quality/*.yml compiled to 
 SQL (malformed lines and values that do not parse to the contract type included), keeps
 the latest valid snapshot per key under the pipeline's ordering (sequence, then every
 other contract column, then the source file; nulls lowest), and rebuilds the gold tables
-of src/common/gold.py. Foreign keys are simplified to "parent present in silver": a row
+of src/transforms/gold.py. Foreign keys are simplified to "parent present in silver": a row
 whose parent is missing waits in ``deferred_<entity>`` and is re-checked on every run
 (no expiry).
 
@@ -298,7 +298,7 @@ class DuckPipeline:
         self.sql(f"DELETE FROM silver_{name} WHERE {key} IN (SELECT {key} FROM winners_{name})")
         self.sql(f"INSERT INTO silver_{name} BY NAME SELECT * FROM winners_{name}")
 
-    # gold: rebuilt from silver, the same answers as src/common/gold.py
+    # gold: rebuilt from silver, the same answers as src/transforms/gold.py
     def gold(self) -> None:
         for statement in gold_statements(self.as_of):
             self.sql(statement)

@@ -25,21 +25,22 @@ from benchmarks.common import (
     peer_main,
     timed,
 )
-from order_pipeline.common import gold
+from order_pipeline.common import contract
 from order_pipeline.common.config import Entity, load_entities, load_profile
-from order_pipeline.common.io import (
+from order_pipeline.common.contract import (
     CORRUPT_RECORD,
+    QUALITY_WARNINGS,
     RESCUED_DATA,
     SOURCE_FILE,
-    Lakehouse,
     quarantine_table,
     silver_table,
 )
+from order_pipeline.common.io import Lakehouse
 from order_pipeline.common.spark import get_spark
-from order_pipeline.common.upsert import WARNINGS, latest_per_key
 from order_pipeline.jobs.gold import write_gold
 from order_pipeline.quality.gate import apply_quality_gate, raise_on_failing, split_by_outcome
 from order_pipeline.quality.rules import load_rules
+from order_pipeline.transforms.latest import latest_per_key
 
 SCHEMA = "naive"
 
@@ -84,7 +85,7 @@ def rebuild_silver(
         outcome = split_by_outcome(checked)
         raise_on_failing(rules, outcome.failing, entity.columns)
         latest = outcome.passed.transform(latest_per_key(entity)).select(
-            *entity.columns, WARNINGS, SOURCE_FILE
+            *entity.columns, QUALITY_WARNINGS, SOURCE_FILE
         )
         lake.overwrite(latest, silver_table(name))
         lake.overwrite(outcome.quarantined, quarantine_table(name))
@@ -99,7 +100,7 @@ def rebuild_gold(lake: Lakehouse, as_of: datetime) -> None:
 
 def table_counts(lake: Lakehouse) -> dict[str, int]:
     tables = [silver_table(n) for n in ENTITY_ORDER] + [quarantine_table(n) for n in ENTITY_ORDER]
-    return {t: lake.read(t).count() for t in [*tables, *gold.GOLD_TABLES]}
+    return {t: lake.read(t).count() for t in [*tables, *contract.GOLD_TABLES]}
 
 
 def run(landing: Path, data_root: Path, as_of: datetime, result: ChildResult) -> None:
@@ -117,7 +118,7 @@ def run(landing: Path, data_root: Path, as_of: datetime, result: ChildResult) ->
         rebuild_gold(lake, as_of)
     result.counts = table_counts(lake)
     units, revenue = (
-        lake.read(gold.PRODUCT_SALES_MONTHLY).agg(F.sum("units"), F.sum("revenue")).first()
+        lake.read(contract.PRODUCT_SALES_MONTHLY).agg(F.sum("units"), F.sum("revenue")).first()
     )
     result.details["checks"] = {
         "gold_units": float(units or 0),

@@ -28,21 +28,15 @@ from pyspark.sql import functions as F
 
 from benchmarks.common import ENTITY_ORDER, utc_now, write_json
 from benchmarks.listener import ProgressListener
-from order_pipeline.common import gold
+from order_pipeline.common import contract
 from order_pipeline.common.config import Profile, load_entities, load_profile
-from order_pipeline.common.io import (
-    TASK_RUNS,
-    Lakehouse,
-    deferred_table,
-    quarantine_table,
-    quote,
-    silver_table,
-)
-from order_pipeline.common.job import TaskContext
+from order_pipeline.common.contract import TASK_RUNS, deferred_table, quarantine_table, silver_table
+from order_pipeline.common.io import Lakehouse, quote
 from order_pipeline.common.platform import profile_name
 from order_pipeline.common.spark import get_spark
 from order_pipeline.jobs import bronze as bronze_job
 from order_pipeline.jobs import silver as silver_job
+from order_pipeline.jobs.task import TaskContext
 
 PROBE_SCHEMA = "bench_probe"
 EVENT_WAIT_SECONDS = 5.0
@@ -134,11 +128,13 @@ def counts_and_checks(lake: Lakehouse) -> tuple[dict[str, int], dict[str, float]
     tables = [
         f(name) for name in ENTITY_ORDER for f in (silver_table, quarantine_table, deferred_table)
     ]
-    tables += list(gold.GOLD_TABLES)
+    tables += list(contract.GOLD_TABLES)
     counts = {t: lake.read(t).count() for t in tables if lake.exists(t)}
     checks: dict[str, float] = {}
-    if lake.exists(gold.PRODUCT_SALES_MONTHLY):
-        row = lake.read(gold.PRODUCT_SALES_MONTHLY).agg(F.sum("units"), F.sum("revenue")).first()
+    if lake.exists(contract.PRODUCT_SALES_MONTHLY):
+        row = (
+            lake.read(contract.PRODUCT_SALES_MONTHLY).agg(F.sum("units"), F.sum("revenue")).first()
+        )
         checks = {"gold_units": float(row[0] or 0), "gold_revenue": float(row[1] or 0)}
     return counts, checks
 

@@ -159,7 +159,7 @@ def measured(command: list[str], log: Path, quiet: bool) -> Measurement:
 def generate_batch(paths: BenchPaths, scale: float, batch: int, quiet: bool) -> dict[str, Any]:
     say(f"\n== generate batch {batch} at scale {scale:g} (seed {SEED}) ==")
     command = python(
-        "-m", "order_pipeline.jobs.cli", "generate", "--data-root", str(paths.root), "--scale", str(scale),
+        "-m", "order_pipeline.cli.main", "generate", "--data-root", str(paths.root), "--scale", str(scale),
         "--seed", str(SEED), "--batch", str(batch), "--end-date", END_DATE.isoformat(),
     )  # fmt: skip
     done = measured(command, paths.log(f"generate-b{batch}"), quiet)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.listener import ProgressListener
+from order_pipeline.cli import main as cli
 from order_pipeline.common.config import load_profile
 from order_pipeline.common.platform import profile_name
 from order_pipeline.common.spark import get_spark
-from order_pipeline.jobs import cli
 
 
 class JsonLinesSink:

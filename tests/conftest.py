@@ -34,7 +34,7 @@ TEST_SPARK_SETTINGS = {
 
 def make_context(root: Path, **overrides):
     from order_pipeline.common.config import GoldSettings, load_entities, load_profile
-    from order_pipeline.common.job import TaskContext
+    from order_pipeline.jobs.task import TaskContext
 
     schema = f"t_{uuid.uuid4().hex[:10]}"
     profile = load_profile("local", root, {"schema": schema})
@@ -48,9 +48,13 @@ def make_context(root: Path, **overrides):
         profile=profile,
         entities=load_entities(),
         run_id=f"test-{uuid.uuid4().hex[:6]}",
-        data_root=root,
         **overrides,
     )
+
+
+def data_root_of(ctx) -> Path:
+    """The local data root a test context's profile was loaded with."""
+    return Path(ctx.profile.warehouse_root).parent
 
 
 @pytest.fixture(scope="session")

@@ -5,19 +5,24 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+from chispa import assert_df_equality
+from expectations import (
+    KEYS,
+    TYPES,
+    gold_completion,
+    gold_order_details,
+    gold_product_sales_monthly,
+    most_sold_last_30d,
+    parse_value,
+)
 from pyspark.sql import functions as F
 
-from order_pipeline.common import gold
-from order_pipeline.common.io import QUALITY_WARNINGS, SOURCE_FILE, Lakehouse, silver_table
-from order_pipeline.common.upsert import merge_latest, silver_ddl
+from order_pipeline.common import contract
+from order_pipeline.common.config import dependency_order, load_entities
+from order_pipeline.common.contract import QUALITY_WARNINGS, SOURCE_FILE, silver_ddl, silver_table
+from order_pipeline.common.io import Lakehouse
 from order_pipeline.jobs import bronze, silver
-
-CONTRACT = {
-    "customers": ["customer_id", "first_name", "last_name", "email", "phone", "city", "country", "created_at", "updated_at"],
-    "products": ["product_id", "name", "category", "price", "updated_at"],
-    "orders": ["order_id", "customer_id", "order_ts", "status", "updated_at"],
-    "line_items": ["line_item_id", "order_id", "product_id", "quantity", "unit_price", "status", "delivered_at", "updated_at"],
-}  # fmt: skip
+from order_pipeline.jobs.silver import merge_latest
 
 
 def quiet(_: str) -> None:
@@ -32,7 +37,9 @@ def run_entity(spark, ctx, entity: str, fault_hook=None):
     return silver.run(spark, ctx, progress=quiet, fault_hook=fault_hook)
 
 
-def run_all(spark, ctx, entities=("customers", "products", "orders", "line_items")):
+def run_all(spark, ctx, entities=None):
+    """Bronze and silver of the given entities (default: all, parents first)."""
+    entities = entities or dependency_order(ctx.entities)
     return {e: run_entity(spark, ctx, e) for e in entities}
 
 
@@ -42,11 +49,12 @@ def versions(spark, ctx, tables) -> dict[str, int]:
 
 
 def silver_rows(spark, entity: str) -> set[tuple]:
-    return {tuple(r) for r in spark.table(f"silver_{entity}").select(*CONTRACT[entity]).collect()}
+    columns = load_entities()[entity].columns
+    return {tuple(r) for r in spark.table(f"silver_{entity}").select(*columns).collect()}
 
 
 def quarantine_rows(spark, entity: str) -> list[tuple]:
-    key = CONTRACT[entity][0]
+    key = load_entities()[entity].key
     return sorted(
         (
             (r.key, tuple(r.reasons), r.status, r.raw_record)
@@ -63,7 +71,7 @@ def merge_silver(spark, ctx, entity_name: str, records: list[dict]) -> None:
     MERGE itself, without the streams: for tests of what comes after silver."""
     entity = ctx.entities[entity_name]
     lake = Lakehouse(spark, ctx.profile)
-    lake.ensure(silver_table(entity_name), silver_ddl(entity), properties=gold.CHANGE_DATA_FEED)
+    lake.ensure(silver_table(entity_name), silver_ddl(entity), properties=contract.CHANGE_DATA_FEED)
     raw = spark.createDataFrame([(json.dumps(r),) for r in records], "value string")
     rows = raw.select(F.from_json("value", entity.ddl()).alias("r")).select(
         "r.*",
@@ -71,3 +79,50 @@ def merge_silver(spark, ctx, entity_name: str, records: list[dict]) -> None:
         F.lit("test.json").alias(SOURCE_FILE),
     )
     merge_latest(lake, silver_table(entity_name), rows, entity, ctx.run_id)
+
+
+def assert_gold_equals(spark, read, silver: dict, as_of) -> None:
+    """Every gold table, as ``read(table)`` returns it, equals the plain-Python gold
+    (tests/expectations.py) of the expected ``silver`` (entity -> key -> typed record)."""
+    details = gold_order_details(silver)
+    actual = read(contract.ORDER_DETAILS)
+    expected = spark.createDataFrame(
+        [tuple(d[c] for c in actual.columns) for d in details], actual.schema
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+    monthly = {
+        (r.month, r.product_id): (r.units, r.revenue, r.orders)
+        for r in read(contract.PRODUCT_SALES_MONTHLY).collect()
+    }
+    assert monthly == gold_product_sales_monthly(details)
+    completion = {
+        r.order_id: (r.total_items, r.delivered_items, r.cancelled_items, r.completion_status,
+                     r.completed_at)
+        for r in read(contract.ORDER_COMPLETION_STATUS).collect()
+    }  # fmt: skip
+    assert completion == gold_completion(silver)
+    top = read(contract.MOST_SOLD_LAST_30D).collect()
+    expected_top = most_sold_last_30d(details, as_of)
+    if expected_top is None:
+        assert top == []
+    else:
+        (row,) = top
+        assert (row.product_id, row.units, row.orders, row.sales_days, row.share_of_units) == (
+            expected_top
+        )
+        assert row.as_of == as_of
+
+
+def typed_silver(records: dict[str, list[dict]]) -> dict[str, dict[str, dict]]:
+    """The silver a list of valid contract records per entity gives: each typed as the
+    contract says, the latest ``updated_at`` per key."""
+    silver: dict[str, dict[str, dict]] = {}
+    for entity, rows in records.items():
+        latest: dict[str, dict] = {}
+        for row in rows:
+            typed = {c: parse_value(kind, row[c]) for c, kind in TYPES[entity].items()}
+            key = typed[KEYS[entity]]
+            if key not in latest or typed["updated_at"] > latest[key]["updated_at"]:
+                latest[key] = typed
+        silver[entity] = latest
+    return silver

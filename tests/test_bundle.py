@@ -37,6 +37,9 @@ import pytest
 import yaml
 from workspace_standin import Identity, RecordedRequest, WorkspaceStandIn
 
+from order_pipeline.cli import job_graph
+from order_pipeline.common.config import load_entities
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTION = "order-pipeline"
 CLI_OVERRIDE = "ORDER_PIPELINE_DATABRICKS_CLI"
@@ -568,17 +571,17 @@ def test_tasks_pass_only_declared_job_parameters(dev: Validation) -> None:
 
 
 def test_task_graph_follows_the_entity_parents_of_conf_pipeline(dev: Validation) -> None:
-    # silver_<child> waits for bronze_<child> and silver_<parent> (foreign keys are checked
-    # against the parent's silver); gold waits for the silver tasks no other silver needs.
-    conf = yaml.safe_load((REPO_ROOT / "conf" / "pipeline.yml").read_text(encoding="utf-8"))
-    parents = {name: set(spec.get("parents") or []) for name, spec in conf["entities"].items()}
-    expected: dict[str, set[str]] = {}
-    for entity, entity_parents in parents.items():
-        expected[f"bronze_{entity}"] = set()
-        expected[f"silver_{entity}"] = {f"bronze_{entity}"} | {
-            f"silver_{p}" for p in entity_parents
-        }
-    needed = set().union(*parents.values())
-    expected["gold"] = {f"silver_{e}" for e in parents if e not in needed}
+    # as the CLI reads the bundle: the graph conf/pipeline.yml's parents generate
+    generated = {
+        task["task_key"]: {d["task_key"] for d in task.get("depends_on", [])}
+        for task in job_graph.job_tasks(load_entities())
+    }
+    assert dev.task_graph == generated
 
-    assert dev.task_graph == expected
+
+def test_the_job_tasks_are_the_ones_conf_pipeline_generates() -> None:
+    difference = job_graph.difference(REPO_ROOT / "resources" / "jobs.yml", load_entities())
+    assert not difference, (
+        "resources/jobs.yml's tasks differ from conf/pipeline.yml; run "
+        f"`order-pipeline job-graph --write` to apply:\n{difference}"
+    )

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from order_pipeline.common.config import ConfigError, conf_dir, load_entities, load_profile
+from order_pipeline.common.config import (
+    ConfigError,
+    Entity,
+    SettingError,
+    conf_dir,
+    dependency_order,
+    load_entities,
+    load_profile,
+)
 from order_pipeline.quality.rules import load_rules
 
 
@@ -32,7 +40,8 @@ def test_contract_entities_load_with_keys_and_types() -> None:
         "orders": "order_id", "line_items": "line_item_id",
     }  # fmt: skip
     assert entities["products"].fields["price"] == "decimal(10,2)"
-    assert entities["line_items"].parents == ("orders", "products")
+    assert entities["line_items"].parents == {"order_id": "orders", "product_id": "products"}
+    assert dependency_order(entities) == ["customers", "products", "orders", "line_items"]
 
 
 def test_local_profile_places_everything_under_the_data_root(tmp_path: Path) -> None:
@@ -54,10 +63,39 @@ def test_databricks_profile_uses_volumes_and_auto_loader(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("file", "old", "new", "key"),
     [
-        ("pipeline.yml", "key: order_id", "key: order_number", "entities.orders"),
-        ("pipeline.yml", "quantity: int", "quantity: integer-ish", "entities.line_items"),
-        ("pipeline.yml", "parents: [customers]", "parents: [clients]", "entities.orders.parents"),
+        ("pipeline.yml", "key: order_id", "key: order_number", "entities.orders.key"),
+        (
+            "pipeline.yml",
+            "quantity: int",
+            "quantity: integer-ish",
+            "entities.line_items.fields.quantity",
+        ),
+        (
+            "pipeline.yml",
+            "customer_id: customers",
+            "customer_id: clients",
+            "entities.orders.parents.customer_id",
+        ),
+        (
+            "pipeline.yml",
+            "customer_id: customers",
+            "client_id: customers",
+            "entities.orders.parents.client_id",
+        ),
+        ("pipeline.yml", "customer_id: customers", "customer_id: line_items", "entities"),
         ("local.yml", "trigger: available_now", "trigger: sometimes", "trigger"),
+        (
+            "local.yml",
+            "warehouse_root: ${data_root}/warehouse",
+            "warehouse_root: null",
+            "warehouse_root",
+        ),
+        (
+            "local.yml",
+            "max_incremental_share: 0.02",
+            "max_incremental_share: some",
+            "gold.max_incremental_share",
+        ),
         ("local.yml", "defer_max_age: 7 days", "defer_max_age: a week", "quality.defer_max_age"),
         ("local.yml", "profile: local", "profile: local\nwarehouse: x", "warehouse"),
     ],
@@ -79,6 +117,7 @@ def test_bad_setting_names_file_and_key(
         ("kind: in_set", "kind: one_of", "kind"),
         ("column: quantity\n    min: 0", "column: qty\n    min: 0", "column"),
         ("parent: orders", "parent: baskets", "parent"),
+        ("parent: orders", "parent: products", "parent"),  # pipeline.yml says order_id -> orders
         (
             "    strict_min: true\n    severity: quarantine\n    description: A line item orders",
             "    strict_minimum: true\n    severity: quarantine\n    description: A line item orders",
@@ -95,6 +134,24 @@ def test_bad_rule_names_file_and_key(conf_copy: Path, old: str, new: str, key_pa
     assert error.value.file.endswith("line_items.yml")
     assert error.value.key.startswith("rules[")
     assert key_part in error.value.key
+
+
+def test_a_parent_without_its_foreign_key_rule_is_an_error(conf_copy: Path) -> None:
+    path = conf_copy / "quality" / "line_items.yml"
+    text = path.read_text()
+    rule = text[text.index("  - name: product_exists") :]
+    path.write_text(text.replace(rule, ""))
+    entities = load_entities()
+    with pytest.raises(ConfigError, match=r"no foreign_key rule checks line_items.product_id"):
+        load_rules(entities["line_items"], entities)
+
+
+def test_wider_spark_types_are_contract_types() -> None:
+    for spark_type in ("long", "double", "bigint", "array<string>", "array<decimal(10,2)>", "date"):
+        Entity("e", "k", "k", {"k": "string", "v": spark_type})
+    for bad in ("array<array<string>>", "map<string,int>", "varchar", "decimal(10)"):
+        with pytest.raises(SettingError):
+            Entity("e", "k", "k", {"k": "string", "v": bad})
 
 
 def test_invalid_yaml_is_reported_with_the_file(conf_copy: Path) -> None:

@@ -14,23 +14,19 @@ from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
-from conftest import make_context
+from conftest import data_root_of, make_context
 from expectations import (
     KEYS,
     TYPES,
     expected_silver,
-    gold_completion,
-    gold_order_details,
-    gold_product_sales_monthly,
-    most_sold_last_30d,
     read_landing,
 )
-from pipeline_helpers import quiet
+from pipeline_helpers import assert_gold_equals, quiet
 
+from order_pipeline.cli.runner import bundle_variables, load_job_graph, run_graph
 from order_pipeline.common.io import Lakehouse
-from order_pipeline.common.job import TaskContext
-from order_pipeline.common.synthetic import GeneratorConfig, generate
-from order_pipeline.common.workflow import bundle_variables, load_job_graph, run_graph
+from order_pipeline.jobs.task import TaskContext
+from order_pipeline.synthetic.generator import GeneratorConfig, generate
 
 ENTITIES = ("customers", "products", "orders", "line_items")
 AS_OF = datetime(2026, 10, 20)
@@ -43,7 +39,12 @@ def run_workflow(ctx):
     variables = bundle_variables(graph.source.parent.parent, ctx.profile)
     params = {"as_of": AS_OF.isoformat() + "Z"}
     return run_graph(
-        graph, variables, params, ctx.run_id, ["--data-root", str(ctx.data_root)], progress=quiet
+        graph,
+        variables,
+        params,
+        ctx.run_id,
+        ["--data-root", str(data_root_of(ctx))],
+        progress=quiet,
     )
 
 
@@ -87,19 +88,6 @@ def assert_silver_matches(spark, landing: Path) -> None:
             [tuple(r[c] for c in columns) for r in silver[entity].values()], actual.schema
         )
         assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
-
-
-def completion_rows(spark) -> dict[str, tuple]:
-    return {
-        r.order_id: (
-            r.total_items,
-            r.delivered_items,
-            r.cancelled_items,
-            r.completion_status,
-            r.completed_at,
-        )
-        for r in spark.table("gold_order_completion_status").collect()
-    }
 
 
 def test_every_task_of_the_graph_succeeds_in_dependency_order(first_run) -> None:
@@ -212,28 +200,4 @@ def test_gold_equals_python_computation(spark, first_run) -> None:
 
 def assert_gold_matches(spark, landing) -> None:
     silver, _ = expected_silver(landing)
-    details = gold_order_details(silver)
-    actual = spark.table("gold_order_details")
-    expected = spark.createDataFrame(
-        [tuple(d[c] for c in actual.columns) for d in details], actual.schema
-    )
-    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
-
-    monthly = {
-        (r.month, r.product_id): (r.units, r.revenue, r.orders)
-        for r in spark.table("gold_product_sales_monthly").collect()
-    }
-    assert monthly == gold_product_sales_monthly(details)
-
-    completion = completion_rows(spark)
-    assert completion == gold_completion(silver)
-
-    (top,) = spark.table("gold_most_sold_product_last_30d").collect()
-    assert (
-        top.product_id,
-        top.units,
-        top.orders,
-        top.sales_days,
-        top.share_of_units,
-    ) == most_sold_last_30d(details, AS_OF)
-    assert top.as_of == AS_OF
+    assert_gold_equals(spark, spark.table, silver, AS_OF)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from builders import customer, land, product
+from conftest import data_root_of
 from pipeline_helpers import quarantine_rows, quiet, silver_rows
 
 from order_pipeline.common import io, platform
@@ -170,7 +171,7 @@ def test_a_killed_process_restarts_without_loss_or_duplicates(spark, ctx) -> Non
     )
     bronze.run(spark, ctx, progress=quiet)
     script = KILL_SCRIPT.format(
-        tests=str(Path(__file__).parent), root=str(ctx.data_root), schema=ctx.profile.schema
+        tests=str(Path(__file__).parent), root=str(data_root_of(ctx)), schema=ctx.profile.schema
     )
     killed = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300

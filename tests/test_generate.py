@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from order_pipeline.common.synthetic import GeneratorConfig, generate
-from order_pipeline.jobs import generate as generate_job
+from order_pipeline.cli import generate as generate_job
+from order_pipeline.synthetic.generator import GeneratorConfig, generate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 CONTRACT: dict[str, dict[str, Any]] = yaml.safe_load((CONF / "pipeline.yml").read_text())[
@@ -565,7 +565,7 @@ def test_output_is_identical_across_processes_with_different_hash_seeds(tmp_path
 
     script = (
         "import sys; from pathlib import Path; "
-        "from order_pipeline.common.synthetic import GeneratorConfig, generate; "
+        "from order_pipeline.synthetic.generator import GeneratorConfig, generate; "
         "generate(GeneratorConfig(landing=Path(sys.argv[1]), seed=3, scale=0.003, "
         "end_date=__import__('datetime').date(2026, 1, 31)), progress=lambda _: None)"
     )
@@ -580,3 +580,9 @@ def test_output_is_identical_across_processes_with_different_hash_seeds(tmp_path
         assert (
             path.read_bytes() == (tmp_path / "2" / path.relative_to(tmp_path / "1")).read_bytes()
         ), path
+
+
+def test_the_generator_invents_the_entities_of_conf_pipeline() -> None:
+    from order_pipeline.synthetic.generator import ENTITIES
+
+    assert list(ENTITIES) == list(CONTRACT)

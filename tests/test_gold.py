@@ -10,8 +10,8 @@ from builders import customer, line_item, order, product
 from chispa import assert_df_equality
 from pipeline_helpers import merge_silver
 
-from order_pipeline.common import gold
 from order_pipeline.jobs import gold as gold_job
+from order_pipeline.transforms import gold
 
 T = datetime.fromisoformat
 ORDERS = (

@@ -12,11 +12,10 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from order_pipeline.common.config import load_entities
-from order_pipeline.common.io import bronze_schema
+from order_pipeline.common.contract import GX_RESULTS_DDL, bronze_schema
 from order_pipeline.quality.checks import failed
 from order_pipeline.quality.gx import (
     GX_QUERY_VIEW,
-    GX_RESULTS_DDL,
     SKIPPED,
     expectation_for,
     expectations_for,

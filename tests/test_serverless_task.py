@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TEST_SPARK_SETTINGS, make_context
+from conftest import TEST_SPARK_SETTINGS, data_root_of, make_context
 from expectations import KEYS, expected_silver
 from test_end_to_end import (
     AS_OF,
@@ -46,9 +46,10 @@ from test_end_to_end import (
     use,
 )
 
+from order_pipeline.cli.runner import load_job_graph
 from order_pipeline.common.config import conf_dir, load_profile
-from order_pipeline.common.io import TASK_RUNS, Lakehouse
-from order_pipeline.common.workflow import load_job_graph
+from order_pipeline.common.contract import TASK_RUNS
+from order_pipeline.common.io import Lakehouse
 
 __all__ = [  # the shared end-to-end tests, collected again here against this module's runs
     "test_bronze_holds_every_landed_line",
@@ -145,10 +146,10 @@ def task_command(env: dict[str, str], name: str, *args: str) -> list[str]:
 def run_graph_on_connect(ctx, env: dict[str, str], conf: Path) -> str:
     """``order-pipeline run`` of the installed wheel over the context's data root and
     schema, from an empty folder; returns the run id the run recorded."""
-    folder = ctx.data_root / f"cwd-{len(list(ctx.data_root.glob('cwd-*')))}"
+    folder = data_root_of(ctx) / f"cwd-{len(list(data_root_of(ctx).glob('cwd-*')))}"
     folder.mkdir()
     output = run(
-        task_command(env, "order-pipeline", "run", "--data-root", str(ctx.data_root),
+        task_command(env, "order-pipeline", "run", "--data-root", str(data_root_of(ctx)),
                      "--param", f"schema={ctx.profile.schema}", "--as-of", AS_OF.isoformat() + "Z"),
         folder, {**env, "ORDER_PIPELINE_CONF": str(conf)},
     )  # fmt: skip
@@ -184,10 +185,10 @@ def first_run(spark, connect_ctx, task_env):
     manifest = land_batch(ctx, 0)
     # the entry point Databricks calls for a task, alone in its process with the wheel's own
     # conf/: the very call that failed with "no conf/ folder found" before the wheel had it
-    folder = ctx.data_root / "cwd-standalone"
+    folder = data_root_of(ctx) / "cwd-standalone"
     folder.mkdir()
     run(task_command(task_env, "order-pipeline-bronze", "--entity", "customers",
-                     "--schema", ctx.profile.schema, "--data-root", str(ctx.data_root),
+                     "--schema", ctx.profile.schema, "--data-root", str(data_root_of(ctx)),
                      "--run-id", STANDALONE_RUN_ID), folder, task_env)  # fmt: skip
     run_id = run_graph_on_connect(ctx, task_env, conf)
     return WorkflowRun(ctx, manifest, outcomes(spark, ctx, run_id), (run_id,))

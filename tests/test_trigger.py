@@ -21,7 +21,7 @@ from databricks.sdk import WorkspaceClient
 from databricks.sdk.config import Config
 from jobs_api_standin import JobsApiStandIn, StandInJob
 
-from order_pipeline.jobs.trigger import (
+from order_pipeline.cli.trigger import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_RUN_FAILED,

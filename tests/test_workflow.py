@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from order_pipeline.common import workflow
+from order_pipeline.cli import runner as workflow
+from order_pipeline.cli.runner import bundle_variables, load_job_graph, resolve, run_graph
 from order_pipeline.common.config import ConfigError, load_profile
-from order_pipeline.common.workflow import bundle_variables, load_job_graph, resolve, run_graph
 
 
 @pytest.fixture

@@ -8,18 +8,33 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-SPARK_TYPES = re.compile(
-    r"^(string|int|bigint|double|boolean|date|timestamp|decimal\(\d+,\s*\d+\))$"
+_SCALAR = (
+    r"string|boolean|tinyint|byte|smallint|short|int|integer|bigint|long|float|double|date|"
+    r"timestamp|timestamp_ntz|binary|decimal\(\s*\d+\s*,\s*\d+\s*\)"
 )
+# Spark SQL type names a contract field may have: scalars, and arrays of them
+SPARK_TYPES = re.compile(rf"^(?:{_SCALAR}|array<\s*(?:{_SCALAR})\s*>)$", re.IGNORECASE)
 TRIGGERS = ("available_now", "processing_time")
 SOURCE_FORMATS = ("json", "cloudFiles")
 PROFILES = ("local", "databricks")
+
+
+DEFAULT_DATA_ROOT = os.environ.get("ORDER_PIPELINE_DATA_ROOT", ".local")
+
+
+class SettingError(ValueError):
+    """A setting's value is invalid; ``key`` names it (ConfigError adds the file)."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}")
 
 
 class ConfigError(ValueError):
@@ -68,16 +83,21 @@ class Entity:
     key: str
     sequence: str
     fields: dict[str, str]
-    parents: tuple[str, ...] = ()
+    # foreign-key column -> parent entity: the one statement of the entity graph (the
+    # foreign_key rules and the job's task dependencies are checked against it)
+    parents: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.key not in self.fields:
-            raise ValueError(f"key {self.key!r} is not one of the fields")
+            raise SettingError("key", f"{self.key!r} is not one of the fields")
         if self.sequence not in self.fields:
-            raise ValueError(f"sequence {self.sequence!r} is not one of the fields")
+            raise SettingError("sequence", f"{self.sequence!r} is not one of the fields")
         for name, spark_type in self.fields.items():
             if not SPARK_TYPES.match(spark_type):
-                raise ValueError(f"field {name!r} has unsupported type {spark_type!r}")
+                raise SettingError(f"fields.{name}", f"unsupported type {spark_type!r}")
+        for column in self.parents:
+            if column not in self.fields:
+                raise SettingError(f"parents.{column}", f"{column!r} is not one of the fields")
 
     @property
     def columns(self) -> list[str]:
@@ -101,23 +121,44 @@ def load_entities(path: Path | None = None) -> dict[str, Entity]:
         fields = require(spec, "fields", path, prefix)
         if not isinstance(fields, dict) or not fields:
             raise ConfigError(path, f"{prefix}fields", "expected a mapping of field to type")
+        parents = spec.get("parents") or {}
+        if not isinstance(parents, dict):
+            raise ConfigError(
+                path,
+                f"{prefix}parents",
+                "expected a mapping of foreign-key column to parent entity",
+            )
         try:
             entities[name] = Entity(
                 name=name,
                 key=require(spec, "key", path, prefix),
                 sequence=spec.get("sequence", "updated_at"),
                 fields={str(k): str(v) for k, v in fields.items()},
-                parents=tuple(spec.get("parents") or ()),
+                parents={str(k): str(v) for k, v in parents.items()},
             )
-        except ValueError as exc:
-            raise ConfigError(path, f"entities.{name}", str(exc)) from exc
+        except SettingError as exc:
+            raise ConfigError(path, f"{prefix}{exc.key}", exc.problem) from exc
     for entity in entities.values():
-        for parent in entity.parents:
+        for column, parent in entity.parents.items():
             if parent not in entities:
                 raise ConfigError(
-                    path, f"entities.{entity.name}.parents", f"unknown entity {parent!r}"
+                    path, f"entities.{entity.name}.parents.{column}", f"unknown entity {parent!r}"
                 )
+    dependency_order(entities, path)  # a cycle is an error here, not a hang later
     return entities
+
+
+def dependency_order(entities: dict[str, Entity], source: str | Path = "pipeline.yml") -> list[str]:
+    """Entity names, every parent before its children; among ready ones, the file's order."""
+    done: list[str] = []
+    pending = list(entities)
+    while pending:
+        ready = [e for e in pending if set(entities[e].parents.values()) <= set(done)]
+        if not ready:
+            raise ConfigError(source, "entities", f"parent cycle among {', '.join(pending)}")
+        done.append(ready[0])
+        pending.remove(ready[0])
+    return done
 
 
 @dataclass(frozen=True)
@@ -134,9 +175,9 @@ class GoldSettings:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_incremental_share <= 1.0:
-            raise ValueError(
-                "gold.max_incremental_share must be between 0 and 1, got "
-                f"{self.max_incremental_share!r}"
+            raise SettingError(
+                "gold.max_incremental_share",
+                f"must be between 0 and 1, got {self.max_incremental_share!r}",
             )
 
 
@@ -167,19 +208,19 @@ class Profile:
 
     def __post_init__(self) -> None:
         if self.name not in PROFILES:
-            raise ValueError(f"profile must be one of {PROFILES}, got {self.name!r}")
+            raise SettingError("profile", f"must be one of {PROFILES}, got {self.name!r}")
         if self.trigger not in TRIGGERS:
-            raise ValueError(f"trigger must be one of {TRIGGERS}, got {self.trigger!r}")
+            raise SettingError("trigger", f"must be one of {TRIGGERS}, got {self.trigger!r}")
         if self.source_format not in SOURCE_FORMATS:
-            raise ValueError(
-                f"source_format must be one of {SOURCE_FORMATS}, got {self.source_format!r}"
+            raise SettingError(
+                "source_format", f"must be one of {SOURCE_FORMATS}, got {self.source_format!r}"
             )
         for name in ("parallel_tasks", "silver_file_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+                raise SettingError(name, f"must be a whole number of at least 1, got {value!r}")
         if self.name == "local" and not self.warehouse_root:
-            raise ValueError("the local profile needs warehouse_root")
+            raise SettingError("warehouse_root", "the local profile needs one")
 
     @property
     def is_local(self) -> bool:
@@ -203,16 +244,19 @@ def substitute(text: str, values: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), text)
 
 
-PROFILE_KEYS = {
-    "profile", "catalog", "schema", "landing_root", "checkpoint_root", "warehouse_root",
-    "source_format", "trigger", "processing_time", "max_files_per_trigger",
-    "max_bytes_per_trigger", "spark", "quality", "cache_batches", "parallel_tasks", "gold",
-    "silver_file_rows", "quarantine_schema",
-}  # fmt: skip
+def number(value: Any, key: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise SettingError(key, f"expected a number, got {value!r}") from None
+
+
+# a profile file's keys are the Profile's fields, its name under the key "profile"
+PROFILE_KEYS = {"profile"} | {f.name for f in fields(Profile) if f.name != "name"}
 
 
 def load_profile(
-    name: str, data_root: str | Path = ".local", overrides: dict[str, Any] | None = None
+    name: str, data_root: str | Path = DEFAULT_DATA_ROOT, overrides: dict[str, Any] | None = None
 ) -> Profile:
     """Load conf/<name>.yml; ``overrides`` (job parameters) win over the file's values."""
     path = conf_dir() / f"{name}.yml"
@@ -265,11 +309,10 @@ def load_profile(
                 gx_validation=bool(quality.get("gx_validation", False)),
             ),
             gold=GoldSettings(
-                max_incremental_share=float(gold.get("max_incremental_share", 1.0)),
+                max_incremental_share=number(
+                    gold.get("max_incremental_share", 1.0), "gold.max_incremental_share"
+                ),
             ),
         )
-    except ValueError as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        key = str(exc).split(" ", 1)[0]
-        raise ConfigError(path, key, str(exc)) from exc
+    except SettingError as exc:
+        raise ConfigError(path, exc.key, exc.problem) from exc

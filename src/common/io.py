@@ -27,51 +27,18 @@ from pyspark.sql.streaming import StreamingQuery
 from pyspark.sql.types import StructType
 
 from order_pipeline.common.config import Entity, Profile
+from order_pipeline.common.contract import (
+    CORRUPT_RECORD,
+    RESCUED_DATA,
+    SOURCE_FILE,
+    quarantine_table,
+)
 from order_pipeline.common.platform import (
     ConfigNotAvailable,
     capabilities,
     set_session_conf,
     unset_session_conf,
 )
-
-CORRUPT_RECORD = "_corrupt_record"
-RESCUED_DATA = "_rescued_data"
-SOURCE_FILE = "_source_file"
-INGESTED_AT = "_ingested_at"
-BATCH_ID = "_batch_id"
-RUN_ID = "_run_id"
-QUALITY_WARNINGS = "_quality_warnings"  # rules of severity warn a kept row failed
-BRONZE_METADATA_DDL = (
-    f"`{CORRUPT_RECORD}` string, `{RESCUED_DATA}` string, `{SOURCE_FILE}` string, "
-    f"`{INGESTED_AT}` timestamp, `{BATCH_ID}` bigint, `{RUN_ID}` string"
-)
-
-
-def bronze_table(entity: str) -> str:
-    return f"bronze_{entity}"
-
-
-def silver_table(entity: str) -> str:
-    return f"silver_{entity}"
-
-
-def quarantine_table(entity: str) -> str:
-    return f"quarantine_{entity}"
-
-
-def deferred_table(entity: str) -> str:
-    return f"deferred_{entity}"
-
-
-QUALITY_METRICS = "ops_quality_metrics"
-TASK_RUNS = "ops_task_runs"
-GOLD_WATERMARKS = "ops_gold_watermarks"  # silver versions the gold build has consumed
-GX_RESULTS = "ops_gx_results"
-
-
-def bronze_schema(entity: Entity) -> StructType:
-    return StructType.fromDDL(f"{entity.ddl()}, {BRONZE_METADATA_DDL}")
-
 
 # One table created or registered at a time in this process (see Lakehouse.ensure).
 _CREATE_LOCK = threading.RLock()
@@ -190,6 +157,17 @@ def schema_ddl(schema: StructType | str) -> str:
     if isinstance(schema, str):
         return schema
     return ", ".join(f"{quote(f.name)} {f.dataType.simpleString()}" for f in schema.fields)
+
+
+def key_range_match(updates: DataFrame, key: str) -> str:
+    """``t.key = s.key``, narrowed to the updates' key range: a target-only predicate that
+    cannot change what matches, and that Delta's MERGE uses to skip every target file whose
+    key statistics lie outside (reads the updates once for their smallest and largest key)."""
+    low, high = updates.agg(F.min(key), F.max(key)).first()
+    same = f"t.{quote(key)} = s.{quote(key)}"
+    if low is None:
+        return same
+    return f"{same} AND t.{quote(key)} BETWEEN {sql_literal(low)} AND {sql_literal(high)}"
 
 
 def rows_written(commit: Row) -> int:
@@ -341,6 +319,10 @@ class Lakehouse:
             .option("endingVersion", up_to)
             .table(table)
         )
+
+    def sql(self, query: str, parameters: dict[str, object] | None = None) -> DataFrame:
+        """A query over the tables, its ``:name`` markers bound to ``parameters``."""
+        return self.spark.sql(bind_parameters(query, parameters or {}))
 
     def detail(self, table: str) -> Row:
         """DESCRIBE DETAIL: id, numFiles, properties, ..."""

@@ -14,17 +14,17 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from order_pipeline.common.config import Profile
-from order_pipeline.common.io import (
+from order_pipeline.common.contract import (
     BATCH_ID,
     INGESTED_AT,
     RUN_ID,
-    Lakehouse,
-    Txn,
+    bronze_checkpoint,
     bronze_schema,
     bronze_table,
-    rows_written,
+    bronze_task,
 )
-from order_pipeline.common.job import (
+from order_pipeline.common.io import Lakehouse, Txn, rows_written
+from order_pipeline.jobs.task import (
     TaskContext,
     TaskResult,
     context_from_args,
@@ -69,7 +69,7 @@ def run(
     entity = ctx.entity_spec()
     lake = Lakehouse(spark, ctx.profile)
     table = bronze_table(entity.name)
-    checkpoint = f"bronze_{entity.name}"
+    checkpoint = bronze_checkpoint(entity.name)
     if ctx.full_refresh:
         lake.drop(table)
         lake.reset_checkpoint(checkpoint)
@@ -93,7 +93,7 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     args = task_parser("Ingest landed JSON files of one entity into bronze.", True).parse_args(argv)
     ctx = context_from_args(args)
-    run_task(f"bronze_{ctx.entity}", ctx, run)
+    run_task(bronze_task(ctx.entity_spec().name), ctx, run)
     return 0
 
 

@@ -16,28 +16,31 @@ from datetime import UTC, datetime
 
 from pyspark.sql import DataFrame, SparkSession
 
-from order_pipeline.common import gold
-from order_pipeline.common.io import (
+from order_pipeline.common import contract
+from order_pipeline.common.contract import (
+    CHANGE_DATA_FEED,
+    GOLD_TASK,
     GOLD_WATERMARKS,
-    Lakehouse,
-    WhenMatched,
-    WhenNotMatched,
+    WATERMARKS_DDL,
+    silver_ddl,
     silver_table,
 )
-from order_pipeline.common.job import (
+from order_pipeline.common.io import Lakehouse, WhenMatched, WhenNotMatched
+from order_pipeline.common.timing import StepTimer
+from order_pipeline.jobs.task import (
     TaskContext,
     TaskResult,
     context_from_args,
+    no_fault,
     run_task,
     task_parser,
 )
-from order_pipeline.common.timing import StepTimer
-from order_pipeline.common.upsert import silver_ddl
+from order_pipeline.transforms import gold
 
-SILVER_INPUTS = ("customers", "products", "orders", "line_items")
-MAINTAINED = (gold.ORDER_DETAILS, gold.PRODUCT_SALES_MONTHLY, gold.ORDER_COMPLETION_STATUS)
-WATERMARKS_DDL = (
-    "source_table string, table_id string, version bigint, run_id string, updated_at timestamp"
+MAINTAINED = (
+    contract.ORDER_DETAILS,
+    contract.PRODUCT_SALES_MONTHLY,
+    contract.ORDER_COMPLETION_STATUS,
 )
 # Error conditions of a change feed that cannot serve the versions asked for (log or change
 # files cleaned up, change data not recorded for some version, incompatible schema change):
@@ -54,10 +57,6 @@ CHANGE_FEED_UNAVAILABLE = (
     "DELTA_CHANGE_DATA_FEED_INCOMPATIBLE_SCHEMA_CHANGE",
     "DELTA_CHANGE_DATA_FEED_INCOMPATIBLE_DATA_SCHEMA",
 )
-
-
-def no_fault(step: str) -> None:
-    """Default fault hook; tests replace it to crash after a named step."""
 
 
 class ChangeFeedUnavailable(RuntimeError):
@@ -109,28 +108,31 @@ def write_gold(
     steps: StepTimer | None = None,
 ) -> None:
     """Overwrite the four gold tables from the given silver tables (default: current)."""
-    silver = silver or {name: lake.read(silver_table(name)) for name in SILVER_INPUTS}
+    silver = silver or {name: lake.read(silver_table(name)) for name in gold.GOLD_INPUTS}
     steps = steps or StepTimer()
     details = gold.order_details(
         silver["line_items"], silver["orders"], silver["customers"], silver["products"]
     )
     with steps("details"):
-        lake.overwrite(details, gold.ORDER_DETAILS)
+        lake.overwrite(details, contract.ORDER_DETAILS)
     with steps("monthly sales"):
         lake.overwrite(
-            gold.product_sales_monthly(lake.read(gold.ORDER_DETAILS)), gold.PRODUCT_SALES_MONTHLY
+            gold.product_sales_monthly(lake.read(contract.ORDER_DETAILS)),
+            contract.PRODUCT_SALES_MONTHLY,
         )
     with steps("completion"):
         lake.overwrite(
             gold.order_completion_status(silver["orders"], silver["line_items"]),
-            gold.ORDER_COMPLETION_STATUS,
+            contract.ORDER_COMPLETION_STATUS,
         )
     write_most_sold(lake, as_of, steps)
 
 
 def write_most_sold(lake: Lakehouse, as_of: datetime, steps: StepTimer) -> None:
     with steps("most sold"):
-        lake.overwrite(gold.most_sold_product_last_30d(lake.spark, as_of), gold.MOST_SOLD_LAST_30D)
+        lake.overwrite(
+            lake.sql(gold.most_sold_query(), {"as_of": as_of}), contract.MOST_SOLD_LAST_30D
+        )
 
 
 # -- incremental build -----------------------------------------------------------------------
@@ -155,12 +157,12 @@ def merge_rows(lake: Lakehouse, table: str, rows: DataFrame, key: str) -> None:
 def replace_sales_groups(lake: Lakehouse, groups: DataFrame) -> None:
     """Recompute the given monthly sales groups from gold_order_details and replace them in
     one MERGE: updated, inserted, or deleted when no delivered item is left in them."""
-    rows = gold.product_sales_for_groups(groups, lake.read(gold.ORDER_DETAILS))
+    rows = gold.product_sales_for_groups(groups, lake.read(contract.ORDER_DETAILS))
     values = {c: f"s.`{c}`" for c in rows.columns if c != gold.VANISHED}
     vanished = f"s.`{gold.VANISHED}`"
     lake.merge(
         rows,
-        gold.PRODUCT_SALES_MONTHLY,
+        contract.PRODUCT_SALES_MONTHLY,
         "t.product_id <=> s.product_id AND t.month <=> s.month",
         [
             WhenMatched(condition=vanished, delete=True),
@@ -179,7 +181,7 @@ def update_gold(
     steps: StepTimer,
 ) -> None:
     """MERGE the gold rows of ``order_ids``, recomputed from ``silver``, into gold."""
-    replaced = lake.read(gold.ORDER_DETAILS, lake.version(gold.ORDER_DETAILS)).join(
+    replaced = lake.read(contract.ORDER_DETAILS, lake.version(contract.ORDER_DETAILS)).join(
         order_ids, "order_id", "left_semi"
     )
     refreshed = lake.cache(
@@ -196,13 +198,13 @@ def update_gold(
             changes, order_ids, silver["orders"], refreshed, replaced
         )
         with steps("details"):
-            merge_rows(lake, gold.ORDER_DETAILS, refreshed, "line_item_id")
+            merge_rows(lake, contract.ORDER_DETAILS, refreshed, "line_item_id")
         fault_hook("order_details_merged")
         completion = gold.order_completion_status_for_orders(
             order_ids, silver["orders"], silver["line_items"]
         )
         with steps("completion"):
-            merge_rows(lake, gold.ORDER_COMPLETION_STATUS, completion, "order_id")
+            merge_rows(lake, contract.ORDER_COMPLETION_STATUS, completion, "order_id")
         with steps("monthly sales"):
             replace_sales_groups(lake, groups)
     finally:
@@ -266,13 +268,13 @@ def run(
     fault_hook: Callable[[str], None] = no_fault,
 ) -> TaskResult:
     lake = Lakehouse(spark, ctx.profile)
-    for name in SILVER_INPUTS:
+    for name in gold.GOLD_INPUTS:
         entity = ctx.entities[name]
-        lake.ensure(silver_table(name), silver_ddl(entity), properties=gold.CHANGE_DATA_FEED)
+        lake.ensure(silver_table(name), silver_ddl(entity), properties=CHANGE_DATA_FEED)
     lake.ensure(GOLD_WATERMARKS, WATERMARKS_DDL)
     as_of = ctx.as_of or datetime.now(UTC)
 
-    snapshots = {name: silver_snapshot(lake, silver_table(name)) for name in SILVER_INPUTS}
+    snapshots = {name: silver_snapshot(lake, silver_table(name)) for name in gold.GOLD_INPUTS}
     versions = {name: s.version for name, s in snapshots.items()}
     silver = {name: lake.read(s.table, s.version) for name, s in snapshots.items()}
     watermarks = consumed_watermarks(lake)
@@ -312,7 +314,7 @@ def run(
 
     with steps("counts"):
         rows_in = silver["line_items"].count()
-        counts = {table: lake.read(table).count() for table in gold.GOLD_TABLES}
+        counts = {table: lake.read(table).count() for table in contract.GOLD_TABLES}
     for table, n in counts.items():
         progress(f"  {table}: {n} rows")
     mode = "incremental" if reason is None else "full"
@@ -325,13 +327,13 @@ def run(
         "affected_orders": affected,
         **counts,
     }
-    return TaskResult(rows_in=rows_in, rows_out=counts[gold.ORDER_DETAILS], details=details)
+    return TaskResult(rows_in=rows_in, rows_out=counts[contract.ORDER_DETAILS], details=details)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = task_parser("Build the gold tables from silver.", False).parse_args(argv)
     ctx = context_from_args(args)
-    run_task("gold", ctx, run)
+    run_task(GOLD_TASK, ctx, run)
     return 0
 
 

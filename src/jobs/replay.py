@@ -6,15 +6,15 @@ from collections.abc import Callable
 
 from pyspark.sql import SparkSession
 
-from order_pipeline.common.job import (
+from order_pipeline.common.contract import OPEN, STATUSES
+from order_pipeline.jobs.silver import build_silver
+from order_pipeline.jobs.task import (
     TaskContext,
     TaskResult,
     context_from_args,
     run_task,
     task_parser,
 )
-from order_pipeline.jobs.silver import build_silver
-from order_pipeline.quality.quarantine import OPEN, STATUSES
 
 
 def run(

@@ -1,21 +1,435 @@
-"""Silver task: stream bronze_<entity> through the quality gate into silver_<entity>."""
+"""Silver for one entity: stream bronze_<entity> through the quality gate into
+silver_<entity>, exactly once; deferred rows waiting for their parents; replay of
+quarantined rows.
+
+``SilverBatch`` is the ``foreachBatch`` function. On serverless (Spark Connect) it is
+pickled and runs in a separate Python process, so it holds only plain settings, works on
+the batch's own session, and hands nothing back through Python state: what a run did is
+read back by the task from what the batches wrote (their ops_quality_metrics rows).
+
+Every append of a micro-batch carries Delta's idempotent-write identity (the stream's app
+id, the batch id) as writer options, so a batch replayed after a crash skips what it
+already committed. The silver MERGE only ever replaces a row by a strictly newer one, so
+replaying it changes nothing even where the platform refuses the identity for MERGE.
+The passes over deferred and quarantined rows are idempotent by construction too:
+quarantine inserts are keyed, deletes are keyed.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from order_pipeline.common.io import Lakehouse, bronze_schema, bronze_table
-from order_pipeline.common.job import (
+from order_pipeline.common.config import Entity, Profile
+from order_pipeline.common.contract import (
+    CHANGE_DATA_FEED,
+    DEFERRED_AT,
+    DEFERRED_ID,
+    EXPIRED,
+    GX_RESULTS,
+    METRICS_DDL,
+    OPEN,
+    QUALITY_METRICS,
+    REPLAYED,
+    bronze_schema,
+    bronze_table,
+    deferred_ddl,
+    deferred_table,
+    quarantine_ddl,
+    silver_checkpoint,
+    silver_ddl,
+    silver_table,
+    silver_task,
+)
+from order_pipeline.common.io import (
+    Lakehouse,
+    Txn,
+    WhenMatched,
+    WhenNotMatched,
+    key_range_match,
+    sql_literal,
+)
+from order_pipeline.common.timing import StepTimer
+from order_pipeline.jobs.task import (
     TaskContext,
     TaskResult,
     context_from_args,
+    no_fault,
     run_task,
     task_parser,
 )
-from order_pipeline.quality.rules import load_rules
-from order_pipeline.quality.silver import Silver, no_fault
+from order_pipeline.quality.gate import (
+    GateOutcome,
+    apply_quality_gate,
+    raise_on_failing,
+    split_by_outcome,
+)
+from order_pipeline.quality.metrics import (
+    STREAM,
+    BatchCounts,
+    count_outcomes,
+    metrics_rows,
+    run_counts,
+)
+from order_pipeline.quality.quarantine import (
+    deferred_as_candidates,
+    quarantined_as_candidates,
+    to_deferred_rows,
+    to_quarantine_rows,
+)
+from order_pipeline.quality.rules import RuleSet, load_rules
+from order_pipeline.transforms.latest import latest_rows, newer_condition
+
+
+class QuarantineRatioExceeded(RuntimeError):
+    """Too large a share of a run's rows was quarantined: the scheduled run must alert."""
+
+
+def merge_latest(
+    lake: Lakehouse,
+    table: str,
+    updates: DataFrame,
+    entity: Entity,
+    run_id: str,
+    txn: Txn | None = None,
+) -> None:
+    """MERGE the latest snapshot per key into ``table``; a row only replaces an older one.
+
+    The match condition also bounds the target key by the batch's smallest and largest key
+    (``io.key_range_match``): silver is written in key ranges (``SilverBatch.in_key_ranges``),
+    so a batch of recent keys does not read the whole table's history.
+
+    Replaying this MERGE changes nothing, with or without ``txn``: a snapshot replaces a row
+    only when it is strictly newer under ``latest.ordering_columns``, so the second time every
+    key matches an equal row. That is what keeps silver exactly once where the platform
+    refuses the idempotent-write session settings (serverless); where it allows them, ``txn``
+    makes the replayed MERGE a skipped commit as well.
+    """
+    lake.merge(
+        updates.transform(latest_rows(entity, run_id)),
+        table,
+        key_range_match(updates, entity.key),
+        [WhenMatched(condition=newer_condition(entity)), WhenNotMatched()],
+        txn=txn,
+        idempotent_by_content=True,
+    )
+
+
+def parent_keys(
+    lake: Lakehouse, rules: RuleSet, entities: dict[str, Entity]
+) -> dict[str, DataFrame]:
+    """The silver keys of every parent a foreign-key rule names (empty before it exists)."""
+    keys = {}
+    for parent in {r.parent for r in rules.rules if r.kind == "foreign_key"}:
+        assert parent is not None
+        key = entities[parent].key
+        table = silver_table(parent)
+        if lake.exists(table):
+            keys[parent] = lake.read(table).select(key)
+        else:
+            keys[parent] = lake.spark.createDataFrame([], f"`{key}` string")
+    return keys
+
+
+def check(lake: Lakehouse, rules: RuleSet, entities: dict[str, Entity], df: DataFrame) -> DataFrame:
+    return df.transform(apply_quality_gate(rules, parent_keys(lake, rules, entities)))
+
+
+@dataclass
+class SilverBatch:
+    """The ``foreachBatch`` function of a silver stream: gate one micro-batch and write its
+    parts exactly once. Plain settings only, so that it pickles for Spark Connect."""
+
+    profile: Profile
+    entity: Entity
+    entities: dict[str, Entity]
+    rules: RuleSet
+    run_id: str
+    app_id: str
+    quarantine: str  # the quarantine table's (possibly schema-qualified) name
+    progress: Callable[[str], None] = print
+    fault_hook: Callable[[str, int], None] = no_fault
+    # Whether silver had no rows when last looked at. Only this stream writes silver while
+    # it runs, so once seen non-empty it stays so; a fresh copy (another process, a
+    # restarted query) looks again.
+    _silver_empty: bool | None = field(default=None, repr=False)
+
+    @property
+    def silver(self) -> str:
+        return silver_table(self.entity.name)
+
+    @property
+    def deferred(self) -> str:
+        return deferred_table(self.entity.name)
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        lake = Lakehouse.for_batch(batch, self.profile)
+        steps = StepTimer()
+        checked = lake.cache(check(lake, self.rules, self.entities, batch))
+        try:
+            outcome = split_by_outcome(checked)
+            with steps("check"):
+                counts = count_outcomes(self.rules, checked)
+            if counts.failing:
+                raise_on_failing(self.rules, outcome.failing, self.entity.columns)
+            self.fault_hook("checked", batch_id)
+            self.write(lake, outcome, counts, batch_id, Txn(self.app_id, batch_id), steps)
+            if self.profile.quality.gx_validation:
+                with steps("gx"):
+                    self.validate_with_gx(lake, batch, batch_id, Txn(self.app_id, batch_id))
+            self.progress(
+                f"  {self.silver}: batch {batch_id}: {counts.checked} checked, {counts.passed} "
+                f"passed, {counts.quarantined} quarantined, {counts.deferred} deferred ({steps})"
+            )
+            self.fault_hook("batch_done", batch_id)
+        finally:
+            lake.release(checked)
+
+    def silver_is_empty(self, lake: Lakehouse) -> bool:
+        if self._silver_empty is None:
+            self._silver_empty = lake.detail(self.silver)["numFiles"] == 0
+        return self._silver_empty
+
+    def write(
+        self,
+        lake: Lakehouse,
+        outcome: GateOutcome,
+        counts: BatchCounts,
+        batch_id: int,
+        txn: Txn,
+        steps: StepTimer,
+    ) -> None:
+        if counts.passed:
+            with steps("merge"):
+                if self.silver_is_empty(lake):
+                    rows = self.in_key_ranges(outcome.passed, counts.passed)
+                    lake.append(
+                        rows.transform(latest_rows(self.entity, self.run_id)), self.silver, txn
+                    )
+                else:
+                    merge_latest(lake, self.silver, outcome.passed, self.entity, self.run_id, txn)
+                self._silver_empty = False
+        self.fault_hook("merged", batch_id)
+        if counts.quarantined:
+            rows = outcome.quarantined.transform(
+                to_quarantine_rows(self.entity, batch_id, self.run_id)
+            )
+            with steps("quarantine"):
+                lake.append(rows, self.quarantine, txn)
+        self.fault_hook("quarantined", batch_id)
+        if counts.deferred:
+            rows = outcome.deferred.transform(to_deferred_rows(self.entity, batch_id, self.run_id))
+            with steps("deferred"):
+                lake.append(rows, self.deferred, txn)
+        # The metrics rows are the batch's report to its task (see Silver.stream_counts):
+        # written last, under the same identity, so they exist exactly when the batch did.
+        metrics = metrics_rows(lake.spark, self.rules, counts, self.run_id, batch_id, STREAM)
+        with steps("metrics"):
+            lake.append(metrics, QUALITY_METRICS, txn)
+
+    def in_key_ranges(self, passed: DataFrame, rows: int) -> DataFrame:
+        """The first load in files of ``silver_file_rows`` rows, each holding one key range
+        (the per-key aggregation reuses the range partitioning): later MERGEs bound the
+        key and skip every file outside the batch's range (``upsert.key_match``)."""
+        files = max(1, math.ceil(rows / self.profile.silver_file_rows))
+        return passed.repartitionByRange(files, F.col(self.entity.key))
+
+    def validate_with_gx(self, lake: Lakehouse, batch: DataFrame, batch_id: int, txn: Txn) -> None:
+        from order_pipeline.quality.gx import gx_result_rows, validate_batch
+
+        result = validate_batch(self.rules, batch, lake.caches)
+        rows = gx_result_rows(lake.spark, self.rules, result, self.run_id, batch_id)
+        lake.ensure(GX_RESULTS, rows.schema)
+        lake.append(rows, GX_RESULTS, txn)
+
+
+@dataclass
+class Silver:
+    """The driver's side of silver: tables, the batch function, deferred rows, replay and
+    the run's summary."""
+
+    lake: Lakehouse
+    entity: Entity
+    entities: dict[str, Entity]
+    rules: RuleSet
+    run_id: str
+    progress: Callable[[str], None] = print
+    fault_hook: Callable[[str, int], None] = no_fault
+
+    @property
+    def profile(self) -> Profile:
+        return self.lake.profile
+
+    @property
+    def silver(self) -> str:
+        return silver_table(self.entity.name)
+
+    @property
+    def quarantine(self) -> str:
+        return self.lake.quarantine(self.entity.name)
+
+    @property
+    def deferred(self) -> str:
+        return deferred_table(self.entity.name)
+
+    def ensure_tables(self) -> None:
+        # the gold build reads what changed from the change data feed
+        self.lake.ensure(self.silver, silver_ddl(self.entity), properties=CHANGE_DATA_FEED)
+        self.lake.ensure(self.quarantine, quarantine_ddl(self.entity))
+        self.lake.ensure(self.deferred, deferred_ddl(self.entity))
+        self.lake.ensure(QUALITY_METRICS, METRICS_DDL)
+
+    def batch_function(self, app_id: str) -> SilverBatch:
+        return SilverBatch(
+            profile=self.profile,
+            entity=self.entity,
+            entities=self.entities,
+            rules=self.rules,
+            run_id=self.run_id,
+            app_id=app_id,
+            quarantine=self.quarantine,
+            progress=self.progress,
+            fault_hook=self.fault_hook,
+        )
+
+    def check(self, df: DataFrame) -> DataFrame:
+        return check(self.lake, self.rules, self.entities, df)
+
+    def stream_counts(self) -> tuple[BatchCounts, int]:
+        """What this run's micro-batches did, read back from their metrics rows: the rows
+        checked, passed, quarantined and deferred, and the number of batches."""
+        rows = (
+            self.lake.read(QUALITY_METRICS)
+            .where(
+                (F.col("entity") == self.entity.name)
+                & (F.col("run_id") == self.run_id)
+                & (F.col("source") == STREAM)
+            )
+            .select("batch_id", "rule", "rows_checked", "rows_failed")
+            .collect()
+        )
+        return run_counts(self.rules, rows)
+
+    # -- deferred rows ------------------------------------------------------------------
+    def resolve_deferred(self, now: datetime | None = None) -> tuple[int, int]:
+        """Promote deferred rows whose parents arrived; expire those older than the limit.
+        Returns (promoted, expired)."""
+        if not self.rules.of("defer"):
+            return 0, 0  # nothing of this entity is ever deferred
+        pending = self.lake.read(self.deferred)
+        if pending.isEmpty():
+            return 0, 0
+        now = now or datetime.now(UTC)
+        cutoff = now - timedelta(seconds=self.profile.quality.defer_max_age_seconds)
+        checked = self.lake.cache(
+            self.check(pending.transform(deferred_as_candidates(self.entity)))
+        )
+        try:
+            outcome = split_by_outcome(checked)
+            counts = count_outcomes(self.rules, checked)
+            if counts.failing:
+                raise_on_failing(self.rules, outcome.failing, self.entity.columns)
+            expired = outcome.deferred.where(F.col(DEFERRED_AT) <= F.lit(cutoff))
+            promoted_n, requarantined_n = counts.passed, counts.quarantined
+            expired_n = expired.count() if counts.deferred else 0
+            if promoted_n:
+                merge_latest(self.lake, self.silver, outcome.passed, self.entity, self.run_id)
+            to_quarantine = expired.transform(
+                to_quarantine_rows(self.entity, F.col("_batch_id"), self.run_id, EXPIRED)
+            ).unionByName(
+                outcome.quarantined.transform(
+                    to_quarantine_rows(self.entity, F.col("_batch_id"), self.run_id, OPEN)
+                )
+            )
+            if expired_n or requarantined_n:
+                self.insert_quarantine_once(to_quarantine)
+            resolved = (
+                outcome.passed.select(DEFERRED_ID)
+                .unionByName(expired.select(DEFERRED_ID))
+                .unionByName(outcome.quarantined.select(DEFERRED_ID))
+                .distinct()
+            )
+            if promoted_n or expired_n or requarantined_n:
+                self.lake.merge(
+                    resolved,
+                    self.deferred,
+                    f"t.{DEFERRED_ID} = s.{DEFERRED_ID}",
+                    [WhenMatched(delete=True)],
+                )
+        finally:
+            self.lake.release(checked)
+        return promoted_n, expired_n
+
+    def insert_quarantine_once(self, rows: DataFrame) -> None:
+        """Insert quarantine rows unless the same id is already there (safe to repeat)."""
+        self.lake.merge(
+            rows.dropDuplicates(["quarantine_id"]),
+            self.quarantine,
+            "t.quarantine_id = s.quarantine_id",
+            [WhenNotMatched()],
+        )
+
+    # -- replay -------------------------------------------------------------------------
+    def replay(
+        self, rule: str | None = None, statuses: tuple[str, ...] = (OPEN,)
+    ) -> tuple[int, int]:
+        """Re-check quarantined rows against the current rules and parents; MERGE those
+        that pass through the same path as the stream and mark them replayed.
+        Returns (checked, replayed)."""
+        selected = self.lake.read(self.quarantine).where(F.col("status").isin(*statuses))
+        if rule is not None:
+            self.rules.named(rule)  # an unknown rule name is an error, not an empty replay
+            selected = selected.where(F.array_contains("reasons", rule))
+        candidates = selected.transform(quarantined_as_candidates(self.entity))
+        checked = self.lake.cache(self.check(candidates))
+        try:
+            n_checked = checked.count()
+            passed = split_by_outcome(checked).passed
+            n_passed = passed.count()
+            if n_passed:
+                merge_latest(self.lake, self.silver, passed, self.entity, self.run_id)
+                still = ", ".join(sql_literal(s) for s in statuses)
+                self.lake.merge(
+                    passed.select("quarantine_id").distinct(),
+                    self.quarantine,
+                    "t.quarantine_id = s.quarantine_id",
+                    [
+                        WhenMatched(
+                            condition=f"t.status IN ({still})",
+                            set={
+                                "status": sql_literal(REPLAYED),
+                                "status_changed_at": "current_timestamp()",
+                                "status_run_id": sql_literal(self.run_id),
+                            },
+                        )
+                    ],
+                )
+        finally:
+            self.lake.release(checked)
+        return n_checked, n_passed
+
+    # -- the run ------------------------------------------------------------------------
+    def check_quarantine_ratio(self, counts: BatchCounts) -> str | None:
+        """Fail (or warn, per config) when the run quarantined too large a share."""
+        if not counts.checked:
+            return None
+        ratio = counts.quarantined / counts.checked
+        if ratio <= self.rules.max_quarantine_ratio:
+            return None
+        message = (
+            f"{self.entity.name}: {counts.quarantined} of {counts.checked} rows "
+            f"({ratio:.1%}) quarantined in run {self.run_id}, above the limit of "
+            f"{self.rules.max_quarantine_ratio:.1%} (conf/quality/{self.entity.name}.yml)"
+        )
+        if self.rules.on_ratio_breach == "fail":
+            raise QuarantineRatioExceeded(message)
+        self.progress(f"WARNING: {message}")
+        return message
 
 
 def build_silver(
@@ -44,7 +458,7 @@ def run(
 ) -> TaskResult:
     silver = build_silver(spark, ctx, progress, fault_hook)
     lake, name = silver.lake, silver.entity.name
-    checkpoint = f"silver_{name}"
+    checkpoint = silver_checkpoint(name)
     if ctx.full_refresh:
         for table in (silver.silver, silver.quarantine, silver.deferred):
             lake.drop(table)
@@ -84,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         "Quality-gate bronze rows of one entity and MERGE them into silver.", True
     ).parse_args(argv)
     ctx = context_from_args(args)
-    run_task(f"silver_{ctx.entity}", ctx, run)
+    run_task(silver_task(ctx.entity_spec().name), ctx, run)
     return 0
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from order_pipeline.common.io import CORRUPT_RECORD, RESCUED_DATA
+from order_pipeline.common.contract import CORRUPT_RECORD, RESCUED_DATA
 from order_pipeline.quality.rules import Rule
 
 

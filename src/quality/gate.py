@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from order_pipeline.common.io import QUALITY_WARNINGS
+from order_pipeline.common.contract import (
+    FAILED_DEFER,
+    FAILED_FAIL,
+    FAILED_QUARANTINE,
+    QUALITY_WARNINGS,
+    REASONS,
+)
 from order_pipeline.quality.checks import failed, failed_rule_names, fk_column
 from order_pipeline.quality.rules import RuleSet
-
-FAILED_QUARANTINE = "_failed_quarantine"
-FAILED_DEFER = "_failed_defer"
-FAILED_FAIL = "_failed_fail"
-WARNINGS = QUALITY_WARNINGS
-REASONS = "_reasons"
 
 
 class QualityFailure(RuntimeError):
@@ -67,14 +67,17 @@ def apply_quality_gate(
                 FAILED_QUARANTINE: names("quarantine"),
                 FAILED_DEFER: names("defer"),
                 FAILED_FAIL: names("fail"),
-                WARNINGS: names("warn"),
+                QUALITY_WARNINGS: names("warn"),
             }
         )
         fk_helpers = [fk_column(r) for r in ruleset.rules if r.kind == "foreign_key"]
         return checked.withColumn(
             REASONS,
             F.concat(
-                F.col(FAILED_FAIL), F.col(FAILED_QUARANTINE), F.col(FAILED_DEFER), F.col(WARNINGS)
+                F.col(FAILED_FAIL),
+                F.col(FAILED_QUARANTINE),
+                F.col(FAILED_DEFER),
+                F.col(QUALITY_WARNINGS),
             ),
         ).drop(*fk_helpers)
 

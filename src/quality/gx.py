@@ -36,17 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import DataFrame, SparkSession
 
-from order_pipeline.common.io import CORRUPT_RECORD, RESCUED_DATA
+from order_pipeline.common.contract import CORRUPT_RECORD, GX_RESULTS_DDL, RESCUED_DATA
 from order_pipeline.quality.rules import Rule, RuleSet
 
 if TYPE_CHECKING:
     import great_expectations as gx
 
-GX_RESULTS_DDL = (
-    "entity string, run_id string, batch_id bigint, rule string, severity string, "
-    "expectation string, success boolean, element_count bigint, unexpected_count bigint, "
-    "validated_at timestamp"
-)
 SKIPPED = "skipped"
 NOT_MAPPED = {
     "foreign_key": "needs the parent silver table, which is not part of the batch; the "
@@ -217,8 +212,9 @@ def _validated_entry(rule: Rule, result: Any) -> dict[str, Any]:
     )
 
 
-def validate_batch(rules: RuleSet, df: DataFrame) -> dict[str, Any]:
-    """Validate ``df`` against the GX reading of ``rules`` in a throwaway GX context.
+def validate_batch(rules: RuleSet, df: DataFrame, can_persist: bool = True) -> dict[str, Any]:
+    """Validate ``df`` against the GX reading of ``rules`` in a throwaway GX context
+    (caching it for GX's passes where the platform allows: ``can_persist``).
 
     Returns plain data: ``results`` has, in rule order, one entry per expectation (rule,
     severity, kind, expectation type, column, status ``validated`` or ``error``, success,
@@ -237,7 +233,7 @@ def validate_batch(rules: RuleSet, df: DataFrame) -> dict[str, Any]:
     if suite:
         with _VALIDATION_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            cached_here = _cache(df)
+            cached_here = can_persist and _cache(df)
             try:
                 outcome = _run_suite(rules.entity, df, suite)
             finally:
@@ -283,10 +279,6 @@ def _cache(df: DataFrame) -> bool:
     bundles, row counts, queries); True when this call cached it and must unpersist."""
     from pyspark.errors import PySparkException
 
-    from order_pipeline.common.platform import capabilities
-
-    if not capabilities(df.sparkSession).can_persist:  # serverless has no DataFrame cache
-        return False
     try:
         if df.is_cached:
             return False

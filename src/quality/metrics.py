@@ -10,13 +10,15 @@ from datetime import UTC, datetime
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
-from order_pipeline.quality.gate import FAILED_DEFER, FAILED_FAIL, FAILED_QUARANTINE, REASONS
+from order_pipeline.common.contract import (
+    FAILED_DEFER,
+    FAILED_FAIL,
+    FAILED_QUARANTINE,
+    METRICS_DDL,
+    REASONS,
+)
 from order_pipeline.quality.rules import RuleSet
 
-METRICS_DDL = (
-    "entity string, run_id string, batch_id bigint, source string, rule string, severity string, "
-    "rows_checked bigint, rows_failed bigint, measured_at timestamp"
-)
 OUTCOMES = ("quarantined", "deferred", "failing")
 OUTCOME_PREFIX = "outcome:"
 STREAM = "stream"  # metrics rows of micro-batches (other sources: replay, deferred passes)

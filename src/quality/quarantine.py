@@ -13,31 +13,19 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from order_pipeline.common.config import Entity
-from order_pipeline.common.io import BATCH_ID, CORRUPT_RECORD, RESCUED_DATA, RUN_ID, SOURCE_FILE
-from order_pipeline.quality.gate import FAILED_DEFER, REASONS, WARNINGS
-
-OPEN, REPLAYED, EXPIRED = "open", "replayed", "expired"
-STATUSES = (OPEN, REPLAYED, EXPIRED)
-DEFERRED_AT = "_deferred_at"
-DEFERRED_ID = "_deferred_id"
-
-
-def quarantine_ddl(entity: Entity) -> str:
-    record = ", ".join(f"`{n}`: {t}" for n, t in entity.fields.items())
-    return (
-        f"quarantine_id string, reasons array<string>, record struct<{record}>, "
-        "raw_record string, rescued_data string, source_file string, batch_id bigint, "
-        "run_id string, quarantined_at timestamp, status string, status_changed_at timestamp, "
-        "status_run_id string"
-    )
-
-
-def deferred_ddl(entity: Entity) -> str:
-    return (
-        f"{entity.ddl()}, `{WARNINGS}` array<string>, `{FAILED_DEFER}` array<string>, "
-        f"`{SOURCE_FILE}` string, `{BATCH_ID}` bigint, `{RUN_ID}` string, "
-        f"`{DEFERRED_AT}` timestamp, `{DEFERRED_ID}` string"
-    )
+from order_pipeline.common.contract import (
+    BATCH_ID,
+    CORRUPT_RECORD,
+    DEFERRED_AT,
+    DEFERRED_ID,
+    FAILED_DEFER,
+    OPEN,
+    QUALITY_WARNINGS,
+    REASONS,
+    RESCUED_DATA,
+    RUN_ID,
+    SOURCE_FILE,
+)
 
 
 def record_fingerprint(entity: Entity) -> Column:
@@ -79,7 +67,7 @@ def to_deferred_rows(
     def transform(df: DataFrame) -> DataFrame:
         return df.select(
             *entity.columns,
-            WARNINGS,
+            QUALITY_WARNINGS,
             FAILED_DEFER,
             SOURCE_FILE,
             F.lit(batch_id).cast("bigint").alias(BATCH_ID),

@@ -6,7 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from order_pipeline.common.config import ConfigError, Entity, conf_dir, read_yaml, require
+from order_pipeline.common.config import (
+    ConfigError,
+    Entity,
+    SettingError,
+    conf_dir,
+    number,
+    read_yaml,
+    require,
+)
 
 KINDS = ("malformed", "not_null", "regex", "in_set", "range", "foreign_key", "expression")
 SEVERITIES = ("quarantine", "warn", "fail", "defer")
@@ -30,29 +38,28 @@ class Rule:
     strict_min: bool = False
     strict_max: bool = False
     parent: str | None = None
-    parent_column: str | None = None
     expression: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"kind: must be one of {KINDS}, got {self.kind!r}")
+            raise SettingError("kind", f"must be one of {KINDS}, got {self.kind!r}")
         if self.severity not in SEVERITIES:
-            raise ValueError(f"severity: must be one of {SEVERITIES}, got {self.severity!r}")
+            raise SettingError("severity", f"must be one of {SEVERITIES}, got {self.severity!r}")
         needs_column = self.kind not in ("malformed", "expression")
         if needs_column and not self.column:
-            raise ValueError(f"column: a {self.kind} rule needs a column")
+            raise SettingError("column", f"a {self.kind} rule needs a column")
         if self.kind == "regex" and not self.pattern:
-            raise ValueError("pattern: a regex rule needs a pattern")
+            raise SettingError("pattern", "a regex rule needs a pattern")
         if self.kind == "in_set" and not self.values:
-            raise ValueError("values: an in_set rule needs a non-empty list of values")
+            raise SettingError("values", "an in_set rule needs a non-empty list of values")
         if self.kind == "range" and self.min is None and self.max is None:
-            raise ValueError("min: a range rule needs min, max or both")
+            raise SettingError("min", "a range rule needs min, max or both")
         if self.kind == "foreign_key" and not self.parent:
-            raise ValueError("parent: a foreign_key rule needs the parent entity")
+            raise SettingError("parent", "a foreign_key rule needs the parent entity")
         if self.kind == "foreign_key" and self.severity not in ("defer", "quarantine", "warn"):
-            raise ValueError("severity: a foreign_key rule is defer, quarantine or warn")
+            raise SettingError("severity", "a foreign_key rule is defer, quarantine or warn")
         if self.kind == "expression" and not self.expression:
-            raise ValueError("expression: an expression rule needs a SQL boolean expression")
+            raise SettingError("expression", "an expression rule needs a SQL boolean expression")
 
 
 @dataclass(frozen=True)
@@ -64,13 +71,13 @@ class RuleSet:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_quarantine_ratio <= 1.0:
-            raise ValueError("max_quarantine_ratio: must be between 0 and 1")
+            raise SettingError("max_quarantine_ratio", "must be between 0 and 1")
         if self.on_ratio_breach not in RATIO_ACTIONS:
-            raise ValueError(f"on_ratio_breach: must be one of {RATIO_ACTIONS}")
+            raise SettingError("on_ratio_breach", f"must be one of {RATIO_ACTIONS}")
         names = [r.name for r in self.rules]
         duplicated = {n for n in names if names.count(n) > 1}
         if duplicated:
-            raise ValueError(f"rules: duplicate rule names {sorted(duplicated)}")
+            raise SettingError("rules", f"duplicate rule names {sorted(duplicated)}")
 
     def of(self, *severities: str) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.severity in severities)
@@ -109,23 +116,40 @@ def load_rules(
             rule = Rule(**spec)
         except TypeError as exc:
             raise ConfigError(path, where, str(exc)) from exc
-        except ValueError as exc:
-            key, _, problem = str(exc).partition(": ")
-            raise ConfigError(path, f"{where}.{key}", problem) from exc
+        except SettingError as exc:
+            raise ConfigError(path, f"{where}.{exc.key}", exc.problem) from exc
         if rule.column and rule.column not in entity.fields:
             raise ConfigError(
                 path, f"{where}.column", f"{rule.column!r} is not a field of {entity.name}"
             )
         if rule.parent and entities is not None and rule.parent not in entities:
             raise ConfigError(path, f"{where}.parent", f"unknown entity {rule.parent!r}")
+        if rule.kind == "foreign_key" and entity.parents.get(rule.column) != rule.parent:
+            raise ConfigError(
+                path,
+                f"{where}.parent",
+                f"conf/pipeline.yml says {entity.name}.{rule.column} refers to "
+                f"{entity.parents.get(rule.column)!r}, not {rule.parent!r} (entities."
+                f"{entity.name}.parents is the one statement of the entity graph)",
+            )
         rules.append(rule)
+    checked = {r.column for r in rules if r.kind == "foreign_key"}
+    for column, parent in entity.parents.items():
+        if column not in checked:
+            raise ConfigError(
+                path,
+                "rules",
+                f"no foreign_key rule checks {entity.name}.{column} -> {parent}, a parent "
+                f"declared in conf/pipeline.yml (entities.{entity.name}.parents)",
+            )
     try:
         return RuleSet(
             entity=entity.name,
             rules=tuple(rules),
-            max_quarantine_ratio=float(data.get("max_quarantine_ratio", 1.0)),
+            max_quarantine_ratio=number(
+                data.get("max_quarantine_ratio", 1.0), "max_quarantine_ratio"
+            ),
             on_ratio_breach=str(data.get("on_ratio_breach", "fail")),
         )
-    except ValueError as exc:
-        key, _, problem = str(exc).partition(": ")
-        raise ConfigError(path, key, problem) from exc
+    except SettingError as exc:
+        raise ConfigError(path, exc.key, exc.problem) from exc

@@ -11,7 +11,7 @@ and materialized views, but neither expectations nor AUTO CDC (both Databricks-o
 * silver_<entity> / quarantine_<entity>: materialized views splitting it, silver with the
   same latest-per-key; recomputed in full on every run, as the naive peer does: a row whose
   parent is not in silver is in neither (no deferral);
-* gold_*: materialized views built with the same transforms as src/common/gold.py.
+* gold_*: materialized views built with the same transforms as src/transforms/gold.py.
 
 The gate and the Spark Connect planner need some care, see ParentKeys, define_reader and
 lazy_drop.
@@ -31,12 +31,18 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.connect.dataframe import DataFrame as ConnectDataFrame
 
-from order_pipeline.common import gold
+from order_pipeline.common import contract
 from order_pipeline.common.config import Entity, load_entities
-from order_pipeline.common.io import CORRUPT_RECORD, RESCUED_DATA, SOURCE_FILE
-from order_pipeline.common.upsert import WARNINGS, latest_per_key
+from order_pipeline.common.contract import (
+    CORRUPT_RECORD,
+    QUALITY_WARNINGS,
+    RESCUED_DATA,
+    SOURCE_FILE,
+)
 from order_pipeline.quality.gate import GateOutcome, apply_quality_gate, split_by_outcome
 from order_pipeline.quality.rules import load_rules
+from order_pipeline.transforms import gold
+from order_pipeline.transforms.latest import latest_per_key
 
 spark = SparkSession.active()
 LANDING = spark.conf.get("spark.order_pipeline.bench.landing")
@@ -172,7 +178,7 @@ def define_silver(entity: Entity) -> None:
         return (
             outcome(entity)
             .passed.transform(latest_per_key(entity))
-            .select(*entity.columns, WARNINGS, SOURCE_FILE)
+            .select(*entity.columns, QUALITY_WARNINGS, SOURCE_FILE)
         )
 
     @dp.materialized_view(name=f"quarantine_{entity.name}", format=MATERIALIZED_FORMAT)
@@ -186,21 +192,21 @@ def define_gold() -> None:
     def silver(name: str) -> DataFrame:
         return spark.read.table(f"silver_{name}")
 
-    @dp.materialized_view(name=gold.ORDER_DETAILS, format=MATERIALIZED_FORMAT)
+    @dp.materialized_view(name=contract.ORDER_DETAILS, format=MATERIALIZED_FORMAT)
     def order_details() -> DataFrame:
         return gold.order_details(
             silver("line_items"), silver("orders"), silver("customers"), silver("products")
         )
 
-    @dp.materialized_view(name=gold.PRODUCT_SALES_MONTHLY, format=MATERIALIZED_FORMAT)
+    @dp.materialized_view(name=contract.PRODUCT_SALES_MONTHLY, format=MATERIALIZED_FORMAT)
     def product_sales_monthly() -> DataFrame:
-        return gold.product_sales_monthly(spark.read.table(gold.ORDER_DETAILS))
+        return gold.product_sales_monthly(spark.read.table(contract.ORDER_DETAILS))
 
-    @dp.materialized_view(name=gold.ORDER_COMPLETION_STATUS, format=MATERIALIZED_FORMAT)
+    @dp.materialized_view(name=contract.ORDER_COMPLETION_STATUS, format=MATERIALIZED_FORMAT)
     def order_completion_status() -> DataFrame:
         return gold.order_completion_status(silver("orders"), silver("line_items"))
 
-    @dp.materialized_view(name=gold.MOST_SOLD_LAST_30D, format=MATERIALIZED_FORMAT)
+    @dp.materialized_view(name=contract.MOST_SOLD_LAST_30D, format=MATERIALIZED_FORMAT)
     def most_sold() -> DataFrame:
         as_of = f"TIMESTAMP '{AS_OF.replace('T', ' ').replace('+00:00', '')}'"
         return spark.sql(gold.most_sold_query().replace("CAST(:as_of AS TIMESTAMP)", as_of))

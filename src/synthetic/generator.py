@@ -43,6 +43,9 @@ from typing import Any, TextIO
 
 from faker import Faker
 
+# The entities this generator invents data for: the order system's own four (their fields
+# and faults are written below). A fifth entity in conf/pipeline.yml needs data of its own;
+# tests/test_generate.py checks these against conf/pipeline.yml.
 ENTITIES: tuple[str, ...] = ("customers", "products", "orders", "line_items")
 KEYS: dict[str, str] = {
     "customers": "customer_id",

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-DEFAULT_DATA_ROOT = os.environ.get("ORDER_PIPELINE_DATA_ROOT", ".local")
+from order_pipeline.cli.arguments import key_value
+from order_pipeline.common.config import DEFAULT_DATA_ROOT
 
 EPILOG = """examples:
   order-pipeline generate --scale 0.01          land synthetic JSON under .local/landing
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("setup", help="resolve and cache the Delta Lake jars (once per machine)")
 
-    from order_pipeline.jobs import generate
+    from order_pipeline.cli import generate
 
     p = sub.add_parser(
         "generate", help="land seeded synthetic JSON files (Faker) in the landing folder"
@@ -64,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="independent tasks at once (default: parallel_tasks of the profile)",
     )
     p.add_argument(
-        "--param", action="append", default=[], metavar="KEY=VALUE", help="job parameter"
+        "--param",
+        action="append",
+        default=[],
+        type=key_value,
+        metavar="KEY=VALUE",
+        help="job parameter",
     )
 
     p = sub.add_parser("sql", help="run a query against the local tables")
@@ -72,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", nargs="?", help="SQL text (or --file)")
     p.add_argument("--file", type=Path, help="read the query from a file (e.g. src/queries/*.sql)")
     p.add_argument(
-        "--param", action="append", default=[], metavar="KEY=VALUE", help="named parameter :KEY"
+        "--param",
+        action="append",
+        default=[],
+        type=key_value,
+        metavar="KEY=VALUE",
+        help="named parameter :KEY",
     )
     p.add_argument("--json", action="store_true", help="print JSON Lines instead of a table")
     p.add_argument("--limit", type=int, default=100, help="rows to print (default 100)")
@@ -98,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("entity")
     add_replay_arguments(p)
 
+    p = sub.add_parser(
+        "job-graph",
+        help="the job's tasks generated from conf/pipeline.yml; --write updates resources/jobs.yml",
+    )
+    p.add_argument("--write", action="store_true", help="rewrite the tasks of resources/jobs.yml")
+
     p = sub.add_parser("report", help="print the gold answers")
     add_data_root(p)
 
@@ -105,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.configure_parser(p)
     add_data_root(p)
 
-    from order_pipeline.jobs import trigger
+    from order_pipeline.cli import trigger
 
     p = sub.add_parser("trigger", help="start the deployed job on Databricks and follow it")
     trigger.configure_parser(p)
@@ -119,27 +135,16 @@ def positive_int(text: str) -> int:
     return value
 
 
-def key_values(pairs: list[str], option: str) -> dict[str, str]:
-    values = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"{option}: expected KEY=VALUE, got {pair!r}")
-        values[key] = value
-    return values
-
-
 def local_context(data_root: str, entity: str | None = None):
     from order_pipeline.common.config import load_entities, load_profile
-    from order_pipeline.common.job import TaskContext, new_run_id
     from order_pipeline.common.platform import profile_name
+    from order_pipeline.jobs.task import TaskContext, new_run_id
 
     return TaskContext(
         profile=load_profile(profile_name(), data_root),
         entities=load_entities(),
         run_id=new_run_id(),
         entity=entity,
-        data_root=Path(data_root),
     )
 
 
@@ -161,11 +166,11 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from order_pipeline.common.display import format_table
-    from order_pipeline.common.workflow import bundle_variables, load_job_graph, run_graph
+    from order_pipeline.cli.display import format_table
+    from order_pipeline.cli.runner import bundle_variables, load_job_graph, run_graph
 
     ctx = local_context(args.data_root)
-    parameters = key_values(args.param, "--param")
+    parameters = dict(args.param)
     if args.as_of:
         parameters["as_of"] = args.as_of
     if args.full_refresh:
@@ -200,7 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from order_pipeline.common.display import json_lines, show
+    from order_pipeline.cli.display import json_lines, show
     from order_pipeline.common.io import bind_parameters
 
     if bool(args.query) == bool(args.file):
@@ -208,7 +213,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     query = args.file.read_text() if args.file else args.query
     lake, _ = open_lakehouse(args.data_root)
     spark = lake.spark
-    params = key_values(args.param, "--param")
+    params = dict(args.param)
     try:
         df = spark.sql(bind_parameters(query, params))
     except ValueError as exc:
@@ -222,8 +227,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    from order_pipeline.common.display import json_lines, show
-    from order_pipeline.jobs.report import quarantine_rows, quarantine_summary
+    from order_pipeline.cli.display import json_lines, show
+    from order_pipeline.cli.report import quarantine_rows, quarantine_summary
 
     lake, ctx = open_lakehouse(args.data_root)
     if args.entity:
@@ -244,9 +249,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from order_pipeline.common.job import run_task
+    from order_pipeline.common.contract import OPEN
     from order_pipeline.jobs import replay
-    from order_pipeline.quality.quarantine import OPEN
+    from order_pipeline.jobs.task import run_task
 
     ctx = local_context(args.data_root, args.entity)
     ctx.entity_spec()
@@ -255,8 +260,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_job_graph(args: argparse.Namespace) -> int:
+    from order_pipeline.cli import job_graph
+    from order_pipeline.cli.runner import bundle_root
+    from order_pipeline.common.config import load_entities
+
+    jobs_yml = bundle_root() / "resources" / "jobs.yml"
+    entities = load_entities()
+    if args.write:
+        changed = job_graph.write(jobs_yml, entities)
+        print(
+            f"{jobs_yml}: {'tasks rewritten from conf/pipeline.yml' if changed else 'up to date'}"
+        )
+        return 0
+    difference = job_graph.difference(jobs_yml, entities)
+    print(difference or f"{jobs_yml}: tasks match conf/pipeline.yml")
+    return 1 if difference else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    from order_pipeline.jobs.report import gold_report
+    from order_pipeline.cli.report import gold_report
 
     lake, ctx = open_lakehouse(args.data_root)
     print(gold_report(lake, list(ctx.entities)))
@@ -288,13 +311,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from order_pipeline.jobs import generate
+    from order_pipeline.cli import generate
 
     return generate.run_cli(args)
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
-    from order_pipeline.jobs import trigger
+    from order_pipeline.cli import trigger
 
     return trigger.run_cli(args)
 
@@ -306,6 +329,7 @@ COMMANDS = {
     "sql": cmd_sql,
     "quarantine": cmd_quarantine,
     "replay": cmd_replay,
+    "job-graph": cmd_job_graph,
     "report": cmd_report,
     "demo": cmd_demo,
     "trigger": cmd_trigger,

@@ -7,9 +7,10 @@ from functools import reduce
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from order_pipeline.common import gold
-from order_pipeline.common.display import show
-from order_pipeline.common.io import Lakehouse, bronze_table, deferred_table, silver_table
+from order_pipeline.cli.display import show
+from order_pipeline.common import contract
+from order_pipeline.common.contract import bronze_table, deferred_table, silver_table
+from order_pipeline.common.io import Lakehouse
 
 
 def quarantine_summary(
@@ -75,15 +76,15 @@ def table_counts(lake: Lakehouse, entities: list[str]) -> DataFrame:
 def gold_report(lake: Lakehouse, entities: list[str]) -> str:
     spark = lake.spark
     sections = ["Tables", show(table_counts(lake, entities))]
-    if not lake.exists(gold.ORDER_DETAILS):
+    if not lake.exists(contract.ORDER_DETAILS):
         sections.append("\nNo gold tables yet: run `order-pipeline run` first.")
         return "\n".join(sections)
     sections += [
         "\nMost sold product, last 30 days (gold_most_sold_product_last_30d)",
-        show(spark.table(gold.MOST_SOLD_LAST_30D)),
+        show(spark.table(contract.MOST_SOLD_LAST_30D)),
         "\nOrder completion (gold_order_completion_status)",
         show(
-            spark.table(gold.ORDER_COMPLETION_STATUS)
+            spark.table(contract.ORDER_COMPLETION_STATUS)
             .groupBy("completion_status")
             .agg(
                 F.count(F.lit(1)).alias("orders"),
@@ -94,7 +95,7 @@ def gold_report(lake: Lakehouse, entities: list[str]) -> str:
         ),
         "\nMonthly sales, delivered items (gold_product_sales_monthly)",
         show(
-            spark.table(gold.PRODUCT_SALES_MONTHLY)
+            spark.table(contract.PRODUCT_SALES_MONTHLY)
             .groupBy("month")
             .agg(
                 F.sum("units").alias("units"),

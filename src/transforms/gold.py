@@ -4,25 +4,16 @@ and the planning of an incremental gold build from the silver tables' change dat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from functools import reduce
 from importlib.resources import files
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from order_pipeline.common.io import bind_parameters
-
-ORDER_DETAILS = "gold_order_details"
-PRODUCT_SALES_MONTHLY = "gold_product_sales_monthly"
-ORDER_COMPLETION_STATUS = "gold_order_completion_status"
-MOST_SOLD_LAST_30D = "gold_most_sold_product_last_30d"
-GOLD_TABLES = (ORDER_DETAILS, PRODUCT_SALES_MONTHLY, ORDER_COMPLETION_STATUS, MOST_SOLD_LAST_30D)
-
+# the silver tables gold is built from
+GOLD_INPUTS = ("customers", "products", "orders", "line_items")
 COMPLETED, CANCELLED, IN_PROGRESS = "Completed", "Cancelled", "In Progress"
 
-# Silver tables record their row changes so that gold can be rebuilt for what changed only.
-CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
 VANISHED = "_vanished"  # a monthly sales group that no longer has any delivered item
 
 
@@ -120,11 +111,6 @@ def order_completion_status(orders: DataFrame, line_items: DataFrame) -> DataFra
 
 def most_sold_query() -> str:
     return files("order_pipeline.queries").joinpath("most_sold_product_last_30d.sql").read_text()
-
-
-def most_sold_product_last_30d(spark: SparkSession, as_of: datetime) -> DataFrame:
-    """Runs src/queries/most_sold_product_last_30d.sql against gold_order_details."""
-    return spark.sql(bind_parameters(most_sold_query(), {"as_of": as_of}))
 
 
 # -- incremental build ---------------------------------------------------------------------

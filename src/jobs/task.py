@@ -8,25 +8,25 @@ Databricks ``python_wheel_task`` and under the local runner.
 from __future__ import annotations
 
 import argparse
-import os
 import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from order_pipeline.common.config import Entity, Profile, load_entities, load_profile
-from order_pipeline.common.io import TASK_RUNS, Lakehouse
+from order_pipeline.common.config import (
+    DEFAULT_DATA_ROOT,
+    Entity,
+    Profile,
+    load_entities,
+    load_profile,
+)
+from order_pipeline.common.contract import TASK_RUNS, TASK_RUNS_DDL
+from order_pipeline.common.io import Lakehouse
 from order_pipeline.common.platform import profile_name
 from order_pipeline.common.spark import get_spark
-
-TASK_RUNS_DDL = (
-    "task string, entity string, run_id string, started_at timestamp, ended_at timestamp, "
-    "seconds double, rows_in bigint, rows_out bigint, status string, error string, details string"
-)
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,6 @@ class TaskContext:
     full_refresh: bool = False
     entity: str | None = None
     as_of: datetime | None = None
-    data_root: Path = Path(".local")
 
     def entity_spec(self) -> Entity:
         if self.entity is None:
@@ -55,6 +54,10 @@ class TaskResult:
     rows_in: int = 0
     rows_out: int = 0
     details: dict[str, object] = field(default_factory=dict)
+
+
+def no_fault(step: str, batch_id: int | None = None) -> None:
+    """The default fault hook of a job: tests replace it to crash at a named step."""
 
 
 def new_run_id() -> str:
@@ -88,7 +91,7 @@ def task_parser(description: str, with_entity: bool) -> argparse.ArgumentParser:
     parser.add_argument("--as-of", default="", help="as-of date for gold (default: now)")
     parser.add_argument(
         "--data-root",
-        default=os.environ.get("ORDER_PIPELINE_DATA_ROOT", ".local"),
+        default=DEFAULT_DATA_ROOT,
         help="local profile: root of landing, checkpoints and warehouse (default .local)",
     )
     return parser
@@ -109,7 +112,6 @@ def context_from_args(args: argparse.Namespace) -> TaskContext:
         full_refresh=truthy(args.full_refresh),
         entity=getattr(args, "entity", None),
         as_of=parse_as_of(args.as_of),
-        data_root=Path(args.data_root),
     )
 
 

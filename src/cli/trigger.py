@@ -37,6 +37,8 @@ from databricks.sdk.service.jobs import (
     TerminationCodeCode,
 )
 
+from order_pipeline.cli.arguments import key_value
+
 DEFAULT_JOB_NAME = "order-pipeline"
 DEFAULT_TIMEOUT_MINUTES = 120.0
 DEFAULT_POLL_SECONDS = 10.0
@@ -84,7 +86,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--param",
         action="append",
         default=[],
-        type=_key_value,
+        type=key_value,
         metavar="KEY=VALUE",
         help="job parameter for this run, e.g. --param full_refresh=true (repeatable)",
     )
@@ -110,13 +112,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--profile", help="profile in ~/.databrickscfg (default: DATABRICKS_* environment)"
     )
     parser.add_argument("--host", help="workspace URL (default: DATABRICKS_HOST or the profile)")
-
-
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), value
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from collections import Counter
 from datetime import date
 from pathlib import Path
 
-from order_pipeline.common.synthetic import (
+from order_pipeline.synthetic.generator import (
     ENTITIES,
     GeneratorConfig,
     generate,

@@ -1,0 +1,138 @@
+"""The bottom floor: the names and shapes every layer agrees on.
+
+Table, column and checkpoint names, the values stored in status columns, and the DDL of
+every table the pipeline writes. Nothing here reads or writes; every other module may
+import it.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql.types import StructType
+
+from order_pipeline.common.config import Entity
+
+# -- columns the pipeline adds ---------------------------------------------------------------
+CORRUPT_RECORD = "_corrupt_record"  # raw text of a line that did not parse to the contract
+RESCUED_DATA = "_rescued_data"  # Auto Loader: fields outside the contract
+SOURCE_FILE = "_source_file"
+INGESTED_AT = "_ingested_at"
+BATCH_ID = "_batch_id"
+RUN_ID = "_run_id"
+QUALITY_WARNINGS = "_quality_warnings"  # rules of severity warn a kept row failed
+MERGED_AT = "_merged_at"
+DEFERRED_AT = "_deferred_at"
+DEFERRED_ID = "_deferred_id"
+# the quality gate's verdict per row: the rules failed, by severity, and all of them
+FAILED_QUARANTINE = "_failed_quarantine"
+FAILED_DEFER = "_failed_defer"
+FAILED_FAIL = "_failed_fail"
+REASONS = "_reasons"
+
+BRONZE_METADATA_DDL = (
+    f"`{CORRUPT_RECORD}` string, `{RESCUED_DATA}` string, `{SOURCE_FILE}` string, "
+    f"`{INGESTED_AT}` timestamp, `{BATCH_ID}` bigint, `{RUN_ID}` string"
+)
+SILVER_METADATA_DDL = (
+    f"`{QUALITY_WARNINGS}` array<string>, `{SOURCE_FILE}` string, `{MERGED_AT}` timestamp, "
+    f"`{RUN_ID}` string"
+)
+
+# -- quarantine row status -------------------------------------------------------------------
+OPEN, REPLAYED, EXPIRED = "open", "replayed", "expired"
+STATUSES = (OPEN, REPLAYED, EXPIRED)
+
+
+# -- tables and checkpoints ------------------------------------------------------------------
+def bronze_table(entity: str) -> str:
+    return f"bronze_{entity}"
+
+
+def silver_table(entity: str) -> str:
+    return f"silver_{entity}"
+
+
+def quarantine_table(entity: str) -> str:
+    return f"quarantine_{entity}"
+
+
+def deferred_table(entity: str) -> str:
+    return f"deferred_{entity}"
+
+
+def bronze_checkpoint(entity: str) -> str:
+    return f"bronze_{entity}"
+
+
+def silver_checkpoint(entity: str) -> str:
+    return f"silver_{entity}"
+
+
+def bronze_task(entity: str) -> str:
+    """The job task (resources/jobs.yml) and run record name of an entity's bronze."""
+    return f"bronze_{entity}"
+
+
+def silver_task(entity: str) -> str:
+    return f"silver_{entity}"
+
+
+GOLD_TASK = "gold"
+
+QUALITY_METRICS = "ops_quality_metrics"
+TASK_RUNS = "ops_task_runs"
+GOLD_WATERMARKS = "ops_gold_watermarks"  # silver versions the gold build has consumed
+GX_RESULTS = "ops_gx_results"
+
+ORDER_DETAILS = "gold_order_details"
+PRODUCT_SALES_MONTHLY = "gold_product_sales_monthly"
+ORDER_COMPLETION_STATUS = "gold_order_completion_status"
+MOST_SOLD_LAST_30D = "gold_most_sold_product_last_30d"
+GOLD_TABLES = (ORDER_DETAILS, PRODUCT_SALES_MONTHLY, ORDER_COMPLETION_STATUS, MOST_SOLD_LAST_30D)
+
+# Silver tables record their row changes so that gold can be rebuilt for what changed only.
+CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
+
+
+# -- table shapes ----------------------------------------------------------------------------
+def bronze_schema(entity: Entity) -> StructType:
+    return StructType.fromDDL(f"{entity.ddl()}, {BRONZE_METADATA_DDL}")
+
+
+def silver_ddl(entity: Entity) -> str:
+    return f"{entity.ddl()}, {SILVER_METADATA_DDL}"
+
+
+def quarantine_ddl(entity: Entity) -> str:
+    record = ", ".join(f"`{n}`: {t}" for n, t in entity.fields.items())
+    return (
+        f"quarantine_id string, reasons array<string>, record struct<{record}>, "
+        "raw_record string, rescued_data string, source_file string, batch_id bigint, "
+        "run_id string, quarantined_at timestamp, status string, status_changed_at timestamp, "
+        "status_run_id string"
+    )
+
+
+def deferred_ddl(entity: Entity) -> str:
+    return (
+        f"{entity.ddl()}, `{QUALITY_WARNINGS}` array<string>, `{FAILED_DEFER}` array<string>, "
+        f"`{SOURCE_FILE}` string, `{BATCH_ID}` bigint, `{RUN_ID}` string, "
+        f"`{DEFERRED_AT}` timestamp, `{DEFERRED_ID}` string"
+    )
+
+
+METRICS_DDL = (
+    "entity string, run_id string, batch_id bigint, source string, rule string, severity string, "
+    "rows_checked bigint, rows_failed bigint, measured_at timestamp"
+)
+TASK_RUNS_DDL = (
+    "task string, entity string, run_id string, started_at timestamp, ended_at timestamp, "
+    "seconds double, rows_in bigint, rows_out bigint, status string, error string, details string"
+)
+GX_RESULTS_DDL = (
+    "entity string, run_id string, batch_id bigint, rule string, severity string, "
+    "expectation string, success boolean, element_count bigint, unexpected_count bigint, "
+    "validated_at timestamp"
+)
+WATERMARKS_DDL = (
+    "source_table string, table_id string, version bigint, run_id string, updated_at timestamp"
+)

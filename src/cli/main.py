@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from order_pipeline.cli.arguments import key_value
+from order_pipeline.cli.arguments import add_parameters
 from order_pipeline.common.config import DEFAULT_DATA_ROOT
 
 EPILOG = """examples:
@@ -63,27 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         help="independent tasks at once (default: parallel_tasks of the profile)",
     )
-    p.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        type=key_value,
-        metavar="KEY=VALUE",
-        help="job parameter",
-    )
+    add_parameters(p, "job parameter")
 
     p = sub.add_parser("sql", help="run a query against the local tables")
     add_data_root(p)
     p.add_argument("query", nargs="?", help="SQL text (or --file)")
     p.add_argument("--file", type=Path, help="read the query from a file (e.g. src/queries/*.sql)")
-    p.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        type=key_value,
-        metavar="KEY=VALUE",
-        help="named parameter :KEY",
-    )
+    add_parameters(p, "named parameter :KEY")
     p.add_argument("--json", action="store_true", help="print JSON Lines instead of a table")
     p.add_argument("--limit", type=int, default=100, help="rows to print (default 100)")
 
@@ -206,16 +192,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sql(args: argparse.Namespace) -> int:
     from order_pipeline.cli.display import json_lines, show
-    from order_pipeline.common.io import bind_parameters
 
     if bool(args.query) == bool(args.file):
         raise SystemExit("sql: give a query or --file, not both")
     query = args.file.read_text() if args.file else args.query
     lake, _ = open_lakehouse(args.data_root)
-    spark = lake.spark
     params = dict(args.param)
     try:
-        df = spark.sql(bind_parameters(query, params))
+        df = lake.sql(query, params)
     except ValueError as exc:
         raise SystemExit(f"sql: {exc}") from None
     if args.json:

@@ -74,17 +74,16 @@ def table_counts(lake: Lakehouse, entities: list[str]) -> DataFrame:
 
 
 def gold_report(lake: Lakehouse, entities: list[str]) -> str:
-    spark = lake.spark
     sections = ["Tables", show(table_counts(lake, entities))]
     if not lake.exists(contract.ORDER_DETAILS):
         sections.append("\nNo gold tables yet: run `order-pipeline run` first.")
         return "\n".join(sections)
     sections += [
         "\nMost sold product, last 30 days (gold_most_sold_product_last_30d)",
-        show(spark.table(contract.MOST_SOLD_LAST_30D)),
+        show(lake.read(contract.MOST_SOLD_LAST_30D)),
         "\nOrder completion (gold_order_completion_status)",
         show(
-            spark.table(contract.ORDER_COMPLETION_STATUS)
+            lake.read(contract.ORDER_COMPLETION_STATUS)
             .groupBy("completion_status")
             .agg(
                 F.count(F.lit(1)).alias("orders"),
@@ -95,7 +94,7 @@ def gold_report(lake: Lakehouse, entities: list[str]) -> str:
         ),
         "\nMonthly sales, delivered items (gold_product_sales_monthly)",
         show(
-            spark.table(contract.PRODUCT_SALES_MONTHLY)
+            lake.read(contract.PRODUCT_SALES_MONTHLY)
             .groupBy("month")
             .agg(
                 F.sum("units").alias("units"),

@@ -37,7 +37,7 @@ from databricks.sdk.service.jobs import (
     TerminationCodeCode,
 )
 
-from order_pipeline.cli.arguments import key_value
+from order_pipeline.cli.arguments import add_parameters
 
 DEFAULT_JOB_NAME = "order-pipeline"
 DEFAULT_TIMEOUT_MINUTES = 120.0
@@ -82,13 +82,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="deployed job name; a dev deploy's '[dev <user>] NAME' is found too "
         f"(default: {DEFAULT_JOB_NAME})",
     )
-    parser.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        type=key_value,
-        metavar="KEY=VALUE",
-        help="job parameter for this run, e.g. --param full_refresh=true (repeatable)",
+    add_parameters(
+        parser, "job parameter for this run, e.g. --param full_refresh=true (repeatable)"
     )
     parser.add_argument(
         "--no-wait", action="store_true", help="start the run, print its URL and return"

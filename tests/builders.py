@@ -50,19 +50,25 @@ def line_item(
 
 
 def land(
-    landing: str | Path, entity: str, records: list[dict[str, Any] | str], name: str | None = None
+    landing: str | Path,
+    entity: str,
+    records: list[dict[str, Any] | str | bytes],
+    name: str | None = None,
 ) -> Path:
     """Land JSON Lines atomically (written beside, then renamed in), as the contract says.
-    A str record is written as is (to land malformed lines)."""
+    A str record is written as is (to land malformed lines), bytes as they are (encodings)."""
     folder = Path(landing) / entity
     folder.mkdir(parents=True, exist_ok=True)
     name = name or f"part-{uuid.uuid4().hex[:12]}.json"
     staging = Path(landing) / "_staging"
     staging.mkdir(parents=True, exist_ok=True)
     tmp = staging / name
-    tmp.write_text(
-        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records),
-        encoding="utf-8",
-    )
+    tmp.write_bytes(b"".join(line_bytes(r) + b"\n" for r in records))
     os.replace(tmp, folder / name)
     return folder / name
+
+
+def line_bytes(record: dict[str, Any] | str | bytes) -> bytes:
+    if isinstance(record, bytes):
+        return record
+    return (record if isinstance(record, str) else json.dumps(record)).encode("utf-8")

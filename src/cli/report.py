@@ -54,7 +54,13 @@ def quarantine_rows(
     return rows.select(
         "status",
         "reasons",
-        F.coalesce(F.col("raw_record"), F.to_json("record")).alias("record"),
+        # raw text that is not valid UTF-8 is shown as its bytes, not as a lossy decoding
+        F.when(
+            F.col("raw_record").isNotNull() & ~F.is_valid_utf8("raw_record"),
+            F.concat(F.lit("(not UTF-8) hex:"), F.hex(F.col("raw_record").cast("binary"))),
+        )
+        .otherwise(F.coalesce(F.col("raw_record"), F.to_json("record")))
+        .alias("record"),
         F.regexp_extract("source_file", r"[^/]+$", 0).alias("file"),
         "batch_id",
         "quarantined_at",

@@ -26,14 +26,22 @@ def run(
 ) -> TaskResult:
     silver = build_silver(spark, ctx, progress)
     silver.ensure_tables()
-    checked, replayed = silver.replay(rule, statuses)
+    checked, replayed, unfaithful = silver.replay(rule, statuses)
     progress(
         f"  {silver.quarantine}: re-checked {checked} row(s) with status {'/'.join(statuses)}"
         f"{f' failing {rule}' if rule else ''}; {replayed} now pass and were merged into "
         f"{silver.silver} and marked replayed; {checked - replayed} stay"
+        + (
+            f" ({unfaithful} of them landed as bytes that are not valid UTF-8: they cannot be "
+            "parsed again faithfully and are never replayed; fix them at the source)"
+            if unfaithful
+            else ""
+        )
     )
     return TaskResult(
-        rows_in=checked, rows_out=replayed, details={"rule": rule, "statuses": statuses}
+        rows_in=checked,
+        rows_out=replayed,
+        details={"rule": rule, "statuses": statuses, "not_utf8": unfaithful},
     )
 
 

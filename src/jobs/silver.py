@@ -79,6 +79,7 @@ from order_pipeline.quality.metrics import (
 from order_pipeline.quality.quarantine import (
     deferred_as_candidates,
     quarantined_as_candidates,
+    raw_text_is_faithful,
     to_deferred_rows,
     to_quarantine_rows,
 )
@@ -377,10 +378,10 @@ class Silver:
     # -- replay -------------------------------------------------------------------------
     def replay(
         self, rule: str | None = None, statuses: tuple[str, ...] = (OPEN,)
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int]:
         """Re-check quarantined rows against the current rules and parents; MERGE those
         that pass through the same path as the stream and mark them replayed.
-        Returns (checked, replayed)."""
+        Returns (checked, replayed, kept because their raw text is not valid UTF-8)."""
         selected = self.lake.read(self.quarantine).where(F.col("status").isin(*statuses))
         if rule is not None:
             self.rules.named(rule)  # an unknown rule name is an error, not an empty replay
@@ -389,6 +390,7 @@ class Silver:
         checked = self.lake.cache(self.check(candidates))
         try:
             n_checked = checked.count()
+            n_unfaithful = selected.where(~raw_text_is_faithful()).count()
             passed = split_by_outcome(checked).passed
             n_passed = passed.count()
             if n_passed:
@@ -411,7 +413,7 @@ class Silver:
                 )
         finally:
             self.lake.release(checked)
-        return n_checked, n_passed
+        return n_checked, n_passed, n_unfaithful
 
     # -- the run ------------------------------------------------------------------------
     def check_quarantine_ratio(self, counts: BatchCounts) -> str | None:

@@ -96,24 +96,37 @@ def deferred_as_candidates(entity: Entity) -> Callable[[DataFrame], DataFrame]:
     return transform
 
 
+def raw_text_is_faithful() -> Column:
+    """Whether a quarantine row's raw text can be parsed again as it landed: no raw text (the
+    record parsed), or raw text that is valid UTF-8. The raw text keeps the landed bytes
+    exactly; a line that is not valid UTF-8 would be parsed from a lossy decoding (invalid
+    bytes become U+FFFD), so it is never re-parsed."""
+    return F.col("raw_record").isNull() | F.is_valid_utf8(F.col("raw_record"))
+
+
 def quarantined_as_candidates(entity: Entity) -> Callable[[DataFrame], DataFrame]:
     """Quarantine rows shaped like bronze rows again; raw text is parsed anew with the
-    current contract, so a record that failed to parse gets a second chance too."""
+    current contract, so a record that failed to parse gets a second chance too. Raw text
+    that is not valid UTF-8 stays unparsed: it fails malformed_record again."""
 
     def transform(df: DataFrame) -> DataFrame:
         schema = f"{entity.ddl()}, `{CORRUPT_RECORD}` string"
         options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_RECORD}
         reparsed = F.from_json(F.col("raw_record"), schema, options)
+        parsed_before = F.col("raw_record").isNull()
+        unfaithful = ~raw_text_is_faithful()
         columns = [
-            F.when(F.col("raw_record").isNull(), F.col(f"record.`{c}`"))
+            F.when(parsed_before, F.col(f"record.`{c}`"))
+            .when(unfaithful, F.lit(None).cast(entity.fields[c]))
             .otherwise(reparsed[c])
             .alias(c)
             for c in entity.columns
         ]
         return df.select(
             *columns,
-            F.when(F.col("raw_record").isNull(), F.lit(None).cast("string"))
-            .otherwise(F.coalesce(reparsed[CORRUPT_RECORD], F.lit(None).cast("string")))
+            F.when(parsed_before, F.lit(None).cast("string"))
+            .when(unfaithful, F.col("raw_record"))
+            .otherwise(reparsed[CORRUPT_RECORD])
             .alias(CORRUPT_RECORD),
             F.col("rescued_data").alias(RESCUED_DATA),
             F.col("source_file").alias(SOURCE_FILE),

@@ -3,14 +3,17 @@ is doubled, altered, or dropped without a record and a reason."""
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import replace
+from pathlib import Path
 
 from builders import customer, land, line_bytes
 from pipeline_helpers import quarantine_rows, quiet, run_entity, silver_rows
 
 from order_pipeline.cli.report import quarantine_rows as listing
 from order_pipeline.common.io import Lakehouse
-from order_pipeline.jobs import replay
+from order_pipeline.common.landing import file_uri
+from order_pipeline.jobs import bronze, replay
 
 # A customer whose first name holds bytes that are not UTF-8 (latin-1 "ÿþ").
 NOT_UTF8 = line_bytes(customer("C1")).replace(b'"Ada"', b'"Jo\xff\xfen"')
@@ -36,3 +39,76 @@ def test_a_line_that_is_not_utf8_is_kept_byte_exact_and_never_replayed(spark, ct
     # and `order-pipeline quarantine --entity` shows the bytes, not replacement characters
     (shown,) = listing(Lakehouse(spark, ctx.profile), "customers", None, None).collect()
     assert shown.record == "(not UTF-8) hex:" + NOT_UTF8.hex().upper()
+
+
+ODD_NAMES = ["odd [name] {x}.json", "what?.json", "st*r.json", "back\\slash.json",
+             "sp ace.json", "ünïcødé.json", "%41-percent.json", "plain.json"]  # fmt: skip
+
+
+def test_any_file_name_is_ingested_exactly_once(spark, ctx) -> None:
+    landed = {
+        name: land(ctx.profile.landing_root, "customers", [customer(f"C{i}a"), customer(f"C{i}b")], name)
+        for i, name in enumerate(ODD_NAMES)
+    }  # fmt: skip
+    first = bronze.run(spark, replace(ctx, entity="customers"), progress=quiet)
+    second = bronze.run(spark, replace(ctx, entity="customers"), progress=quiet)
+
+    rows = spark.table("bronze_customers").select("customer_id", "_source_file").collect()
+    by_file: dict[str, list[str]] = {}
+    for row in rows:
+        by_file.setdefault(row._source_file, []).append(row.customer_id)
+    assert {file_uri(path): sorted(ids) for path, ids in
+            ((p, [f"C{i}a", f"C{i}b"]) for i, p in enumerate(landed.values()))} == {
+        file: sorted(ids) for file, ids in by_file.items()
+    }  # fmt: skip
+    assert (first.rows_in, first.details["new_files"]) == (2 * len(ODD_NAMES), len(ODD_NAMES))
+    assert (second.rows_in, second.details["new_files"]) == (0, 0)
+
+
+def test_sub_folders_and_gzip_are_ingested_and_everything_else_is_reported(spark, ctx) -> None:
+    landing = Path(ctx.profile.landing_root) / "customers"
+    land(ctx.profile.landing_root, "customers", [customer("C1")], "top.json")
+    (landing / "2026" / "12").mkdir(parents=True)
+    (landing / "2026" / "12" / "deep.json").write_bytes(line_bytes(customer("C2")) + b"\n")
+    (landing / "zipped.json.gz").write_bytes(gzip.compress(line_bytes(customer("C3")) + b"\n"))
+    (landing / "notes.csv").write_text("customer_id\nC4\n")
+    (landing / ".part-0.json.tmp").write_text("half a line")
+    (landing / "_staging").mkdir()
+    (landing / "_staging" / "c5.json").write_bytes(line_bytes(customer("C5")) + b"\n")
+    (landing / "elsewhere").symlink_to(
+        Path(ctx.profile.landing_root).parent, target_is_directory=True
+    )
+
+    result = bronze.run(spark, replace(ctx, entity="customers"), progress=quiet)
+    ids = sorted(r.customer_id for r in spark.table("bronze_customers").collect())
+    assert ids == ["C1", "C2", "C3"]
+    assert {(s["file"], s["reason"].split(":")[0].split(" (")[0]) for s in result.details["not_ingested"]} == {
+        (".part-0.json.tmp", "hidden name"),
+        ("_staging/c5.json", "hidden name"),
+        ("notes.csv", "neither .json nor .json.gz"),
+        ("elsewhere", "a symbolic link to a folder"),
+    }  # fmt: skip
+
+
+def test_what_the_settings_leave_out_is_reported_and_a_changed_file_is_not_read_again(
+    spark, ctx
+) -> None:
+    landing = Path(ctx.profile.landing_root) / "customers"
+    skip = replace(ctx.profile.landing, subfolders="skip", compressed="skip")
+    ctx = replace(ctx, entity="customers", profile=replace(ctx.profile, landing=skip))
+    top = land(ctx.profile.landing_root, "customers", [customer("C1")], "top.json")
+    (landing / "sub").mkdir()
+    (landing / "sub" / "deep.json").write_bytes(line_bytes(customer("C2")) + b"\n")
+    (landing / "zipped.json.gz").write_bytes(gzip.compress(line_bytes(customer("C3")) + b"\n"))
+    first = bronze.run(spark, ctx, progress=quiet)
+    top.write_bytes(top.read_bytes() + line_bytes(customer("C9")) + b"\n")  # breaks the contract
+    second = bronze.run(spark, ctx, progress=quiet)
+
+    assert [r.customer_id for r in spark.table("bronze_customers").collect()] == ["C1"]
+    reasons = {s["file"]: s["reason"] for s in first.details["not_ingested"]}
+    assert reasons == {
+        "sub/deep.json": "in a sub-folder, and landing.subfolders is skip",
+        "zipped.json.gz": "gzip-compressed, and landing.compressed is skip",
+    }
+    changed = {s["file"]: s["reason"] for s in second.details["not_ingested"]}["top.json"]
+    assert changed.startswith("changed after it was ingested")

@@ -167,6 +167,26 @@ class QualitySettings:
     gx_validation: bool = False
 
 
+LANDING_CHOICES = ("ingest", "skip")
+
+
+@dataclass(frozen=True)
+class LandingSettings:
+    """What the local landing source takes besides <entity>/*.json: files in sub-folders,
+    gzip-compressed JSON Lines (*.json.gz). Whatever it does not take is reported."""
+
+    subfolders: str = "ingest"
+    compressed: str = "ingest"
+
+    def __post_init__(self) -> None:
+        for name in ("subfolders", "compressed"):
+            if getattr(self, name) not in LANDING_CHOICES:
+                raise SettingError(
+                    f"landing.{name}",
+                    f"must be one of {LANDING_CHOICES}, got {getattr(self, name)!r}",
+                )
+
+
 @dataclass(frozen=True)
 class GoldSettings:
     # An incremental gold build MERGEs the rows of the affected orders; above this share of
@@ -199,6 +219,7 @@ class Profile:
     spark: dict[str, str] = field(default_factory=dict)
     quality: QualitySettings = field(default_factory=QualitySettings)
     gold: GoldSettings = field(default_factory=GoldSettings)
+    landing: LandingSettings = field(default_factory=LandingSettings)
     cache_batches: bool = True  # serverless compute rejects DataFrame.persist()
     parallel_tasks: int = 1  # local runner: independent tasks of the job graph at once
     silver_file_rows: int = 250_000  # rows per key-range file of a silver table's first load
@@ -276,6 +297,7 @@ def load_profile(
     }
     quality = data.get("quality") or {}
     gold = data.get("gold") or {}
+    landing = data.get("landing") or {}
     try:
         return Profile(
             name=str(require(data, "profile", path)),
@@ -307,6 +329,10 @@ def load_profile(
                     quality.get("defer_max_age", "7 days"), path, "quality.defer_max_age"
                 ),
                 gx_validation=bool(quality.get("gx_validation", False)),
+            ),
+            landing=LandingSettings(
+                subfolders=str(landing.get("subfolders", "ingest")),
+                compressed=str(landing.get("compressed", "ingest")),
             ),
             gold=GoldSettings(
                 max_incremental_share=number(

@@ -15,13 +15,13 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
 from pyspark.errors import StreamingQueryException
-from pyspark.sql import Column, DataFrame, Row, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 from pyspark.sql.types import StructType
@@ -33,6 +33,7 @@ from order_pipeline.common.contract import (
     SOURCE_FILE,
     quarantine_table,
 )
+from order_pipeline.common.landing import LAYOUT, LAYOUT_MARKER, Skipped, index_landing
 from order_pipeline.common.platform import (
     ConfigNotAvailable,
     capabilities,
@@ -427,13 +428,17 @@ class Lakehouse:
         return self.profile.cache_batches and self.capabilities.can_persist
 
     # -- landing -------------------------------------------------------------------------
-    def landing_stream(self, entity: Entity) -> DataFrame:
+    def landing_stream(self, entity: Entity, checkpoint_name: str) -> LandingSource:
         """The landed JSON Lines of one entity as a stream: contract columns, malformed
-        lines kept with their raw text, and the source file of each row."""
-        path = self.landing(entity.name)
-        os.makedirs(path, exist_ok=True)  # a missing folder is "nothing landed yet"
+        lines kept with their raw text, and the landed file of each row.
+
+        On Databricks Auto Loader reads the landing Volume. Locally the Spark file source
+        reads a staging folder of links to the landed files (common/landing.py: it cannot
+        read file names with glob characters exactly once), and each row's source file is
+        the landed file the link stands for."""
         schema = StructType.fromDDL(f"{entity.ddl()}, `{CORRUPT_RECORD}` string")
         if self.profile.source_format == "cloudFiles":
+            os.makedirs(self.landing(entity.name), exist_ok=True)
             reader = (
                 self.spark.readStream.format("cloudFiles")
                 .option("cloudFiles.format", "json")
@@ -449,24 +454,47 @@ class Lakehouse:
                 reader = reader.option(
                     "cloudFiles.maxFilesPerTrigger", self.profile.max_files_per_trigger
                 )
-            rescued: Column = F.col(RESCUED_DATA)
-        else:
-            reader = (
-                self.spark.readStream.format("json")
-                .schema(schema)
-                .option("mode", "PERMISSIVE")
-                .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
-                .option("pathGlobFilter", "*.json")
+            stream = reader.load(self.landing(entity.name))
+            return LandingSource(
+                stream.select(
+                    *entity.columns,
+                    F.col(CORRUPT_RECORD),
+                    F.col(RESCUED_DATA),
+                    F.col("_metadata.file_path").alias(SOURCE_FILE),
+                )
             )
-            if self.profile.max_files_per_trigger:
-                reader = reader.option("maxFilesPerTrigger", self.profile.max_files_per_trigger)
-            rescued = F.lit(None).cast("string")
-        stream = reader.load(path)
-        return stream.select(
-            *entity.columns,
-            F.col(CORRUPT_RECORD),
-            rescued.alias(RESCUED_DATA),
-            F.col("_metadata.file_path").alias(SOURCE_FILE),
+        checkpoint = Path(self.checkpoint(checkpoint_name))
+        _check_landing_layout(checkpoint)
+        index = index_landing(
+            Path(self.landing(entity.name)),
+            checkpoint / "_landing",
+            self.profile.landing.subfolders,
+            self.profile.landing.compressed,
+        )
+        (checkpoint / LAYOUT_MARKER).write_text(LAYOUT)
+        reader = (
+            self.spark.readStream.format("json")
+            .schema(schema)
+            .option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
+        )
+        if self.profile.max_files_per_trigger:
+            reader = reader.option("maxFilesPerTrigger", self.profile.max_files_per_trigger)
+        sources = self.spark.createDataFrame(
+            sorted(index.sources.items()), "_seq bigint, _landed string"
+        )
+        stream = reader.load(str(index.staging)).withColumn(
+            "_seq", F.regexp_extract("_metadata.file_name", r"^(\d+)\.", 1).cast("bigint")
+        )
+        return LandingSource(
+            stream.join(F.broadcast(sources), "_seq").select(
+                *entity.columns,
+                F.col(CORRUPT_RECORD),
+                F.lit(None).cast("string").alias(RESCUED_DATA),
+                F.col("_landed").alias(SOURCE_FILE),
+            ),
+            new_files=len(index.linked),
+            skipped=index.skipped,
         )
 
     # -- streams -------------------------------------------------------------------------
@@ -504,6 +532,32 @@ class Lakehouse:
         query = writer.start()
         await_with_progress(query, progress)
         return query
+
+
+@dataclass(frozen=True)
+class LandingSource:
+    """A landing stream, with what the listing before it found (local file source only)."""
+
+    stream: DataFrame
+    new_files: int | None = None
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+class LandingLayoutChanged(RuntimeError):
+    """A bronze checkpoint from before the indexed landing layout: reading on would ingest
+    every landed file again."""
+
+
+def _check_landing_layout(checkpoint: Path) -> None:
+    marker = checkpoint / LAYOUT_MARKER
+    offsets = checkpoint / "offsets"
+    if marker.is_file() or not offsets.is_dir() or not any(offsets.iterdir()):
+        return
+    raise LandingLayoutChanged(
+        f"{checkpoint} was written by a bronze stream that read the landing folder directly; "
+        "this version reads an index of it, and going on would ingest every landed file "
+        "again. Rebuild from landing once: `order-pipeline run --full-refresh --yes`."
+    )
 
 
 class StreamFailed(RuntimeError):

@@ -82,12 +82,20 @@ def run(
         run_id=ctx.run_id,
         app_id=lake.stream_app_id(checkpoint),
     )
-    lake.run_stream(lake.landing_stream(entity), checkpoint, batch, table, progress)
+    source = lake.landing_stream(entity, checkpoint)
+    for skipped in source.skipped:
+        progress(f"  {table}: not ingested: {skipped.file}: {skipped.reason}")
+    lake.run_stream(source.stream, checkpoint, batch, table, progress)
     # counted from the table's commits, not from the batches' Python state or the query's
     # bounded progress history
     commits = [c for c in lake.history(table) if c["version"] > before]
     rows = sum(rows_written(c) for c in commits)
-    return TaskResult(rows_in=rows, rows_out=rows, details={"batches": len(commits)})
+    details: dict[str, object] = {"batches": len(commits)}
+    if source.new_files is not None:
+        details["new_files"] = source.new_files
+    if source.skipped:
+        details["not_ingested"] = [{"file": s.file, "reason": s.reason} for s in source.skipped]
+    return TaskResult(rows_in=rows, rows_out=rows, details=details)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,157 @@
+"""The local landing folder as the file source reads it: every landed file once, by a name
+of our own.
+
+Spark's file source mishandles file names with glob characters: when one file of a
+micro-batch is named like ``odd [name].json``, it reads the other files of the batch twice
+(its file index lists the folder for a path it cannot take literally). Landing files must
+keep whatever name they came with, so the stream does not read the landing folder itself:
+before each run, every landed file gets a hard link (a symbolic link across file systems)
+named by a sequence number, ``000000000042.json``, in a staging folder beside the stream's
+checkpoint, and the file source reads that folder. An index there, ``_index.jsonl``, maps
+each number to the landed path; it is written before the link, so every link has its path.
+
+The walk also decides what is ingested, and records what is not: files in sub-folders
+(``landing.subfolders``), gzip-compressed JSON Lines (``landing.compressed``), files with
+another extension, unreadable files, and files that changed after they were ingested. Names
+starting with ``.`` or ``_`` are files still being written (the atomic-rename convention):
+they are left for a later run and named in the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+INDEX = "_index.jsonl"
+LAYOUT_MARKER = "_landing_layout"
+LAYOUT = "indexed-v1"  # the stream reads the staging folder of links, not the landing folder
+JSON_SUFFIX, GZIP_SUFFIX = ".json", ".json.gz"
+# characters java.net.URI leaves as they are in a path (Spark's _metadata.file_path)
+_URI_SAFE = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'(),;:$&+=@/"
+)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    file: str  # relative to the entity's landing folder
+    reason: str
+
+
+@dataclass
+class LandingIndex:
+    """The staging folder the stream reads, and what this walk found."""
+
+    staging: Path
+    sources: dict[int, str]  # sequence number -> the landed file as a file: URI
+    linked: list[str] = field(default_factory=list)  # newly linked this time
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def file_uri(path: Path) -> str:
+    """``file:/...`` with the escapes Spark's ``_metadata.file_path`` uses."""
+    text = str(path.resolve())
+    return "file:" + "".join(
+        c if c in _URI_SAFE or ord(c) > 127 else "".join(f"%{b:02X}" for b in c.encode())
+        for c in text
+    )
+
+
+def _read_index(staging: Path) -> dict[str, dict]:
+    entries: dict[str, dict] = {}
+    index = staging / INDEX
+    if index.is_file():
+        for line in index.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                entries[entry["file"]] = entry
+    return entries
+
+
+def _append_index(staging: Path, entry: dict) -> None:
+    with (staging / INDEX).open("a", encoding="utf-8") as index:
+        index.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        index.flush()
+        os.fsync(index.fileno())
+
+
+def _link(source: Path, target: Path) -> None:
+    if target.exists() or target.is_symlink():
+        return
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed: point to it instead
+        os.symlink(source.resolve(), target)
+
+
+def _suffix(name: str) -> str | None:
+    lower = name.lower()
+    if lower.endswith(GZIP_SUFFIX):
+        return GZIP_SUFFIX
+    if lower.endswith(JSON_SUFFIX):
+        return JSON_SUFFIX
+    return None
+
+
+def index_landing(
+    landing: Path, staging: Path, subfolders: str = "ingest", compressed: str = "ingest"
+) -> LandingIndex:
+    """Link every new landed file into ``staging`` under its sequence number (idempotent:
+    a file is indexed once, a missing link is made again) and report what is not taken."""
+    staging.mkdir(parents=True, exist_ok=True)
+    landing.mkdir(parents=True, exist_ok=True)  # a missing folder is "nothing landed yet"
+    entries = _read_index(staging)
+    result = LandingIndex(staging, {e["seq"]: e["uri"] for e in entries.values()})
+    next_seq = max(result.sources, default=0) + 1
+    for folder, folders, files in os.walk(landing, onerror=None):
+        here = Path(folder)
+        for name in [d for d in folders if (here / d).is_symlink()]:
+            relative = (here / name).relative_to(landing).as_posix()
+            result.skipped.append(Skipped(relative, "a symbolic link to a folder: not followed"))
+            folders.remove(name)
+        folders.sort()
+        for name in sorted(files):
+            path = here / name
+            relative = path.relative_to(landing).as_posix()
+            reason = _not_ingested(path, relative, name, subfolders, compressed)
+            if reason:
+                result.skipped.append(Skipped(relative, reason))
+                continue
+            stat = path.stat()
+            entry = entries.get(relative)
+            if entry is None:
+                entry = {"seq": next_seq, "file": relative, "uri": file_uri(path),
+                         "suffix": _suffix(name), "size": stat.st_size}  # fmt: skip
+                next_seq += 1
+                _append_index(staging, entry)  # before the link: every link has its path
+                result.sources[entry["seq"]] = entry["uri"]
+                result.linked.append(relative)
+            elif entry["size"] != stat.st_size:
+                result.skipped.append(
+                    Skipped(relative, f"changed after it was ingested ({entry['size']} -> "
+                            f"{stat.st_size} bytes): landed files must not change; not read again")
+                )  # fmt: skip
+            _link(path, staging / f"{entry['seq']:012d}{entry['suffix']}")
+    return result
+
+
+def _not_ingested(path: Path, relative: str, name: str, subfolders: str, compressed: str) -> str:
+    if any(part.startswith((".", "_")) for part in relative.split("/")):
+        return "hidden name (starts with . or _): still being written, left for a later run"
+    if "/" in relative and subfolders != "ingest":
+        return "in a sub-folder, and landing.subfolders is skip"
+    suffix = _suffix(name)
+    if suffix is None:
+        return "neither .json nor .json.gz"
+    if suffix == GZIP_SUFFIX and compressed != "ingest":
+        return "gzip-compressed, and landing.compressed is skip"
+    if not path.is_file():
+        return "not a regular file"
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    return ""

@@ -11,17 +11,22 @@ import argparse
 import os
 import re
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
+from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.config import Config
-from jobs_api_standin import JobsApiStandIn, StandInJob
+from jobs_api_standin import JobsApiStandIn, RecordedRequest, StandInJob
 
 from order_pipeline.cli.trigger import (
+    DEFAULT_REQUEST_TIMEOUT_SECONDS,
     EXIT_ERROR,
     EXIT_OK,
     EXIT_RUN_FAILED,
@@ -370,3 +375,159 @@ def test_cli_without_credentials_says_how_to_configure(
     err = capsys.readouterr().err
     assert err.startswith("error: could not configure Databricks authentication: ")
     assert "Set DATABRICKS_HOST and DATABRICKS_TOKEN, or pass --profile." in err
+
+
+# --- hostile network: every wait is bounded ----------------------------------------------
+
+CHECK_HOST = (
+    "check DATABRICKS_HOST (or the host of --profile) and the network (VPN, proxy, firewall)"
+)
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts every connection and never answers."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    @property
+    def connections(self) -> int:
+        return len(self._held)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self._held.append(connection)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for connection in [*self._held, self._listener]:
+            connection.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _run_cli_timed(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, float]:
+    started = time.monotonic()
+    code = run_cli(_parse(argv))
+    elapsed = time.monotonic() - started
+    return code, capsys.readouterr().err, elapsed
+
+
+def test_a_closed_port_fails_at_once_naming_the_host(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    host = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("DATABRICKS_HOST", host)
+    monkeypatch.setenv("DATABRICKS_TOKEN", "x")
+
+    code, err, elapsed = _run_cli_timed([], capsys)  # the default request timeout of 30 s
+
+    print(f"closed port: exit {code} after {elapsed:.2f} s")
+    assert code == EXIT_ERROR
+    assert err == f"error: connecting to {host} failed: connection refused; {CHECK_HOST}\n"
+    assert elapsed < 5
+    # The SDK's own warning about the failed host-metadata probe would only repeat it.
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+
+
+def test_a_server_that_never_answers_fails_after_the_request_timeout(
+    silent: SilentServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DATABRICKS_HOST", silent.url)
+    monkeypatch.setenv("DATABRICKS_TOKEN", "x")
+
+    code, err, elapsed = _run_cli_timed(["--request-timeout", "1"], capsys)
+
+    print(f"silent server: exit {code} after {elapsed:.2f} s, {silent.connections} connection(s)")
+    assert code == EXIT_ERROR
+    assert err == (
+        f"error: connecting to {silent.url} failed: connected, but no answer within 1 s; "
+        f"{CHECK_HOST}, or wait longer with --request-timeout\n"
+    )
+    assert 1 <= elapsed < 15
+    assert silent.connections == 1  # no retries once it kept silent
+
+
+class _StandInWithTokenEndpoint(JobsApiStandIn):
+    """The stand-in, also serving the OIDC discovery document of an OAuth sign-in, whose
+    token endpoint is ``token_endpoint``."""
+
+    def __init__(self, token_endpoint: str) -> None:
+        super().__init__()
+        self.token_endpoint = token_endpoint
+
+    def handle(self, request: RecordedRequest) -> tuple[int, dict[str, Any]]:
+        if (request.method, request.path) == (
+            "GET",
+            "/oidc/.well-known/oauth-authorization-server",
+        ):
+            return HTTPStatus.OK, {
+                "authorization_endpoint": f"{self.url}/oidc/v1/authorize",
+                "token_endpoint": self.token_endpoint,
+            }
+        return super().handle(request)
+
+
+def test_signing_in_is_bounded_when_the_token_endpoint_never_answers(
+    silent: SilentServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The SDK requests OAuth tokens with no timeout at all: only the sign-in bound ends it."""
+    with _StandInWithTokenEndpoint(token_endpoint=f"{silent.url}/oidc/v1/token") as api:
+        _add_dev_job(api)
+        monkeypatch.setenv("DATABRICKS_HOST", api.url)
+        monkeypatch.setenv("DATABRICKS_CLIENT_ID", "order-pipeline-ci")
+        monkeypatch.setenv("DATABRICKS_CLIENT_SECRET", "secret")
+
+        code, err, elapsed = _run_cli_timed(["--request-timeout", "1"], capsys)
+
+        print(f"silent token endpoint: exit {code} after {elapsed:.2f} s")
+        assert code == EXIT_ERROR
+        assert err == (
+            f"error: signing in to {api.url} did not finish within 2 s; {CHECK_HOST}, and the "
+            "credentials (DATABRICKS_* variables or the --profile)\n"
+        )
+        assert 2 <= elapsed < 15
+        assert silent.connections == 1
+        assert api.requests_to("GET", "/api/2.2/jobs/list") == []
+
+
+def test_request_timeout_defaults_to_30_seconds_and_must_be_positive(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert _parse([]).request_timeout == DEFAULT_REQUEST_TIMEOUT_SECONDS == 30.0
+    assert _parse(["--request-timeout", "2.5"]).request_timeout == 2.5
+    for bad in ["0", "-1", "soon"]:
+        with pytest.raises(SystemExit):
+            _parse(["--request-timeout", bad])
+        assert f"expected a number of seconds above 0, got '{bad}'" in capsys.readouterr().err

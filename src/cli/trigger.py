@@ -7,22 +7,39 @@ the run or one of its tasks changes state, and ends with a table of every task's
 duration. Authentication is the Databricks SDK's: DATABRICKS_HOST and DATABRICKS_TOKEN, a
 profile in ~/.databrickscfg (--profile), or any other unified-auth method.
 
+Every wait is bounded. Each HTTP request gets --request-timeout seconds (default 30).
+Until the workspace has answered once, a refused connection, an unknown host name or a
+request timing out ends the command at once, without the SDK's retries: a wrong host
+or a dead network is reported in about one request timeout, not minutes. Signing in
+(the SDK's configuration and credentials, some of whose requests have no timeout of their
+own) gets twice the request timeout in all. Once the workspace has answered, the SDK
+retries dropped connections, timed-out reads and 429/503 answers for up to
+API_RETRY_SECONDS per call, and --timeout bounds following the run.
+
 Exit codes: 0 the run succeeded (or was started with --no-wait), 1 the run failed, was
 cancelled, skipped or timed out on Databricks, 2 the run could not be started or followed
-(authentication, job not found or ambiguous, bad parameters), 3 we stopped waiting (the run
-goes on), 130 interrupted.
+(workspace unreachable or silent, authentication, job not found or ambiguous, bad
+parameters), 3 we stopped waiting (the run goes on), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import logging
+import ssl
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
 
+import requests
+import requests.adapters
+import urllib3.exceptions
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.config import Config
 from databricks.sdk.errors import DatabricksError, PermissionDenied, Unauthenticated
@@ -42,8 +59,13 @@ from order_pipeline.cli.arguments import add_parameters
 DEFAULT_JOB_NAME = "order-pipeline"
 DEFAULT_TIMEOUT_MINUTES = 120.0
 DEFAULT_POLL_SECONDS = 10.0
-# The SDK retries unreachable hosts and 429/503 answers for 5 minutes by default; a command
-# line should say what is wrong sooner.
+# The SDK waits 60 s for an answer by default; 30 s is ample for the Jobs API calls made here.
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 30.0
+# Signing in may take a few requests (host metadata, OAuth discovery and token), and the
+# SDK gives some of them no timeout at all: the whole of it gets this many request timeouts.
+SIGN_IN_REQUEST_TIMEOUTS = 2
+# Once the workspace has answered, the SDK retries dropped connections, timed-out reads and
+# 429/503 answers for 5 minutes by default; a command line should say what is wrong sooner.
 API_RETRY_SECONDS = 60
 
 EXIT_OK = 0
@@ -64,8 +86,21 @@ Printer = Callable[[str], None]
 _API_ERRORS = (DatabricksError, OSError)
 
 
+_CHECK_HOST = (
+    "check DATABRICKS_HOST (or the host of --profile) and the network (VPN, proxy, firewall)"
+)
+
+
 class TriggerError(Exception):
     """The run could not be started or followed; the message says which step and why."""
+
+
+class WorkspaceUnreachable(ConnectionError):
+    """No connection to the workspace could be made: refused, unknown host name, no route."""
+
+
+class WorkspaceSilent(TimeoutError):
+    """The workspace took no connection, or gave no answer, within the request timeout."""
 
 
 def _print_error(message: str) -> None:
@@ -104,28 +139,41 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help=f"seconds between status checks (default: {DEFAULT_POLL_SECONDS:g})",
     )
     parser.add_argument(
+        "--request-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_REQUEST_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help="give up on a request to the workspace after this many seconds (default: "
+        f"{DEFAULT_REQUEST_TIMEOUT_SECONDS:g}); an unreachable or silent workspace is reported "
+        f"after one, signing in gets {SIGN_IN_REQUEST_TIMEOUTS}",
+    )
+    parser.add_argument(
         "--profile", help="profile in ~/.databrickscfg (default: DATABRICKS_* environment)"
     )
     parser.add_argument("--host", help="workspace URL (default: DATABRICKS_HOST or the profile)")
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
+
+
 def run_cli(args: argparse.Namespace) -> int:
     try:
-        config = Config(
-            profile=args.profile,
-            host=args.host,
-            product="order-pipeline",
-            product_version=_version(),
-            retry_timeout_seconds=API_RETRY_SECONDS,
-        )
-    except ValueError as exc:
-        _print_error(
-            f"error: could not configure Databricks authentication: {exc}\n"
-            "Set DATABRICKS_HOST and DATABRICKS_TOKEN, or pass --profile."
-        )
+        client = connect(args.host, args.profile, args.request_timeout)
+    except TriggerError as exc:
+        _print_error(f"error: {exc}")
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        _print_error("interrupted while connecting; no run was started")
+        return EXIT_INTERRUPTED
     return trigger_job(
-        WorkspaceClient(config=config),
+        client,
         args.job_name,
         dict(args.param),
         wait=not args.no_wait,
@@ -139,6 +187,169 @@ def _version() -> str:
         return importlib.metadata.version("order-pipeline")
     except importlib.metadata.PackageNotFoundError:
         return "0.0.0"
+
+
+# --- connecting -------------------------------------------------------------------------
+
+
+def connect(host: str | None, profile: str | None, request_timeout: float) -> WorkspaceClient:
+    """A signed-in client whose every request is bounded by ``request_timeout``.
+
+    The SDK's configuration makes requests of its own (host metadata, and OAuth discovery
+    and token requests, some without a timeout), so it runs in a daemon thread we stop
+    waiting for after SIGN_IN_REQUEST_TIMEOUTS request timeouts, or as soon as the
+    transport knows the workspace is unreachable or silent.
+    """
+    transport = _WorkspaceTransport(request_timeout)
+    outcome: list[WorkspaceClient | Exception] = []
+
+    def sign_in() -> None:
+        # The SDK logs a warning when its host-metadata probe fails and carries on; when
+        # that failure is the transport's, the error printed below says it better.
+        sdk_log = logging.getLogger("databricks.sdk")
+        sdk_log.addFilter(transport.is_news)
+        try:
+            config = Config(
+                profile=profile,
+                host=host,
+                product="order-pipeline",
+                product_version=_version(),
+                http_timeout_seconds=request_timeout,
+                retry_timeout_seconds=API_RETRY_SECONDS,
+                http_adapter=transport,
+            )
+            config.authenticate()  # an OAuth token is fetched here, within the bound
+            outcome.append(WorkspaceClient(config=config))
+        except Exception as exc:
+            outcome.append(exc)
+        finally:
+            sdk_log.removeFilter(transport.is_news)
+
+    bound = SIGN_IN_REQUEST_TIMEOUTS * request_timeout
+    thread = threading.Thread(target=sign_in, name="databricks-sign-in", daemon=True)
+    thread.start()
+    give_up_at = time.monotonic() + bound
+    while thread.is_alive() and transport.failure is None and time.monotonic() < give_up_at:
+        thread.join(0.05)
+
+    where = transport.host or host or "the workspace"
+    if transport.failure is not None:
+        raise TriggerError(f"connecting to {where} failed: {transport.failure}")
+    if not outcome:
+        dropped = (
+            f" (it closed the connection without an answer {transport.dropped} times)"
+            if transport.dropped
+            else ""
+        )
+        raise TriggerError(
+            f"signing in to {where} did not finish within {bound:g} s{dropped}; {_CHECK_HOST}, "
+            "and the credentials (DATABRICKS_* variables or the --profile)"
+        )
+    [result] = outcome
+    if isinstance(result, ValueError):
+        raise TriggerError(
+            f"could not configure Databricks authentication: {result}\n"
+            "Set DATABRICKS_HOST and DATABRICKS_TOKEN, or pass --profile."
+        )
+    if isinstance(result, Exception):
+        raise TriggerError(f"signing in to {where} failed: {_explain(result)}") from result
+    return result
+
+
+class _WorkspaceTransport(requests.adapters.HTTPAdapter):
+    """The SDK client's HTTP transport: until the workspace has answered once, a failed
+    connection or a timeout is final (a WorkspaceUnreachable or WorkspaceSilent, which the
+    SDK does not retry) and every later request fails with it at once.
+
+    The SDK retries connection errors and timeouts for its whole retry budget, as it
+    should for a workspace that glitches; for one that never answered, retrying a refused
+    connection or another full timeout only delays the answer. A connection that is made
+    and then dropped is still retried: proxies and endpoint protection do that to
+    connections that are not authenticated yet.
+    """
+
+    def __init__(self, request_timeout: float) -> None:
+        super().__init__()
+        self.request_timeout = request_timeout
+        self.host: str | None = None  # scheme://host[:port] of the first request
+        self.answered = False
+        self.failure: WorkspaceUnreachable | WorkspaceSilent | None = None
+        self.dropped = 0  # connections made and closed without an answer, left to retry
+
+    def send(
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        if self.answered:
+            return super().send(request, *args, **kwargs)
+        if self.host is None:
+            url = urlsplit(request.url or "")
+            self.host = f"{url.scheme}://{url.netloc}"
+        if self.failure is not None:
+            raise self.failure
+        try:
+            response = super().send(request, *args, **kwargs)
+        except requests.ConnectTimeout as exc:
+            self.failure = WorkspaceSilent(
+                f"no connection within {self.request_timeout:g} s; {_CHECK_HOST}, or wait "
+                "longer with --request-timeout"
+            )
+            raise self.failure from exc
+        except requests.Timeout as exc:
+            self.failure = WorkspaceSilent(
+                f"connected, but no answer within {self.request_timeout:g} s; {_CHECK_HOST}, "
+                "or wait longer with --request-timeout"
+            )
+            raise self.failure from exc
+        except requests.exceptions.SSLError as exc:
+            self.failure = WorkspaceUnreachable(
+                f"TLS handshake failed ({_tls_problem(exc)}); {_CHECK_HOST}, and "
+                "REQUESTS_CA_BUNDLE behind a proxy that inspects TLS"
+            )
+            raise self.failure from exc
+        except requests.ConnectionError as exc:
+            why = _why_no_connection(exc)
+            if why is None:
+                self.dropped += 1
+                raise
+            self.failure = WorkspaceUnreachable(f"{why}; {_CHECK_HOST}")
+            raise self.failure from exc
+        self.answered = True
+        return response
+
+    def is_news(self, record: logging.LogRecord) -> bool:
+        """A logging filter: False for a record that repeats this transport's failure."""
+        return self.failure is None or str(self.failure) not in record.getMessage()
+
+
+def _why_no_connection(exc: requests.ConnectionError) -> str | None:
+    """Why no connection was made at all ("connection refused", "host name not found",
+    ...), or None when one was made and then dropped."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    via = ""
+    if isinstance(reason, urllib3.exceptions.ProxyError):
+        reason, via = reason.original_error, "proxy: "
+    if isinstance(reason, urllib3.exceptions.NameResolutionError):
+        return f"{via}host name not found"
+    if not isinstance(reason, urllib3.exceptions.NewConnectionError):
+        return None
+    cause = reason.__cause__ or reason.__context__
+    if isinstance(cause, ConnectionRefusedError):
+        return f"{via}connection refused"
+    if isinstance(cause, OSError) and cause.strerror:
+        return f"{via}{cause.strerror[0].lower()}{cause.strerror[1:]}"
+    return f"{via}no connection"
+
+
+def _tls_problem(exc: requests.exceptions.SSLError) -> str:
+    """e.g. "certificate verify failed: self-signed certificate", "wrong version number"."""
+    seen: Any = exc
+    while seen is not None and not isinstance(seen, ssl.SSLError):
+        seen = getattr(seen, "reason", None) or seen.__cause__ or seen.__context__
+    if seen is None:
+        return str(exc)
+    verify = getattr(seen, "verify_message", None)
+    text = seen.reason.lower().replace("_", " ") if seen.reason else str(seen)
+    return f"{text}: {verify}" if verify else text
 
 
 # --- trigger and follow -----------------------------------------------------------------
@@ -210,7 +421,13 @@ def start_run(client: WorkspaceClient, job: BaseJob, params: dict[str, str]) -> 
     try:
         waiter = client.jobs.run_now(job_id=job.job_id, job_parameters=params or None)
     except _API_ERRORS as exc:
-        raise TriggerError(f"starting job {_job_name(job)!r} failed: {_explain(exc)}") from exc
+        # run-now is a POST the SDK does not repeat after a timeout: it may have been done.
+        maybe = (
+            "" if isinstance(exc, DatabricksError) else "; the run may have started all the same"
+        )
+        raise TriggerError(
+            f"starting job {_job_name(job)!r} failed: {_explain(exc)}{maybe}"
+        ) from exc
     return waiter.response.run_id
 
 
@@ -256,7 +473,7 @@ def follow_run(
                     f"run {run.run_id} goes on: {run.run_page_url}"
                 )
                 return EXIT_STOPPED_WAITING
-            time.sleep(poll_interval)
+            time.sleep(min(poll_interval, max(deadline - time.monotonic(), 0.0)))
             run = _refresh(client, run)
     except KeyboardInterrupt:
         progress(f"interrupted; run {run.run_id} goes on: {run.run_page_url}")
@@ -435,4 +652,6 @@ def _explain(exc: Exception) -> str:
         )
     if isinstance(exc, DatabricksError):  # an OSError too, so first
         return f"{type(exc).__name__}: {exc}"
-    return f"no answer from the workspace ({type(exc).__name__}: {exc}); check DATABRICKS_HOST"
+    if isinstance(exc, WorkspaceUnreachable | WorkspaceSilent):
+        return str(exc)  # says what happened and what to check
+    return f"no answer from the workspace ({type(exc).__name__}: {exc}); {_CHECK_HOST}"

@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="independent tasks at once (default: parallel_tasks of the profile)",
     )
     add_parameters(p, "job parameter")
+    add_wait(p)
 
     p = sub.add_parser("sql", help="run a query against the local tables")
     add_data_root(p)
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_root(p)
     p.add_argument("entity")
     add_replay_arguments(p)
+    add_wait(p)
 
     p = sub.add_parser(
         "job-graph",
@@ -106,12 +108,50 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="generate, run the whole workflow and report, in one process")
     generate.configure_parser(p)
     add_data_root(p)
+    add_wait(p)
 
     from order_pipeline.cli import trigger
 
     p = sub.add_parser("trigger", help="start the deployed job on Databricks and follow it")
     trigger.configure_parser(p)
     return parser
+
+
+# `run`, `replay` and `demo` refused because another run holds the data root
+EXIT_RUN_LOCKED = 75  # = common.runlock.EXIT_RUN_LOCKED, imported late to keep --help fast
+
+
+def add_wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        type=seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="when another run holds the data root, wait up to this long for it "
+        "(default 0: refuse at once)",
+    )
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number of seconds (0 or more), got {text}")
+    return value
+
+
+def hold_data_root(args: argparse.Namespace, ctx, command: str, run_id: str):
+    """The data root's run lock for a command that writes tables (see common/runlock.py)."""
+    from order_pipeline.common.runlock import run_lock
+
+    return run_lock(ctx.profile, command=command, run_id=run_id, wait_seconds=args.wait)
+
+
+def refused(exc: Exception) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return EXIT_RUN_LOCKED
 
 
 def positive_int(text: str) -> int:
@@ -152,10 +192,22 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from order_pipeline.common.runlock import RunLocked
+
+    ctx = local_context(args.data_root)
+    command = "order-pipeline run" + (f" --task {args.task}" if args.task else "")
+    try:
+        with hold_data_root(args, ctx, command, ctx.run_id):
+            return run_job_graph(args, ctx)
+    except RunLocked as exc:
+        return refused(exc)
+
+
+def run_job_graph(args: argparse.Namespace, ctx) -> int:
+    """`run`, once it holds the data root."""
     from order_pipeline.cli.display import format_table
     from order_pipeline.cli.runner import bundle_variables, load_job_graph, run_graph
 
-    ctx = local_context(args.data_root)
     parameters = dict(args.param)
     if args.as_of:
         parameters["as_of"] = args.as_of
@@ -234,13 +286,20 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from order_pipeline.common.contract import OPEN
+    from order_pipeline.common.runlock import RunLocked
     from order_pipeline.jobs import replay
     from order_pipeline.jobs.task import run_task
 
     ctx = local_context(args.data_root, args.entity)
     ctx.entity_spec()
     statuses = tuple(args.status or (OPEN,))
-    run_task(f"replay_{args.entity}", ctx, lambda s, c: replay.run(s, c, args.rule, statuses))
+    try:
+        with hold_data_root(args, ctx, f"order-pipeline replay {args.entity}", ctx.run_id):
+            run_task(
+                f"replay_{args.entity}", ctx, lambda s, c: replay.run(s, c, args.rule, statuses)
+            )
+    except RunLocked as exc:
+        return refused(exc)
     return 0
 
 
@@ -271,6 +330,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from order_pipeline.common.runlock import RunLocked
+
+    # held from the start, so a busy data root is refused before any data is generated
+    ctx = local_context(args.data_root)
+    try:
+        with hold_data_root(args, ctx, "order-pipeline demo", run_id=""):
+            return demo_steps(args)
+    except RunLocked as exc:
+        return refused(exc)
+
+
+def demo_steps(args: argparse.Namespace) -> int:
+    """`demo`, once it holds the data root (its `run` step re-enters the lock)."""
     import time
 
     started = time.monotonic()
@@ -286,6 +358,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         as_of="",
         param=[],
         parallel=None,
+        wait=0.0,
     )
     status = cmd_run(run_args)
     print("\n== 3/3 report ==")

@@ -28,7 +28,7 @@ from order_pipeline.jobs.task import (
     TaskContext,
     TaskResult,
     context_from_args,
-    run_task,
+    run_entry_point,
     task_parser,
 )
 
@@ -101,8 +101,7 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     args = task_parser("Ingest landed JSON files of one entity into bronze.", True).parse_args(argv)
     ctx = context_from_args(args)
-    run_task(bronze_task(ctx.entity_spec().name), ctx, run)
-    return 0
+    return run_entry_point(bronze_task(ctx.entity_spec().name), ctx, run)
 
 
 if __name__ == "__main__":

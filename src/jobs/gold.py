@@ -32,7 +32,7 @@ from order_pipeline.jobs.task import (
     TaskResult,
     context_from_args,
     no_fault,
-    run_task,
+    run_entry_point,
     task_parser,
 )
 from order_pipeline.transforms import gold
@@ -333,8 +333,7 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     args = task_parser("Build the gold tables from silver.", False).parse_args(argv)
     ctx = context_from_args(args)
-    run_task(GOLD_TASK, ctx, run)
-    return 0
+    return run_entry_point(GOLD_TASK, ctx, run)
 
 
 if __name__ == "__main__":

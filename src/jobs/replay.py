@@ -12,7 +12,7 @@ from order_pipeline.jobs.task import (
     TaskContext,
     TaskResult,
     context_from_args,
-    run_task,
+    run_entry_point,
     task_parser,
 )
 
@@ -61,5 +61,4 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ctx = context_from_args(args)
     statuses = tuple(args.status or (OPEN,))
-    run_task(f"replay_{ctx.entity}", ctx, lambda s, c: run(s, c, args.rule, statuses))
-    return 0
+    return run_entry_point(f"replay_{ctx.entity}", ctx, lambda s, c: run(s, c, args.rule, statuses))

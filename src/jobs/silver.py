@@ -60,7 +60,7 @@ from order_pipeline.jobs.task import (
     TaskResult,
     context_from_args,
     no_fault,
-    run_task,
+    run_entry_point,
     task_parser,
 )
 from order_pipeline.quality.gate import (
@@ -500,8 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         "Quality-gate bronze rows of one entity and MERGE them into silver.", True
     ).parse_args(argv)
     ctx = context_from_args(args)
-    run_task(silver_task(ctx.entity_spec().name), ctx, run)
-    return 0
+    return run_entry_point(silver_task(ctx.entity_spec().name), ctx, run)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Databricks ``python_wheel_task`` and under the local runner.
 from __future__ import annotations
 
 import argparse
+import sys
 import traceback
 import uuid
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from order_pipeline.common.config import (
 from order_pipeline.common.contract import TASK_RUNS, TASK_RUNS_DDL
 from order_pipeline.common.io import Lakehouse
 from order_pipeline.common.platform import profile_name
+from order_pipeline.common.runlock import EXIT_RUN_LOCKED, RunLocked, run_lock
 from order_pipeline.common.spark import get_spark
 
 
@@ -121,29 +123,53 @@ def run_task(
     body: Callable[[SparkSession, TaskContext], TaskResult],
     progress: Callable[[str], None] = print,
 ) -> TaskResult:
-    """Run one task and record it in ops_task_runs, failed or not."""
-    spark = get_spark(ctx.profile, app_name=f"order-pipeline-{task}")
-    lake = Lakehouse(spark, ctx.profile)
-    started = datetime.now(UTC)
-    status, error, result = "SUCCESS", None, TaskResult()
+    """Run one task and record it in ops_task_runs, failed or not.
+
+    On the local profile the task holds its data root's run lock: taken here when the task
+    runs on its own (raising ``RunLocked`` when another process holds it), re-entered when
+    ``order-pipeline run`` in this process already holds it."""
+    with run_lock(
+        ctx.profile,
+        command=f"task {task}",
+        run_id=ctx.run_id,
+        progress=progress,
+        hint="wait for it to finish, then start this task again",
+    ):
+        spark = get_spark(ctx.profile, app_name=f"order-pipeline-{task}")
+        lake = Lakehouse(spark, ctx.profile)
+        started = datetime.now(UTC)
+        status, error, result = "SUCCESS", None, TaskResult()
+        try:
+            result = body(spark, ctx)
+            return result
+        except BaseException as exc:
+            status = "FAILED"
+            error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]
+            raise
+        finally:
+            ended = datetime.now(UTC)
+            lake.ensure(TASK_RUNS, TASK_RUNS_DDL)
+            row = [(task, ctx.entity, ctx.run_id, started, ended,
+                    (ended - started).total_seconds(), result.rows_in, result.rows_out, status,
+                    error, _json(result.details))]  # fmt: skip
+            lake.append(spark.createDataFrame(row, TASK_RUNS_DDL), TASK_RUNS)
+            progress(
+                f"{task}: {status.lower()} in {(ended - started).total_seconds():.1f}s, "
+                f"rows in {result.rows_in}, rows out {result.rows_out}"
+            )
+
+
+def run_entry_point(
+    task: str, ctx: TaskContext, body: Callable[[SparkSession, TaskContext], TaskResult]
+) -> int:
+    """``run_task`` for a task's console script: 0 when it ran, EXIT_RUN_LOCKED with the
+    holder named (no traceback) when another run holds the data root."""
     try:
-        result = body(spark, ctx)
-        return result
-    except BaseException as exc:
-        status = "FAILED"
-        error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]
-        raise
-    finally:
-        ended = datetime.now(UTC)
-        lake.ensure(TASK_RUNS, TASK_RUNS_DDL)
-        row = [(task, ctx.entity, ctx.run_id, started, ended,
-                (ended - started).total_seconds(), result.rows_in, result.rows_out, status, error,
-                _json(result.details))]  # fmt: skip
-        lake.append(spark.createDataFrame(row, TASK_RUNS_DDL), TASK_RUNS)
-        progress(
-            f"{task}: {status.lower()} in {(ended - started).total_seconds():.1f}s, "
-            f"rows in {result.rows_in}, rows out {result.rows_out}"
-        )
+        run_task(task, ctx, body)
+    except RunLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUN_LOCKED
+    return 0
 
 
 def _json(details: dict[str, object]) -> str:

@@ -43,6 +43,54 @@ class Unparseable(ValueError):
     pass
 
 
+# The contract's timestamp: an ISO 8601 date and time with a zone; instants in [1900, 2200).
+ISO_TIMESTAMP = re.compile(
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})"
+)
+SANE = (datetime(1900, 1, 1), datetime(2200, 1, 1))
+DECIMAL_SCALE = 2  # decimal(10,2) everywhere in the contract
+
+
+def load_object(line: str) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """The JSON object of a line, and its top-level (key, value) pairs, repeats included."""
+    objects: list[list[tuple[str, Any]]] = []
+
+    def keep(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        objects.append(pairs)
+        return dict(pairs)
+
+    raw = json.loads(line, object_pairs_hook=keep)
+    if not isinstance(raw, dict):
+        raise Unparseable(raw)
+    return raw, objects[-1]  # the outermost object is completed last
+
+
+def parse_issues(entity: str, raw: dict[str, Any], pairs: list[tuple[str, Any]]) -> list[str]:
+    """Rules of kind parse_issue (and not_blank) a parseable object fails, by name."""
+    names = [k for k, _ in pairs]
+    issues = []
+    if len(names) != len(set(names)):
+        issues.append("duplicate_field")
+    if set(names) - set(TYPES[entity]):
+        issues.append("extra_field")
+    for name, kind in TYPES[entity].items():
+        value = raw.get(name)
+        if kind == "ts" and value is not None:
+            if not (isinstance(value, str) and ISO_TIMESTAMP.fullmatch(value)):
+                issues.append("timestamp_format")
+            parsed = parse_value("ts", value)
+            if parsed is not None and not SANE[0] <= parsed < SANE[1]:
+                issues.append("timestamp_range")
+        if kind == "dec" and isinstance(value, float | int) and not isinstance(value, bool):
+            text = json.dumps(value)
+            if "." in text and "e" not in text.lower() and len(text.split(".")[1]) > DECIMAL_SCALE:
+                issues.append("decimal_scale")
+    key = raw.get(KEYS[entity])
+    if isinstance(key, str) and not key.strip():
+        issues.append(f"{KEYS[entity]}_not_blank")
+    return sorted(set(issues))
+
+
 def parse_value(kind: str, value: Any) -> Any:
     if value is None:
         return None
@@ -58,6 +106,12 @@ def parse_value(kind: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise Unparseable(value)
         return Decimal(str(value)).quantize(Decimal("0.01"))
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # a number parses (as epoch seconds) but fails timestamp_format
+        try:
+            return datetime(1970, 1, 1) + timedelta(seconds=value)
+        except OverflowError:
+            return datetime.max
     if not isinstance(value, str):
         raise Unparseable(value)
     try:
@@ -65,7 +119,7 @@ def parse_value(kind: str, value: Any) -> Any:
     except ValueError as exc:
         raise Unparseable(value) from exc
     if parsed.tzinfo is None:
-        raise Unparseable(value)
+        return parsed  # read in the session's zone (UTC), and fails timestamp_format
     return parsed.astimezone(UTC).replace(tzinfo=None)
 
 
@@ -125,14 +179,17 @@ def read_landing(landing: Path, entity: str) -> Landed:
             if not line.strip():
                 continue
             try:
-                raw = json.loads(line)
-                if not isinstance(raw, dict):
-                    raise Unparseable(raw)
+                raw, top = load_object(line)
                 record = {f: parse_value(t, raw.get(f)) for f, t in TYPES[entity].items()}
             except (ValueError, Unparseable):
                 landed.quarantined[(None, ("malformed_record",))] += 1
                 continue
-            reasons = quarantine_reasons(entity, record)
+            reasons = [*quarantine_reasons(entity, record), *parse_issues(entity, raw, top)]
+            reasons = (
+                [r for r in reasons if r != "extra_field"]
+                if reasons == ["extra_field"]
+                else reasons
+            )
             if reasons:
                 landed.quarantined[(record[KEYS[entity]], tuple(sorted(reasons)))] += 1
             else:

@@ -32,7 +32,7 @@ def line_item(line_item_id: str | None = "L1", **overrides: Any) -> dict[str, An
     record = {
         "line_item_id": line_item_id, "order_id": "O1", "product_id": "P1", "quantity": 1,
         "unit_price": Decimal("9.99"), "status": "pending", "delivered_at": None,
-        "updated_at": T0, "_corrupt_record": None, "_rescued_data": None,
+        "updated_at": T0, "_corrupt_record": None, "_rescued_data": None, "_parse_issues": [],
     }  # fmt: skip
     return {**record, **overrides}
 
@@ -42,6 +42,7 @@ def customer(customer_id: str | None = "C1", **overrides: Any) -> dict[str, Any]
         "customer_id": customer_id, "first_name": "Ada", "last_name": "Lovelace",
         "email": "ada@example.com", "phone": None, "city": "London", "country": "GB",
         "created_at": T0, "updated_at": T0, "_corrupt_record": None, "_rescued_data": None,
+        "_parse_issues": [],
     }  # fmt: skip
     return {**record, **overrides}
 
@@ -49,7 +50,7 @@ def customer(customer_id: str | None = "C1", **overrides: Any) -> dict[str, Any]
 def unparsed(entity: str, corrupt: str | None, rescued: str | None = None) -> dict[str, Any]:
     """A bronze row for a line that did not parse: every field null."""
     fields = dict.fromkeys(ENTITIES[entity].fields)
-    return {**fields, "_corrupt_record": corrupt, "_rescued_data": rescued}
+    return {**fields, "_corrupt_record": corrupt, "_rescued_data": rescued, "_parse_issues": []}
 
 
 def bronze_frame(spark, entity: str, records: list[dict[str, Any]]):
@@ -71,12 +72,27 @@ LINE_ITEMS = [
     line_item(None),
     line_item("L12", updated_at=None),
     unparsed("line_items", corrupt='{"line_item_id": "L13", "quantity": '),
-    line_item("L14", quantity=None, _rescued_data='{"quantity": "two"}'),
-    unparsed("line_items", corrupt="not json", rescued='{"x": 1}'),  # counted once
+    # extra fields are kept in _rescued_data: a warning, not malformed
+    line_item(
+        "L14",
+        quantity=None,
+        _rescued_data='{"colour": "red"}',
+        _parse_issues=["extra_field:colour"],
+    ),
+    unparsed("line_items", corrupt="not json", rescued='{"x": 1}'),
+    line_item(" \t"),  # a key of white space only
+    line_item("L16", _parse_issues=["decimal_scale:unit_price", "timestamp_format:updated_at"]),
+    line_item("L17", _parse_issues=["duplicate_field:status", "timestamp_range:delivered_at"]),
 ]
 # Failing rows of LINE_ITEMS by rule, worked out by hand from the comments above.
 LINE_ITEMS_EXPECTED = {
-    "malformed_record": 3,  # L13 line, L14 rescued, the last line (corrupt and rescued)
+    "malformed_record": 2,  # L13 line, the last unparsed line
+    "line_item_id_not_blank": 1,  # " \t"
+    "timestamp_format": 1,  # L16
+    "timestamp_range": 1,  # L17
+    "decimal_scale": 1,  # L16
+    "duplicate_field": 1,  # L17
+    "extra_field": 1,  # L14
     "line_item_id_not_null": 3,  # line_item(None) and the two unparsed lines
     "updated_at_not_null": 3,  # L12 and the two unparsed lines
     "quantity_positive": 2,  # L2, L3
@@ -104,6 +120,11 @@ CUSTOMERS = [
 ]
 CUSTOMERS_EXPECTED = {
     "malformed_record": 1,  # C12 line
+    "customer_id_not_blank": 0,
+    "timestamp_format": 0,
+    "timestamp_range": 0,
+    "duplicate_field": 0,
+    "extra_field": 0,
     "customer_id_not_null": 2,  # customer(None), C12 line
     "updated_at_not_null": 1,  # C12 line
     "email_valid": 4,  # C2, C3, C6, C7
@@ -155,7 +176,7 @@ PROBE_RULES = RuleSet(
     ),
 )
 PROBE_EXPECTED = {
-    "malformed": 3,  # rows 3, 4 (corrupt), 8 (rescued)
+    "malformed": 2,  # rows 3, 4 (corrupt; row 8's rescued data is no reason)
     "n_not_null": 1,  # row 6
     "x_not_null": 1,  # row 7 (row 6 is NaN, not null)
     "n_min": 1,  # -1
@@ -223,7 +244,6 @@ def test_gx_counts_equal_predicate_counts_and_hand_counts(request, case, expecte
     assert predicate_counts(df, rules) == expected
     assert gx_counts(result) == expected
     rows = df.count()
-    parsed = df.where(F.col("_corrupt_record").isNull()).count()
     assert result["element_count"] == rows
     assert result["success"] is False
     for entry in result["results"]:
@@ -233,18 +253,14 @@ def test_gx_counts_equal_predicate_counts_and_hand_counts(request, case, expecte
             assert entry["success"] is (entry["unexpected_count"] == 0)
         elif entry["status"] != SKIPPED:
             assert entry["success"] is (entry["unexpected_count"] == 0)
-            # the rescued-data check only looks at the rows that parsed
-            assert entry["element_count"] == (
-                parsed if entry["column"] == "_rescued_data" else rows
-            )
+            assert entry["element_count"] == rows
 
 
-def test_malformed_splits_into_disjoint_corrupt_and_rescued_counts(line_items) -> None:
+def test_malformed_is_the_raw_text_of_lines_that_did_not_parse(line_items) -> None:
     _, _, result = line_items
     malformed = [e for e in result["results"] if e["rule"] == "malformed_record"]
     assert [(e["column"], e["unexpected_count"], e["element_count"]) for e in malformed] == [
-        ("_corrupt_record", 2, 15),
-        ("_rescued_data", 1, 13),
+        ("_corrupt_record", 2, 18),
     ]
 
 
@@ -257,7 +273,7 @@ def test_unmapped_rules_are_reported_as_skipped(line_items) -> None:
     ]
     assert all("parent" in e["reason"] for e in skipped)
     assert result["statistics"]["skipped_rules"] == 2
-    assert result["statistics"]["evaluated_expectations"] == 10  # 9 rules, malformed twice
+    assert result["statistics"]["evaluated_expectations"] == 15  # every rule but the two FKs
 
 
 def test_gx_result_rows(spark, line_items) -> None:
@@ -265,17 +281,23 @@ def test_gx_result_rows(spark, line_items) -> None:
     rows = gx_result_rows(spark, rules, result, run_id="run-1", batch_id=7)
     assert rows.schema == StructType.fromDDL(GX_RESULTS_DDL)
     null_check = "expect_column_values_to_not_be_null"
+    query = "unexpected_rows_expectation"
     expected = [
-        ("malformed_record", "quarantine", "expect_column_values_to_be_null", False, 15, 2),
-        ("malformed_record", "quarantine", "expect_column_values_to_be_null", False, 13, 1),
-        ("line_item_id_not_null", "quarantine", null_check, False, 15, 3),
-        ("updated_at_not_null", "quarantine", null_check, False, 15, 3),
-        ("quantity_positive", "quarantine", "expect_column_values_to_be_between", False, 15, 2),
-        ("quantity_not_null", "quarantine", null_check, False, 15, 4),
-        ("unit_price_not_negative", "quarantine", "expect_column_values_to_be_between", False, 15, 1),
-        ("unit_price_not_null", "quarantine", null_check, False, 15, 3),
-        ("status_allowed", "quarantine", "expect_column_values_to_be_in_set", False, 15, 2),
-        ("status_not_null", "quarantine", null_check, False, 15, 3),
+        ("malformed_record", "quarantine", "expect_column_values_to_be_null", False, 18, 2),
+        ("line_item_id_not_blank", "quarantine", "expect_column_values_to_not_match_regex", False, 18, 1),
+        ("timestamp_format", "quarantine", query, False, None, 1),
+        ("timestamp_range", "quarantine", query, False, None, 1),
+        ("decimal_scale", "quarantine", query, False, None, 1),
+        ("duplicate_field", "quarantine", query, False, None, 1),
+        ("extra_field", "warn", query, False, None, 1),
+        ("line_item_id_not_null", "quarantine", null_check, False, 18, 3),
+        ("updated_at_not_null", "quarantine", null_check, False, 18, 3),
+        ("quantity_positive", "quarantine", "expect_column_values_to_be_between", False, 18, 2),
+        ("quantity_not_null", "quarantine", null_check, False, 18, 4),
+        ("unit_price_not_negative", "quarantine", "expect_column_values_to_be_between", False, 18, 1),
+        ("unit_price_not_null", "quarantine", null_check, False, 18, 3),
+        ("status_allowed", "quarantine", "expect_column_values_to_be_in_set", False, 18, 2),
+        ("status_not_null", "quarantine", null_check, False, 18, 3),
         ("order_exists", "defer", SKIPPED, None, None, None),
         ("product_exists", "defer", SKIPPED, None, None, None),
     ]  # fmt: skip
@@ -318,10 +340,14 @@ def test_expectation_mapping_carries_rule_and_severity() -> None:
     assert between.meta == {"rule": "p", "severity": "warn", "kind": "range", "column": "price"}
     assert between.severity == "warning"
 
-    corrupt, rescued = expectations_for(Rule("m", "malformed", "quarantine"))
-    assert (corrupt.column, rescued.column) == ("_corrupt_record", "_rescued_data")
-    assert corrupt.row_condition is None and rescued.row_condition is not None
-    assert expectation_for(Rule("m", "malformed", "quarantine")).column == "_corrupt_record"
+    (corrupt,) = expectations_for(Rule("m", "malformed", "quarantine"))
+    assert (corrupt.column, corrupt.row_condition) == ("_corrupt_record", None)
+
+    issue = expectation_for(Rule("d", "parse_issue", "quarantine", issue="decimal_scale"))
+    assert issue.unexpected_rows_query == (
+        "SELECT * FROM {batch} WHERE NOT coalesce((NOT exists(_parse_issues, "
+        "i -> startswith(i, 'decimal_scale:'))), true)"
+    )
 
     query = expectation_for(Rule("e", "expression", "fail", expression="s rlike 'a{2}'"))
     assert isinstance(query, expect.UnexpectedRowsExpectation)

@@ -4,12 +4,14 @@ is doubled, altered, or dropped without a record and a reason."""
 from __future__ import annotations
 
 import gzip
+import json
 from dataclasses import replace
 from pathlib import Path
 
-from builders import customer, land, line_bytes
+from builders import customer, land, line_bytes, product
 from pipeline_helpers import quarantine_rows, quiet, run_entity, silver_rows
 
+from order_pipeline.cli.display import json_lines
 from order_pipeline.cli.report import quarantine_rows as listing
 from order_pipeline.common.io import Lakehouse
 from order_pipeline.common.landing import file_uri
@@ -112,3 +114,72 @@ def test_what_the_settings_leave_out_is_reported_and_a_changed_file_is_not_read_
     }
     changed = {s["file"]: s["reason"] for s in second.details["not_ingested"]}["top.json"]
     assert changed.startswith("changed after it was ingested")
+
+
+DUPLICATE_CITY = line_bytes(customer("C7")).replace(
+    b'"city": "London"', b'"city": "Oslo", "city": "Rome"'
+)
+
+
+def test_values_outside_the_contract_are_quarantined_with_their_reason(spark, ctx) -> None:
+    land(ctx.profile.landing_root, "customers", [
+        customer("C1"),
+        customer("C2", updated_at=1764669600000),  # epoch milliseconds: year 57890 as seconds
+        customer("C3", updated_at=1764669600),  # epoch seconds: a number, not a timestamp
+        customer("C4", created_at="2026-01-01 00:00:00"),  # no zone
+        customer("C5", created_at="0001-01-01T00:00:00Z"),
+        customer(" \t ", email="blank@example.com"),
+        DUPLICATE_CITY,
+        customer("C8", nickname="Ada"),  # a field outside the contract: kept, warned
+        b"\xef\xbb\xbf" + line_bytes(customer("C9")),  # a byte order mark
+        *(customer(f"C{i}") for i in range(10, 14)),  # under max_quarantine_ratio 0.5
+    ])  # fmt: skip
+    (Path(ctx.profile.landing_root) / "products").mkdir(parents=True)
+    crlf = b"\r\n".join(line_bytes(p) for p in (product("P2"), product("P3", price=0.5))) + b"\r\n"
+    (Path(ctx.profile.landing_root) / "products" / "windows.json").write_bytes(crlf)
+    land(ctx.profile.landing_root, "products", [product("P1", price=9.999)])
+    run_entity(spark, ctx, "customers")
+    run_entity(spark, ctx, "products")
+
+    reasons = {key: why for key, why, _, _ in quarantine_rows(spark, "customers")}
+    assert reasons == {
+        "C2": ("timestamp_format", "timestamp_range"),
+        "C3": ("timestamp_format",),
+        "C4": ("timestamp_format",),
+        "C5": ("timestamp_range",),
+        " \t ": ("customer_id_not_blank",),
+        "C7": ("duplicate_field",),
+    }
+    assert [k for k, *_ in quarantine_rows(spark, "products")] == ["P1"]
+    assert {r[0] for r in silver_rows(spark, "customers")} == {
+        "C1",
+        "C8",
+        "C9",
+        "C10",
+        "C11",
+        "C12",
+        "C13",
+    }
+    assert {r[0] for r in silver_rows(spark, "products")} == {"P2", "P3"}
+    (c8,) = spark.table("bronze_customers").where("customer_id = 'C8'").collect()
+    assert (json.loads(c8._rescued_data), c8._parse_issues) == (
+        {"nickname": "Ada"},
+        ["extra_field:nickname"],
+    )
+    warned = spark.table("silver_customers").where(
+        "array_contains(_quality_warnings, 'extra_field')"
+    )
+    assert [r.customer_id for r in warned.collect()] == ["C8"]
+    extra = spark.table("ops_quality_metrics").where(
+        "entity = 'customers' and rule = 'extra_field'"
+    )
+    assert [(r.rows_checked, r.rows_failed) for r in extra.collect()] == [(13, 1)]
+
+    # a replay parses the landed line again under the same contract: nothing passes
+    result = replay.run(spark, replace(ctx, entity="customers"), progress=quiet)
+    assert (result.rows_in, result.rows_out) == (6, 0)
+    # and any value a table can hold prints as JSON, year 57890 included
+    lines = json_lines(
+        spark.table("quarantine_customers").select("record.customer_id", "record.updated_at")
+    )
+    assert '{"customer_id":"C2","updated_at":"+57890-' in "\n".join(sorted(lines))

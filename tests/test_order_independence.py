@@ -11,7 +11,13 @@ from conftest import make_context
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from order_pipeline.common.contract import bronze_schema
+from order_pipeline.common.contract import (
+    BATCH_ID,
+    PARSE_ISSUES,
+    RUN_ID,
+    SOURCE_FILE,
+    bronze_schema,
+)
 from order_pipeline.common.io import Lakehouse
 from order_pipeline.jobs.silver import build_silver
 
@@ -114,7 +120,16 @@ def test_any_order_and_batch_split_gives_the_same_silver(
     schema = bronze_schema(silver.entity)
     for batch_id in range(max(len(batches) for batches in scenarios)):
         rows = [
-            (*(r[c] for c in COLUMNS), None, None, file, None, batch_id, ctx.run_id)
+            [
+                {
+                    **r,
+                    PARSE_ISSUES: [],
+                    SOURCE_FILE: file,
+                    BATCH_ID: batch_id,
+                    RUN_ID: ctx.run_id,
+                }.get(field.name)
+                for field in schema
+            ]
             for i, batches in enumerate(scenarios)
             if batch_id < len(batches)
             for r, file in keyed(i, batches[batch_id])

@@ -203,13 +203,26 @@ def test_gx_validation_result_is_stored_per_batch_when_switched_on(spark, ctx) -
         for r in spark.table("ops_gx_results").where("entity = 'products'").collect()
     )
     # one batch of three rows, P2's price below the range: every rule of products.yml once
-    # (malformed twice: raw text and rescued data), nothing else
+    # (GX reports no element count for its row queries), nothing else
+    rows_query = "unexpected_rows_expectation"
     assert results == [
-        ("malformed_record", "quarantine", "expect_column_values_to_be_null", True, 3, 0),
+        ("decimal_scale", "quarantine", rows_query, True, None, 0),
+        ("duplicate_field", "quarantine", rows_query, True, None, 0),
+        ("extra_field", "warn", rows_query, True, None, 0),
         ("malformed_record", "quarantine", "expect_column_values_to_be_null", True, 3, 0),
         ("price_not_null", "quarantine", "expect_column_values_to_not_be_null", True, 3, 0),
         ("price_positive", "quarantine", "expect_column_values_to_be_between", False, 3, 1),
+        (
+            "product_id_not_blank",
+            "quarantine",
+            "expect_column_values_to_not_match_regex",
+            True,
+            3,
+            0,
+        ),
         ("product_id_not_null", "quarantine", "expect_column_values_to_not_be_null", True, 3, 0),
+        ("timestamp_format", "quarantine", rows_query, True, None, 0),
+        ("timestamp_range", "quarantine", rows_query, True, None, 0),
         ("updated_at_not_null", "quarantine", "expect_column_values_to_not_be_null", True, 3, 0),
     ]
 

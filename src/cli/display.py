@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 
 def cell(value: Any, width: int = 48) -> str:
@@ -38,16 +37,13 @@ def show(df: DataFrame, limit: int = 50, width: int = 48) -> str:
     return format_table(df.columns, [tuple(r) for r in rows], width)
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    if hasattr(value, "asDict"):
-        return value.asDict(recursive=True)
-    return str(value)
+# Timestamps as ISO 8601 in UTC without a zone suffix, as before (the session is UTC).
+TO_JSON = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]", "ignoreNullFields": "false"}
 
 
 def json_lines(df: DataFrame, limit: int | None = None) -> list[str]:
-    rows = (df.limit(limit) if limit else df).collect()
-    return [json.dumps(r.asDict(recursive=True), default=_json_default) for r in rows]
+    """One JSON object per row, rendered by Spark itself: any value a table can hold prints,
+    a timestamp of year 57890 or a map as much as a string (Python could not hold the former)."""
+    rows = df.limit(limit) if limit else df
+    rendered = rows.select(F.to_json(F.struct(*[F.col(f"`{c}`") for c in df.columns]), TO_JSON))
+    return [r[0] for r in rendered.collect()]

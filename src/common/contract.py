@@ -22,6 +22,11 @@ QUALITY_WARNINGS = "_quality_warnings"  # rules of severity warn a kept row fail
 MERGED_AT = "_merged_at"
 DEFERRED_AT = "_deferred_at"
 DEFERRED_ID = "_deferred_id"
+PARSE_ISSUES = "_parse_issues"  # what parsing a line found: "<issue>:<field>" (transforms/parse.py)
+RAW_LINE = "_raw_line"  # the landed line, kept where parsing found an issue
+PARSE_ISSUE_CODES = (
+    "timestamp_format", "timestamp_range", "decimal_scale", "duplicate_field", "extra_field",
+)  # fmt: skip
 # the quality gate's verdict per row: the rules failed, by severity, and all of them
 FAILED_QUARANTINE = "_failed_quarantine"
 FAILED_DEFER = "_failed_defer"
@@ -29,8 +34,9 @@ FAILED_FAIL = "_failed_fail"
 REASONS = "_reasons"
 
 BRONZE_METADATA_DDL = (
-    f"`{CORRUPT_RECORD}` string, `{RESCUED_DATA}` string, `{SOURCE_FILE}` string, "
-    f"`{INGESTED_AT}` timestamp, `{BATCH_ID}` bigint, `{RUN_ID}` string"
+    f"`{CORRUPT_RECORD}` string, `{RESCUED_DATA}` string, `{PARSE_ISSUES}` array<string>, "
+    f"`{RAW_LINE}` string, `{SOURCE_FILE}` string, `{INGESTED_AT}` timestamp, "
+    f"`{BATCH_ID}` bigint, `{RUN_ID}` string"
 )
 SILVER_METADATA_DDL = (
     f"`{QUALITY_WARNINGS}` array<string>, `{SOURCE_FILE}` string, `{MERGED_AT}` timestamp, "
@@ -115,6 +121,7 @@ def quarantine_ddl(entity: Entity) -> str:
 def deferred_ddl(entity: Entity) -> str:
     return (
         f"{entity.ddl()}, `{QUALITY_WARNINGS}` array<string>, `{FAILED_DEFER}` array<string>, "
+        f"`{PARSE_ISSUES}` array<string>, "
         f"`{SOURCE_FILE}` string, `{BATCH_ID}` bigint, `{RUN_ID}` string, "
         f"`{DEFERRED_AT}` timestamp, `{DEFERRED_ID}` string"
     )

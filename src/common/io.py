@@ -28,8 +28,6 @@ from pyspark.sql.types import StructType
 
 from order_pipeline.common.config import Entity, Profile
 from order_pipeline.common.contract import (
-    CORRUPT_RECORD,
-    RESCUED_DATA,
     SOURCE_FILE,
     quarantine_table,
 )
@@ -429,40 +427,25 @@ class Lakehouse:
 
     # -- landing -------------------------------------------------------------------------
     def landing_stream(self, entity: Entity, checkpoint_name: str) -> LandingSource:
-        """The landed JSON Lines of one entity as a stream: contract columns, malformed
-        lines kept with their raw text, and the landed file of each row.
+        """The landed lines of one entity as a stream: each line as it landed (``value``,
+        the bytes untouched) and its landed file. Blank lines are no records and are left
+        out; parsing is the contract's (transforms/parse.py), the same on every platform.
 
         On Databricks Auto Loader reads the landing Volume. Locally the Spark file source
         reads a staging folder of links to the landed files (common/landing.py: it cannot
         read file names with glob characters exactly once), and each row's source file is
         the landed file the link stands for."""
-        schema = StructType.fromDDL(f"{entity.ddl()}, `{CORRUPT_RECORD}` string")
         if self.profile.source_format == "cloudFiles":
             os.makedirs(self.landing(entity.name), exist_ok=True)
-            reader = (
-                self.spark.readStream.format("cloudFiles")
-                .option("cloudFiles.format", "json")
-                .option("cloudFiles.schemaLocation", self.checkpoint(f"_schemas/{entity.name}"))
-                .option("cloudFiles.schemaHints", entity.ddl())
-                .option("cloudFiles.schemaEvolutionMode", "rescue")
-                .option("rescuedDataColumn", RESCUED_DATA)
-                .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
-                .option("cloudFiles.includeExistingFiles", "true")
-                .schema(schema)
-            )
+            reader = self.spark.readStream.format("cloudFiles").option("cloudFiles.format", "text")
             if self.profile.max_files_per_trigger:
                 reader = reader.option(
                     "cloudFiles.maxFilesPerTrigger", self.profile.max_files_per_trigger
                 )
-            stream = reader.load(self.landing(entity.name))
-            return LandingSource(
-                stream.select(
-                    *entity.columns,
-                    F.col(CORRUPT_RECORD),
-                    F.col(RESCUED_DATA),
-                    F.col("_metadata.file_path").alias(SOURCE_FILE),
-                )
+            stream = reader.load(self.landing(entity.name)).select(
+                "value", F.col("_metadata.file_path").alias(SOURCE_FILE)
             )
+            return LandingSource(stream.where(F.trim("value") != ""))
         checkpoint = Path(self.checkpoint(checkpoint_name))
         _check_landing_layout(checkpoint)
         index = index_landing(
@@ -472,12 +455,7 @@ class Lakehouse:
             self.profile.landing.compressed,
         )
         (checkpoint / LAYOUT_MARKER).write_text(LAYOUT)
-        reader = (
-            self.spark.readStream.format("json")
-            .schema(schema)
-            .option("mode", "PERMISSIVE")
-            .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
-        )
+        reader = self.spark.readStream.format("text")
         if self.profile.max_files_per_trigger:
             reader = reader.option("maxFilesPerTrigger", self.profile.max_files_per_trigger)
         sources = self.spark.createDataFrame(
@@ -486,13 +464,11 @@ class Lakehouse:
         stream = reader.load(str(index.staging)).withColumn(
             "_seq", F.regexp_extract("_metadata.file_name", r"^(\d+)\.", 1).cast("bigint")
         )
+        lines = stream.join(F.broadcast(sources), "_seq").select(
+            "value", F.col("_landed").alias(SOURCE_FILE)
+        )
         return LandingSource(
-            stream.join(F.broadcast(sources), "_seq").select(
-                *entity.columns,
-                F.col(CORRUPT_RECORD),
-                F.lit(None).cast("string").alias(RESCUED_DATA),
-                F.col("_landed").alias(SOURCE_FILE),
-            ),
+            lines.where(F.trim("value") != ""),
             new_files=len(index.linked),
             skipped=index.skipped,
         )
@@ -536,7 +512,8 @@ class Lakehouse:
 
 @dataclass(frozen=True)
 class LandingSource:
-    """A landing stream, with what the listing before it found (local file source only)."""
+    """A stream of landed lines, with what the listing before it found (local file source
+    only)."""
 
     stream: DataFrame
     new_files: int | None = None

@@ -1,6 +1,8 @@
 """Bronze: land every line of ``<landing>/<entity>/`` in ``bronze_<entity>``, exactly once.
 
-Malformed lines are kept with their raw text in ``_corrupt_record``; silver decides what
+Each line is parsed by the data contract (transforms/parse.py): malformed lines are kept
+with their raw text in ``_corrupt_record``, what parsing found in ``_parse_issues`` (with the
+line in ``_raw_line``), fields outside the contract in ``_rescued_data``; silver decides what
 to do with them. Each micro-batch is appended with Delta's idempotent-write identity, so a
 batch replayed after a crash (written, but not yet committed to the checkpoint) is skipped.
 """
@@ -31,6 +33,7 @@ from order_pipeline.jobs.task import (
     run_entry_point,
     task_parser,
 )
+from order_pipeline.transforms.parse import parse_lines
 
 
 def with_ingest_metadata(batch_id: int, run_id: str) -> Callable[[DataFrame], DataFrame]:
@@ -63,6 +66,10 @@ class BronzeBatch:
         lake.append(rows, self.table, Txn(self.app_id, batch_id))
 
 
+class BronzeOutdated(RuntimeError):
+    """The bronze table predates the columns this version writes."""
+
+
 def run(
     spark: SparkSession, ctx: TaskContext, progress: Callable[[str], None] = print
 ) -> TaskResult:
@@ -74,6 +81,12 @@ def run(
         lake.drop(table)
         lake.reset_checkpoint(checkpoint)
     lake.ensure(table, bronze_schema(entity))
+    missing = set(bronze_schema(entity).fieldNames()) - set(lake.read(table).columns)
+    if missing:
+        raise BronzeOutdated(
+            f"{table} lacks {', '.join(sorted(missing))}: it was made by an older version of the "
+            "pipeline. Rebuild from landing once: `order-pipeline run --full-refresh --yes`."
+        )
     before = lake.version(table)
     batch = BronzeBatch(
         profile=ctx.profile,
@@ -85,7 +98,8 @@ def run(
     source = lake.landing_stream(entity, checkpoint)
     for skipped in source.skipped:
         progress(f"  {table}: not ingested: {skipped.file}: {skipped.reason}")
-    lake.run_stream(source.stream, checkpoint, batch, table, progress)
+    records = source.stream.transform(parse_lines(entity))
+    lake.run_stream(records, checkpoint, batch, table, progress)
     # counted from the table's commits, not from the batches' Python state or the query's
     # bounded progress history
     commits = [c for c in lake.history(table) if c["version"] > before]

@@ -85,6 +85,7 @@ from order_pipeline.quality.quarantine import (
 )
 from order_pipeline.quality.rules import RuleSet, load_rules
 from order_pipeline.transforms.latest import latest_rows, newer_condition
+from order_pipeline.transforms.parse import parse_lines
 
 
 class QuarantineRatioExceeded(RuntimeError):
@@ -386,7 +387,8 @@ class Silver:
         if rule is not None:
             self.rules.named(rule)  # an unknown rule name is an error, not an empty replay
             selected = selected.where(F.array_contains("reasons", rule))
-        candidates = selected.transform(quarantined_as_candidates(self.entity))
+        reparse = parse_lines(self.entity, line="raw_record")
+        candidates = selected.transform(quarantined_as_candidates(self.entity, reparse))
         checked = self.lake.cache(self.check(candidates))
         try:
             n_checked = checked.count()

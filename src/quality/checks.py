@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from order_pipeline.common.contract import CORRUPT_RECORD, RESCUED_DATA
+from order_pipeline.common.contract import CORRUPT_RECORD, PARSE_ISSUES
 from order_pipeline.quality.rules import Rule
 
 
@@ -18,7 +18,21 @@ def fk_column(rule: Rule) -> str:
 
 
 def malformed(rule: Rule) -> Column:
-    return F.col(CORRUPT_RECORD).isNotNull() | F.col(RESCUED_DATA).isNotNull()
+    """The line did not parse to the contract (kept as raw text in ``_corrupt_record``)."""
+    return F.col(CORRUPT_RECORD).isNotNull()
+
+
+def parse_issue(rule: Rule) -> Column:
+    """Parsing found ``rule.issue`` in the line (transforms/parse.py): ``_parse_issues``
+    holds ``<issue>:<field>`` entries."""
+    prefix = f"{rule.issue}:"
+    return F.exists(F.col(PARSE_ISSUES), lambda issue: issue.startswith(prefix))
+
+
+def not_blank(rule: Rule) -> Column:
+    """A value of nothing but white space (an empty key would be a silver key)."""
+    value = F.col(rule.column)
+    return value.isNotNull() & (F.trim(value, F.lit(" \t\n\r\f\u000b\u00a0")) == "")
 
 
 def not_null(rule: Rule) -> Column:
@@ -61,6 +75,8 @@ CHECKS: dict[str, Callable[[Rule], Column]] = {
     "range": out_of_range,
     "foreign_key": missing_parent,
     "expression": expression,
+    "parse_issue": parse_issue,
+    "not_blank": not_blank,
 }
 
 

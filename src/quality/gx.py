@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import DataFrame, SparkSession
 
-from order_pipeline.common.contract import CORRUPT_RECORD, GX_RESULTS_DDL, RESCUED_DATA
+from order_pipeline.common.contract import CORRUPT_RECORD, GX_RESULTS_DDL, PARSE_ISSUES
 from order_pipeline.quality.rules import Rule, RuleSet
 
 if TYPE_CHECKING:
@@ -77,9 +77,8 @@ def _expression_query(expression: str) -> str:
 
 def expectations_for(rule: Rule) -> list[gx.expectations.Expectation]:
     """Every expectation that checks ``rule``: none for a kind GX cannot check on a batch
-    alone (foreign_key), two for ``malformed``, one otherwise."""
+    alone (foreign_key), one otherwise."""
     import great_expectations as gx
-    from great_expectations.expectations.row_conditions import Column as GXColumn
 
     expect = gx.expectations
     severity = GX_SEVERITY[rule.severity]
@@ -121,13 +120,24 @@ def expectations_for(rule: Rule) -> list[gx.expectations.Expectation]:
         return [
             expect.ExpectColumnValuesToBeNull(
                 column=CORRUPT_RECORD, meta=_meta(rule, CORRUPT_RECORD), severity=severity
-            ),
-            expect.ExpectColumnValuesToBeNull(
-                column=RESCUED_DATA,
-                row_condition=GXColumn(CORRUPT_RECORD).is_null(),
-                meta=_meta(rule, RESCUED_DATA),
+            )
+        ]
+    if rule.kind == "not_blank":
+        return [
+            expect.ExpectColumnValuesToNotMatchRegex(
+                column=column, regex=r"^\s*$", meta=_meta(rule, column), severity=severity
+            )
+        ]
+    if rule.kind == "parse_issue":
+        return [
+            expect.UnexpectedRowsExpectation(
+                unexpected_rows_query=_expression_query(
+                    f"NOT exists({PARSE_ISSUES}, i -> startswith(i, '{rule.issue}:'))"
+                ),
+                description=rule.description or f"no {rule.issue} found in parsing",
+                meta=_meta(rule),
                 severity=severity,
-            ),
+            )
         ]
     if rule.kind == "expression":
         return [

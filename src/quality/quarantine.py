@@ -20,7 +20,9 @@ from order_pipeline.common.contract import (
     DEFERRED_ID,
     FAILED_DEFER,
     OPEN,
+    PARSE_ISSUES,
     QUALITY_WARNINGS,
+    RAW_LINE,
     REASONS,
     RESCUED_DATA,
     RUN_ID,
@@ -45,7 +47,8 @@ def to_quarantine_rows(
             ).alias("quarantine_id"),
             F.col(REASONS).alias("reasons"),
             F.struct(*entity.columns).alias("record"),
-            F.col(CORRUPT_RECORD).alias("raw_record"),
+            # the line as it landed, where it did not parse or parsing found an issue
+            F.coalesce(F.col(CORRUPT_RECORD), F.col(RAW_LINE)).alias("raw_record"),
             F.col(RESCUED_DATA).alias("rescued_data"),
             F.col(SOURCE_FILE).alias("source_file"),
             (F.lit(batch_id) if not isinstance(batch_id, Column) else batch_id)
@@ -69,6 +72,7 @@ def to_deferred_rows(
             *entity.columns,
             QUALITY_WARNINGS,
             FAILED_DEFER,
+            PARSE_ISSUES,
             SOURCE_FILE,
             F.lit(batch_id).cast("bigint").alias(BATCH_ID),
             F.lit(run_id).alias(RUN_ID),
@@ -87,6 +91,8 @@ def deferred_as_candidates(entity: Entity) -> Callable[[DataFrame], DataFrame]:
             *entity.columns,
             F.lit(None).cast("string").alias(CORRUPT_RECORD),
             F.lit(None).cast("string").alias(RESCUED_DATA),
+            PARSE_ISSUES,
+            F.lit(None).cast("string").alias(RAW_LINE),
             SOURCE_FILE,
             BATCH_ID,
             DEFERRED_AT,
@@ -104,31 +110,42 @@ def raw_text_is_faithful() -> Column:
     return F.col("raw_record").isNull() | F.is_valid_utf8(F.col("raw_record"))
 
 
-def quarantined_as_candidates(entity: Entity) -> Callable[[DataFrame], DataFrame]:
-    """Quarantine rows shaped like bronze rows again; raw text is parsed anew with the
-    current contract, so a record that failed to parse gets a second chance too. Raw text
-    that is not valid UTF-8 stays unparsed: it fails malformed_record again."""
+def quarantined_as_candidates(
+    entity: Entity, parse: Callable[[DataFrame], DataFrame]
+) -> Callable[[DataFrame], DataFrame]:
+    """Quarantine rows shaped like bronze rows again. Raw text is parsed anew by ``parse``
+    (the contract's parser, reading ``raw_record``), so a record that failed to parse, or
+    whose parsing found an issue, gets a second chance under the current contract; raw
+    text that is not valid UTF-8 stays unparsed: it fails malformed_record again."""
 
     def transform(df: DataFrame) -> DataFrame:
-        schema = f"{entity.ddl()}, `{CORRUPT_RECORD}` string"
-        options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_RECORD}
-        reparsed = F.from_json(F.col("raw_record"), schema, options)
+        reparsed = df.transform(parse)
         parsed_before = F.col("raw_record").isNull()
         unfaithful = ~raw_text_is_faithful()
         columns = [
             F.when(parsed_before, F.col(f"record.`{c}`"))
             .when(unfaithful, F.lit(None).cast(entity.fields[c]))
-            .otherwise(reparsed[c])
+            .otherwise(F.col(c))
             .alias(c)
             for c in entity.columns
         ]
-        return df.select(
+        no_issues = F.array().cast("array<string>")
+        return reparsed.select(
             *columns,
             F.when(parsed_before, F.lit(None).cast("string"))
             .when(unfaithful, F.col("raw_record"))
-            .otherwise(reparsed[CORRUPT_RECORD])
+            .otherwise(F.col(CORRUPT_RECORD))
             .alias(CORRUPT_RECORD),
-            F.col("rescued_data").alias(RESCUED_DATA),
+            F.when(parsed_before, F.col("rescued_data"))
+            .when(unfaithful, F.lit(None).cast("string"))
+            .otherwise(F.col(RESCUED_DATA))
+            .alias(RESCUED_DATA),
+            F.when(parsed_before | unfaithful, no_issues)
+            .otherwise(F.col(PARSE_ISSUES))
+            .alias(PARSE_ISSUES),
+            F.when(parsed_before | unfaithful, F.lit(None).cast("string"))
+            .otherwise(F.col(RAW_LINE))
+            .alias(RAW_LINE),
             F.col("source_file").alias(SOURCE_FILE),
             "quarantine_id",
         )

@@ -15,8 +15,10 @@ from order_pipeline.common.config import (
     read_yaml,
     require,
 )
+from order_pipeline.common.contract import PARSE_ISSUE_CODES
 
-KINDS = ("malformed", "not_null", "regex", "in_set", "range", "foreign_key", "expression")
+KINDS = ("malformed", "not_null", "regex", "in_set", "range", "foreign_key", "expression",
+         "parse_issue", "not_blank")  # fmt: skip
 SEVERITIES = ("quarantine", "warn", "fail", "defer")
 RATIO_ACTIONS = ("fail", "warn")
 
@@ -39,13 +41,14 @@ class Rule:
     strict_max: bool = False
     parent: str | None = None
     expression: str | None = None
+    issue: str | None = None  # parse_issue: one of contract.PARSE_ISSUE_CODES
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise SettingError("kind", f"must be one of {KINDS}, got {self.kind!r}")
         if self.severity not in SEVERITIES:
             raise SettingError("severity", f"must be one of {SEVERITIES}, got {self.severity!r}")
-        needs_column = self.kind not in ("malformed", "expression")
+        needs_column = self.kind not in ("malformed", "expression", "parse_issue")
         if needs_column and not self.column:
             raise SettingError("column", f"a {self.kind} rule needs a column")
         if self.kind == "regex" and not self.pattern:
@@ -58,6 +61,10 @@ class Rule:
             raise SettingError("parent", "a foreign_key rule needs the parent entity")
         if self.kind == "foreign_key" and self.severity not in ("defer", "quarantine", "warn"):
             raise SettingError("severity", "a foreign_key rule is defer, quarantine or warn")
+        if self.kind == "parse_issue" and self.issue not in PARSE_ISSUE_CODES:
+            raise SettingError(
+                "issue", f"a parse_issue rule names one of {PARSE_ISSUE_CODES}, got {self.issue!r}"
+            )
         if self.kind == "expression" and not self.expression:
             raise SettingError("expression", "an expression rule needs a SQL boolean expression")
 

@@ -1,0 +1,105 @@
+"""How a landed line becomes a record: the data contract's parsing rules, as one pure
+transform that bronze applies on every platform and replay applies to quarantined raw text.
+
+Per field type (conf/pipeline.yml):
+- string: a JSON string. int, bigint, long, ...: a JSON integer that fits the type.
+  double, float: a JSON number. decimal(p,s): a JSON number with at most p digits.
+  boolean: true/false. array<T>: a JSON array of T. A value of another JSON type makes the
+  whole line unparsed (``_corrupt_record``), as does a line that is not a JSON object.
+- timestamp: an ISO 8601 string with a date, a time and a zone, ``Z`` or ``+hh:mm``
+  (``2026-05-01T10:00:00Z``, ``2026-05-01 10:00:00.5+02:00``); stored in UTC. A JSON number is
+  not a timestamp: epoch seconds, milliseconds or microseconds cannot be told apart, so they
+  are reported (``timestamp_format``) instead of read as seconds. Instants before 1900 or from
+  2200 on are reported too (``timestamp_range``).
+- decimal(p,s): a number with more than s decimal places is reported (``decimal_scale``),
+  never rounded in silence.
+- An object that names a field twice is reported (``duplicate_field``), as is every field
+  outside the contract (``extra_field``); extra fields are kept in ``_rescued_data``.
+
+What is reported lands in ``_parse_issues`` as ``<issue>:<field>``, and the quality rules of
+kind ``parse_issue`` (conf/quality/<entity>.yml) decide its severity. A line with any issue
+keeps its raw text in ``_raw_line``, so a replay parses the line itself again. A line that is
+not valid UTF-8 is not parsed at all (its bytes would be read through a lossy decoding): it
+is kept as it landed in ``_corrupt_record``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from order_pipeline.common.config import Entity
+from order_pipeline.common.contract import CORRUPT_RECORD, PARSE_ISSUES, RAW_LINE, RESCUED_DATA
+
+ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})$"
+EARLIEST, LATEST = "1900-01-01 00:00:00", "2200-01-01 00:00:00"  # the sane range, in UTC
+_DECIMAL = r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$"
+
+
+def _issue(code: str, field: str, when: Column) -> Column:
+    return F.when(when, F.array(F.lit(f"{code}:{field}"))).otherwise(F.array())
+
+
+def parse_lines(entity: Entity, line: str = "value") -> Callable[[DataFrame], DataFrame]:
+    """Rows with a landed ``line`` -> the same rows plus the contract's columns, the raw
+    text where the line did not parse, extra fields, the issues found, and the raw text of
+    lines with issues."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        raw = F.col(line)
+        utf8 = F.is_valid_utf8(raw)  # else the bytes would be read through a lossy decoding
+        text = F.when(utf8, F.regexp_replace(raw, "^\ufeff", ""))  # a byte order mark is not data
+        options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_RECORD}
+        typed = F.from_json(text, f"{entity.ddl()}, `{CORRUPT_RECORD}` string", options)
+        keys = F.json_object_keys(text)
+        repeated = F.array_distinct(
+            F.filter(keys, lambda k: F.size(F.filter(keys, lambda j: j == k)) > 1)
+        )
+        unique_keys = F.coalesce(F.size(repeated), F.lit(0)) == 0
+        # every field's token as text (only where no field repeats: a map may not)
+        tokens = F.when(unique_keys, F.from_json(text, "map<string,string>"))
+        contract = F.array(*[F.lit(c) for c in entity.columns])
+        extras = F.array_except(F.coalesce(keys, F.array().cast("array<string>")), contract)
+        issues = [
+            F.transform(F.coalesce(repeated, F.array()), lambda k: F.concat(F.lit("duplicate_field:"), k)),
+            F.transform(extras, lambda k: F.concat(F.lit("extra_field:"), k)),
+        ]  # fmt: skip
+        for field, spark_type in entity.fields.items():
+            token, value = tokens[field], typed[field]
+            if spark_type.lower() == "timestamp":
+                issues.append(
+                    _issue(
+                        "timestamp_format", field, token.isNotNull() & ~token.rlike(ISO_TIMESTAMP)
+                    )
+                )
+                issues.append(_issue("timestamp_range", field, value.isNotNull()
+                                     & ((value < F.lit(EARLIEST).cast("timestamp"))
+                                        | (value >= F.lit(LATEST).cast("timestamp")))))  # fmt: skip
+            elif (scale := _decimal_scale(spark_type)) is not None:
+                fraction = F.regexp_extract(token, r"^-?\d*\.(\d+)$", 1)
+                issues.append(_issue("decimal_scale", field, token.isNotNull() & (F.length(fraction) > scale)))  # fmt: skip
+        found = F.flatten(F.array(*issues))
+        parsed = utf8 & typed[CORRUPT_RECORD].isNull() & keys.isNotNull()
+        return df.withColumns(
+            {
+                # the fields that did parse are kept beside the raw text of a malformed line
+                **{c: F.when(utf8, typed[c]) for c in entity.columns},
+                CORRUPT_RECORD: F.when(~parsed, raw),
+                RESCUED_DATA: F.when(
+                    parsed & (F.size(extras) > 0),
+                    F.to_json(F.map_filter(tokens, lambda k, _: ~F.array_contains(contract, k))),
+                ),
+                PARSE_ISSUES: F.when(parsed, found).otherwise(F.array().cast("array<string>")),
+                RAW_LINE: F.when(parsed & (F.size(found) > 0), raw),
+            }
+        )
+
+    return transform
+
+
+def _decimal_scale(spark_type: str) -> int | None:
+    match = re.match(_DECIMAL, spark_type.strip().lower())
+    return int(match.group(2)) if match else None

@@ -110,10 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_root(p)
     add_wait(p)
 
-    from order_pipeline.cli import trigger
+    from order_pipeline.cli.trigger_options import configure_parser
 
     p = sub.add_parser("trigger", help="start the deployed job on Databricks and follow it")
-    trigger.configure_parser(p)
+    configure_parser(p)
     return parser
 
 
@@ -206,7 +206,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_job_graph(args: argparse.Namespace, ctx) -> int:
     """`run`, once it holds the data root."""
     from order_pipeline.cli.display import format_table
-    from order_pipeline.cli.runner import bundle_variables, load_job_graph, run_graph
+    from order_pipeline.cli.runner import OK, bundle_variables, load_job_graph, run_graph
+    from order_pipeline.jobs.task import collected_task_runs
 
     parameters = dict(args.param)
     if args.as_of:
@@ -227,19 +228,20 @@ def run_job_graph(args: argparse.Namespace, ctx) -> int:
     graph = load_job_graph()
     variables = bundle_variables(graph.source.parent.parent, ctx.profile)
     print(f"job {graph.name}: {len(graph.tasks)} tasks from {graph.source}, run {ctx.run_id}")
-    outcomes = run_graph(
-        graph,
-        variables,
-        parameters,
-        ctx.run_id,
-        ["--data-root", args.data_root],
-        only=args.task,
-        parallel=args.parallel or ctx.profile.parallel_tasks,
-    )
+    with collected_task_runs(ctx.profile):  # one ops_task_runs commit for the whole run
+        outcomes = run_graph(
+            graph,
+            variables,
+            parameters,
+            ctx.run_id,
+            ["--data-root", args.data_root],
+            only=args.task,
+            parallel=args.parallel or ctx.profile.parallel_tasks,
+        )
     print()
     print(format_table(["task", "status", "seconds", "error"],
                        [(o.key, o.status, f"{o.seconds:.1f}", o.error or "") for o in outcomes], width=100))  # fmt: skip
-    return 0 if all(o.status == "SUCCESS" for o in outcomes) else 1
+    return 0 if all(o.status in OK for o in outcomes) else 1
 
 
 def cmd_sql(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from order_pipeline.common.config import ConfigError, Profile
+from order_pipeline.jobs.task import task_status
 
 VAR_REF = re.compile(r"\$\{var\.([A-Za-z0-9_]+)\}")
 DYNAMIC_REF = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
@@ -150,10 +151,13 @@ def resolve(text: str, variables: dict[str, str], dynamic: dict[str, str], where
     return VAR_REF.sub(var, DYNAMIC_REF.sub(ref, VAR_REF.sub(var, text)))
 
 
+OK = ("SUCCESS", "SKIPPED")  # what lets the dependent tasks run
+
+
 @dataclass
 class TaskOutcome:
     key: str
-    status: str  # SUCCESS, FAILED, UPSTREAM_FAILED, SKIPPED
+    status: str  # SUCCESS, SKIPPED (nothing new), FAILED, UPSTREAM_FAILED
     seconds: float = 0.0
     error: str | None = None
 
@@ -211,7 +215,9 @@ def run_graph(
             error = f"{type(exc).__name__}: {exc}"
             progress(f"  {task.key} FAILED: {error}")
             return TaskOutcome(task.key, "FAILED", time.monotonic() - started, error)
-        return TaskOutcome(task.key, "SUCCESS", time.monotonic() - started)
+        # a task that found nothing new ends well, as on Databricks, and says so here
+        status = "SKIPPED" if task_status(run_id, task.key) == "SKIPPED" else "SUCCESS"
+        return TaskOutcome(task.key, status, time.monotonic() - started)
 
     outcomes: dict[str, TaskOutcome] = {}
     pending = list(tasks)
@@ -220,7 +226,7 @@ def run_graph(
         while pending or running:
             for task in list(pending):
                 upstream = [d for d in task.depends_on if d in selected]
-                if any(d in outcomes and outcomes[d].status != "SUCCESS" for d in upstream):
+                if any(d in outcomes and outcomes[d].status not in OK for d in upstream):
                     pending.remove(task)
                     outcomes[task.key] = TaskOutcome(task.key, "UPSTREAM_FAILED")
                     progress(

@@ -222,6 +222,8 @@ class Profile:
     landing: LandingSettings = field(default_factory=LandingSettings)
     cache_batches: bool = True  # serverless compute rejects DataFrame.persist()
     parallel_tasks: int = 1  # local runner: independent tasks of the job graph at once
+    # a task whose inputs did not move since its last success is skipped (common/inputs.py)
+    skip_unchanged: bool = True
     silver_file_rows: int = 250_000  # rows per key-range file of a silver table's first load
     # quarantine_<entity> tables hold raw records (e-mails, phones): on Databricks they live
     # in a schema of their own that only data stewards may read; None: the main schema
@@ -240,6 +242,10 @@ class Profile:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise SettingError(name, f"must be a whole number of at least 1, got {value!r}")
+        if not isinstance(self.skip_unchanged, bool):
+            raise SettingError(
+                "skip_unchanged", f"must be true or false, got {self.skip_unchanged!r}"
+            )
         if self.name == "local" and not self.warehouse_root:
             raise SettingError("warehouse_root", "the local profile needs one")
 
@@ -318,6 +324,7 @@ def load_profile(
             spark={str(k): str(v) for k, v in (data.get("spark") or {}).items()},
             cache_batches=bool(data.get("cache_batches", True)),
             parallel_tasks=data.get("parallel_tasks", 1),
+            skip_unchanged=data.get("skip_unchanged", True),
             silver_file_rows=data.get("silver_file_rows", 250_000),
             quarantine_schema=(
                 substitute(str(data["quarantine_schema"]), values)

@@ -116,6 +116,12 @@ def get_spark(profile: Profile, app_name: str = "order-pipeline") -> SparkSessio
         return _get_or_build(profile, app_name)
 
 
+def running_spark() -> SparkSession | None:
+    """This process's session if one was started and is still live; never starts one."""
+    with _session_lock:
+        return _session if _session is not None and _is_live(_session) else None
+
+
 def _is_live(session: SparkSession) -> bool:
     if is_spark_connect(session):
         return not session.is_stopped

@@ -10,7 +10,8 @@ batch replayed after a crash (written, but not yet committed to the checkpoint) 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -24,6 +25,13 @@ from order_pipeline.common.contract import (
     bronze_schema,
     bronze_table,
     bronze_task,
+)
+from order_pipeline.common.inputs import (
+    Consumed,
+    Inputs,
+    Versions,
+    batch_in_flight,
+    listing_fingerprint,
 )
 from order_pipeline.common.io import Lakehouse, Txn, rows_written
 from order_pipeline.jobs.task import (
@@ -68,6 +76,29 @@ class BronzeBatch:
 
 class BronzeOutdated(RuntimeError):
     """The bronze table predates the columns this version writes."""
+
+
+def inputs(ctx: TaskContext, versions: Versions, previous: Consumed | None) -> Inputs:
+    """The landing folder's listing, and the settings that decide what of it is read; due
+    while the bronze table is missing or its stream has a batch in flight."""
+    entity, profile = ctx.entity_spec(), ctx.profile
+    checkpoint = Path(profile.checkpoint_root) / bronze_checkpoint(entity.name)
+    due = None
+    if versions(bronze_table(entity.name)) is None:
+        due = f"{bronze_table(entity.name)} does not exist"
+    elif (batch := batch_in_flight(checkpoint)) is not None:
+        due = f"batch {batch} of {checkpoint} was planned but not committed"
+    landing = Path(profile.landing_root) / entity.name
+    try:
+        listing = listing_fingerprint(landing)
+    except OSError as exc:  # the task runs and its stream says what is wrong
+        listing, due = None, due or f"{landing} could not be listed ({exc})"
+    values = {
+        "landing": listing,
+        "landing_settings": asdict(profile.landing),
+        "contract": entity.ddl(),
+    }
+    return Inputs(values, due)
 
 
 def run(
@@ -115,7 +146,7 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     args = task_parser("Ingest landed JSON files of one entity into bronze.", True).parse_args(argv)
     ctx = context_from_args(args)
-    return run_entry_point(bronze_task(ctx.entity_spec().name), ctx, run)
+    return run_entry_point(bronze_task(ctx.entity_spec().name), ctx, run, inputs)
 
 
 if __name__ == "__main__":

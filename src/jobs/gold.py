@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from order_pipeline.common import contract
 from order_pipeline.common.contract import (
@@ -25,6 +26,7 @@ from order_pipeline.common.contract import (
     silver_ddl,
     silver_table,
 )
+from order_pipeline.common.inputs import Consumed, Inputs, Versions
 from order_pipeline.common.io import Lakehouse, WhenMatched, WhenNotMatched
 from order_pipeline.common.timing import StepTimer
 from order_pipeline.jobs.task import (
@@ -319,6 +321,7 @@ def run(
         progress(f"  {table}: {n} rows")
     mode = "incremental" if reason is None else "full"
     progress(f"  gold: {mode} build: {steps}")
+    valid_until = most_sold_valid_until(lake, as_of)
     details = {
         "as_of": as_of,
         "mode": mode,
@@ -327,13 +330,65 @@ def run(
         "affected_orders": affected,
         **counts,
     }
-    return TaskResult(rows_in=rows_in, rows_out=counts[contract.ORDER_DETAILS], details=details)
+    return TaskResult(
+        rows_in=rows_in,
+        rows_out=counts[contract.ORDER_DETAILS],
+        details=details,
+        state={"most_sold_valid_until": valid_until and valid_until.isoformat()},
+    )
+
+
+def most_sold_valid_until(lake: Lakehouse, as_of: datetime) -> datetime | None:
+    """The last instant at which the most-sold answer computed at ``as_of`` is still the
+    answer, silver unchanged: until an order after ``as_of`` enters the 30-day window or the
+    oldest order in it leaves (None: no order will ever enter or leave)."""
+    micros = (
+        lake.read(contract.ORDER_DETAILS)
+        .where(F.col("line_status") == "delivered")
+        .select(
+            F.unix_micros(
+                F.least(
+                    F.min(F.when(F.col("order_ts") >= F.lit(as_of), F.col("order_ts"))),
+                    F.min(
+                        F.when(
+                            (F.col("order_ts") >= F.lit(as_of) - F.expr("INTERVAL 30 DAYS"))
+                            & (F.col("order_ts") < F.lit(as_of)),
+                            F.col("order_ts"),
+                        )
+                    )
+                    + F.expr("INTERVAL 30 DAYS"),
+                )
+            )
+        )
+        .first()[0]
+    )
+    return None if micros is None else datetime.fromtimestamp(micros / 1e6, UTC)
+
+
+def inputs(ctx: TaskContext, versions: Versions, previous: Consumed | None) -> Inputs:
+    """The silver tables' versions and the as-of date asked for; due while a gold table is
+    missing, or, with no as-of date given, once the most-sold window has moved past an
+    order (``most_sold_valid_until``)."""
+    values = {
+        "silver": {name: versions(silver_table(name)) for name in gold.GOLD_INPUTS},
+        "as_of": ctx.as_of.isoformat() if ctx.as_of else None,
+    }
+    due = None
+    if missing := [t for t in (*contract.GOLD_TABLES, GOLD_WATERMARKS) if versions(t) is None]:
+        due = f"{missing[0]} does not exist"
+    elif ctx.as_of is None and previous is not None:
+        until = previous.state.get("most_sold_valid_until", "unknown")
+        if until == "unknown" or (
+            until is not None and datetime.now(UTC) > datetime.fromisoformat(until)
+        ):
+            due = f"the 30-day window of the most sold product moved (valid until {until})"
+    return Inputs(values, due)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = task_parser("Build the gold tables from silver.", False).parse_args(argv)
     ctx = context_from_args(args)
-    return run_entry_point(GOLD_TASK, ctx, run)
+    return run_entry_point(GOLD_TASK, ctx, run, inputs)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,12 @@ quarantine inserts are keyed, deletes are keyed.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -46,6 +48,7 @@ from order_pipeline.common.contract import (
     silver_table,
     silver_task,
 )
+from order_pipeline.common.inputs import Consumed, Inputs, Versions, batch_in_flight
 from order_pipeline.common.io import (
     Lakehouse,
     Txn,
@@ -83,7 +86,7 @@ from order_pipeline.quality.quarantine import (
     to_deferred_rows,
     to_quarantine_rows,
 )
-from order_pipeline.quality.rules import RuleSet, load_rules
+from order_pipeline.quality.rules import RuleSet, load_rules, rules_path
 from order_pipeline.transforms.latest import latest_rows, newer_condition
 from order_pipeline.transforms.parse import parse_lines
 
@@ -367,6 +370,25 @@ class Silver:
             self.lake.release(checked)
         return promoted_n, expired_n
 
+    def deferred_backlog(self) -> dict[str, object]:
+        """How many rows wait for a parent, and since when the oldest does."""
+        if not self.rules.of("defer"):
+            return {"waiting": 0, "oldest_deferred_at": None}
+        row = (
+            self.lake.read(self.deferred)
+            .agg(
+                F.count(F.lit(1)).alias("waiting"),
+                F.unix_micros(F.min(DEFERRED_AT)).alias("oldest"),  # an instant, whatever the zone
+            )
+            .first()
+        )
+        micros = row["oldest"]
+        oldest = None if micros is None else datetime.fromtimestamp(micros / 1e6, UTC)
+        return {
+            "waiting": int(row["waiting"]),
+            "oldest_deferred_at": oldest.isoformat() if oldest is not None else None,
+        }
+
     def insert_quarantine_once(self, rows: DataFrame) -> None:
         """Insert quarantine rows unless the same id is already there (safe to repeat)."""
         self.lake.merge(
@@ -476,7 +498,15 @@ def run(
     # The batches may have run in another process (Spark Connect): what they did is read
     # back from the metrics rows they wrote, not from Python state.
     counts, batches = silver.stream_counts()
-    promoted, expired = silver.resolve_deferred()
+    parents = parent_versions(silver.entity, versions_of(lake))
+    why = deferred_pass_due(ctx, parents)
+    promoted = expired = 0
+    if why is not None:
+        promoted, expired = silver.resolve_deferred()
+    else:
+        progress(
+            f"  {silver.deferred}: no parent moved and no deferral expired since the last pass"
+        )
     progress(
         f"  {silver.silver}: checked {counts.checked}, passed {counts.passed}, quarantined "
         f"{counts.quarantined}, deferred {counts.deferred}; earlier deferred rows promoted "
@@ -493,8 +523,66 @@ def run(
             "expired": expired,
             "batches": batches,
             "ratio_warning": alert,
+            "deferred_pass": why or "not needed",
         },
+        state={"parents": parents, **silver.deferred_backlog()},
     )
+
+
+# -- what a silver task consumes ---------------------------------------------------------
+def versions_of(lake: Lakehouse) -> Versions:
+    return (
+        Versions.local(lake.profile) if lake.profile.is_local else Versions.from_spark(lake.spark)
+    )
+
+
+def parent_versions(entity: Entity, versions: Versions) -> dict[str, int | None]:
+    return {p: versions(silver_table(p)) for p in sorted(set(entity.parents.values()))}
+
+
+def deferral_expired(ctx: TaskContext, oldest: str | None) -> bool:
+    if oldest is None:
+        return False
+    expires = datetime.fromisoformat(oldest) + timedelta(
+        seconds=ctx.profile.quality.defer_max_age_seconds
+    )
+    return datetime.now(UTC) >= expires
+
+
+def deferred_pass_due(ctx: TaskContext, parents: dict[str, int | None]) -> str | None:
+    """Why the deferred rows must be re-checked now, or None: only a parent that moved or a
+    deferral that expired can change their outcome (rows deferred by this run's batches were
+    checked against the parents as they are)."""
+    previous = ctx.previous
+    if previous is None or "waiting" not in previous.state:
+        return "first pass since a full refresh or an upgrade"
+    if not previous.state["waiting"]:
+        return None
+    if previous.state.get("parents") != parents:
+        return "a parent table moved"
+    if deferral_expired(ctx, previous.state.get("oldest_deferred_at")):
+        return "a deferral expired"
+    return None
+
+
+def inputs(ctx: TaskContext, versions: Versions, previous: Consumed | None) -> Inputs:
+    """The bronze table's version and the entity's rules; due while an output is missing,
+    the stream has a batch in flight, or deferred rows wait and a parent moved or one of them
+    expired."""
+    entity, profile = ctx.entity_spec(), ctx.profile
+    name = entity.name
+    checkpoint = Path(profile.checkpoint_root) / silver_checkpoint(name)
+    due = None
+    outputs = [silver_table(name), deferred_table(name)]
+    if missing := [t for t in outputs if versions(t) is None]:
+        due = f"{missing[0]} does not exist"
+    elif (batch := batch_in_flight(checkpoint)) is not None:
+        due = f"batch {batch} of {checkpoint} was planned but not committed"
+    else:
+        due = deferred_pass_due(replace(ctx, previous=previous), parent_versions(entity, versions))
+    rules = hashlib.sha256(rules_path(entity).read_bytes()).hexdigest()
+    values = {"bronze": versions(bronze_table(name)), "rules": rules, "contract": entity.ddl()}
+    return Inputs(values, due)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -502,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         "Quality-gate bronze rows of one entity and MERGE them into silver.", True
     ).parse_args(argv)
     ctx = context_from_args(args)
-    return run_entry_point(silver_task(ctx.entity_spec().name), ctx, run)
+    return run_entry_point(silver_task(ctx.entity_spec().name), ctx, run, inputs)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,18 @@ Databricks ``python_wheel_task`` and under the local runner.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import sys
+import threading
 import traceback
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -25,10 +31,11 @@ from order_pipeline.common.config import (
     load_profile,
 )
 from order_pipeline.common.contract import TASK_RUNS, TASK_RUNS_DDL
-from order_pipeline.common.io import Lakehouse
+from order_pipeline.common.inputs import Consumed, Inputs, Versions
+from order_pipeline.common.io import Lakehouse, Txn
 from order_pipeline.common.platform import profile_name
 from order_pipeline.common.runlock import EXIT_RUN_LOCKED, RunLocked, run_lock
-from order_pipeline.common.spark import get_spark
+from order_pipeline.common.spark import get_spark, running_spark
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,7 @@ class TaskContext:
     full_refresh: bool = False
     entity: str | None = None
     as_of: datetime | None = None
+    previous: Consumed | None = None  # what this task consumed when it last succeeded
 
     def entity_spec(self) -> Entity:
         if self.entity is None:
@@ -56,6 +64,8 @@ class TaskResult:
     rows_in: int = 0
     rows_out: int = 0
     details: dict[str, object] = field(default_factory=dict)
+    # kept with what the task consumed, for its next run (e.g. when a deferral expires)
+    state: dict[str, object] = field(default_factory=dict)
 
 
 def no_fault(step: str, batch_id: int | None = None) -> None:
@@ -117,13 +127,23 @@ def context_from_args(args: argparse.Namespace) -> TaskContext:
     )
 
 
+InputsOf = Callable[["TaskContext", Versions, Consumed | None], Inputs]
+
+
 def run_task(
     task: str,
     ctx: TaskContext,
     body: Callable[[SparkSession, TaskContext], TaskResult],
     progress: Callable[[str], None] = print,
+    inputs_of: InputsOf | None = None,
 ) -> TaskResult:
-    """Run one task and record it in ops_task_runs, failed or not.
+    """Run one task and record it in ops_task_runs, failed, skipped or not.
+
+    With ``inputs_of`` and the profile's ``skip_unchanged``, a task whose inputs are those
+    of its last success (common/inputs.py) is skipped: locally before a Spark session is
+    started, on Databricks after a ``DESCRIBE HISTORY`` per input table. ``--full-refresh``
+    never skips. What the task consumed is kept once it succeeded; the body sees the
+    previous record as ``ctx.previous``.
 
     On the local profile the task holds its data root's run lock: taken here when the task
     runs on its own (raising ``RunLocked`` when another process holds it), re-entered when
@@ -135,37 +155,174 @@ def run_task(
         progress=progress,
         hint="wait for it to finish, then start this task again",
     ):
-        spark = get_spark(ctx.profile, app_name=f"order-pipeline-{task}")
-        lake = Lakehouse(spark, ctx.profile)
         started = datetime.now(UTC)
+        spark = None if ctx.profile.is_local else get_spark(ctx.profile, f"order-pipeline-{task}")
+        previous = inputs = None
+        if inputs_of is not None:
+            versions = (
+                Versions.from_spark(spark) if spark is not None else Versions.local(ctx.profile)
+            )
+            if ctx.full_refresh:
+                Consumed.forget(ctx.profile, [task])
+            previous = Consumed.load(ctx.profile, task)
+            inputs = inputs_of(ctx, versions, previous)
+            if (
+                ctx.profile.skip_unchanged
+                and not ctx.full_refresh
+                and previous is not None
+                and inputs.unchanged_since(previous.inputs)
+            ):
+                result = TaskResult(details={"skipped": f"nothing new since run {previous.run_id}"})
+                _record(ctx, task, started, "SKIPPED", None, result, spark, progress)
+                return result
+        spark = spark or get_spark(ctx.profile, app_name=f"order-pipeline-{task}")
         status, error, result = "SUCCESS", None, TaskResult()
         try:
-            result = body(spark, ctx)
+            result = body(spark, replace(ctx, previous=previous))
+            if inputs is not None:
+                try:
+                    Consumed(inputs.values, result.state, ctx.run_id).save(ctx.profile, task)
+                except OSError as exc:  # the work is done; the next run just will not skip
+                    progress(f"WARNING: {task}: could not record what it consumed: {exc}")
             return result
         except BaseException as exc:
             status = "FAILED"
             error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]
             raise
         finally:
-            ended = datetime.now(UTC)
-            lake.ensure(TASK_RUNS, TASK_RUNS_DDL)
-            row = [(task, ctx.entity, ctx.run_id, started, ended,
-                    (ended - started).total_seconds(), result.rows_in, result.rows_out, status,
-                    error, _json(result.details))]  # fmt: skip
-            lake.append(spark.createDataFrame(row, TASK_RUNS_DDL), TASK_RUNS)
-            progress(
-                f"{task}: {status.lower()} in {(ended - started).total_seconds():.1f}s, "
-                f"rows in {result.rows_in}, rows out {result.rows_out}"
-            )
+            _record(ctx, task, started, status, error, result, spark, progress)
+
+
+def _record(
+    ctx: TaskContext,
+    task: str,
+    started: datetime,
+    status: str,
+    error: str | None,
+    result: TaskResult,
+    spark: SparkSession | None,
+    progress: Callable[[str], None],
+) -> None:
+    ended = datetime.now(UTC)
+    seconds = (ended - started).total_seconds()
+    record_task_run(
+        ctx.profile,
+        spark,
+        {"task": task, "entity": ctx.entity, "run_id": ctx.run_id, "started_at": started,
+         "ended_at": ended, "seconds": seconds, "rows_in": result.rows_in,
+         "rows_out": result.rows_out, "status": status, "error": error,
+         "details": _json(result.details)},
+    )  # fmt: skip
+    if status == "SKIPPED":
+        progress(f"{task}: skipped in {seconds:.2f}s, {result.details['skipped']}")
+    else:
+        progress(
+            f"{task}: {status.lower()} in {seconds:.1f}s, "
+            f"rows in {result.rows_in}, rows out {result.rows_out}"
+        )
+    with _RECORDS_LOCK:
+        _STATUSES[(ctx.run_id, task)] = status
+
+
+# -- run records ------------------------------------------------------------------------------
+# Locally a task's ops_task_runs row goes to a pending file first, and the rows of a whole
+# `order-pipeline run` reach the table in one commit at its end (a commit costs seconds here,
+# a run has a dozen tasks); a run that started no Spark session leaves them pending for the
+# next one that does. On Databricks each task is its own process: it appends its row.
+_RECORDS_LOCK = threading.RLock()
+_collecting = 0  # > 0 while `order-pipeline run` collects the rows of its tasks
+_STATUSES: dict[tuple[str, str], str] = {}
+PENDING_RUNS = "_task_runs/pending.jsonl"  # under the checkpoint root
+
+
+def task_status(run_id: str, task: str) -> str | None:
+    """SUCCESS, FAILED or SKIPPED for a task of a run in this process, if it ran here."""
+    with _RECORDS_LOCK:
+        return _STATUSES.get((run_id, task))
+
+
+def record_task_run(profile: Profile, spark: SparkSession | None, row: dict[str, object]) -> None:
+    if not profile.is_local:
+        assert spark is not None
+        _append_task_runs(spark, profile, [row])
+        return
+    path = Path(profile.checkpoint_root) / PENDING_RUNS
+    with _RECORDS_LOCK:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as pending:
+            pending.write(json.dumps(row, default=_iso) + "\n")
+            pending.flush()
+            os.fsync(pending.fileno())
+        if not _collecting and spark is not None:
+            flush_task_runs(spark, profile)
+
+
+@contextmanager
+def collected_task_runs(profile: Profile) -> Iterator[None]:
+    """Collect the ops_task_runs rows of the tasks run inside, and write them in one commit
+    at the end if a Spark session is running (else they wait for the next run)."""
+    global _collecting
+    with _RECORDS_LOCK:
+        _collecting += 1
+    try:
+        yield
+    finally:
+        with _RECORDS_LOCK:
+            _collecting -= 1
+            spark = running_spark()
+            if not _collecting and spark is not None and profile.is_local:
+                flush_task_runs(spark, profile)
+
+
+def flush_task_runs(spark: SparkSession, profile: Profile) -> int:
+    """Append the pending rows to ops_task_runs in one commit; returns how many. Safe to
+    repeat after a crash: the commit's identity is the rows' digest, so rows already
+    appended are skipped by Delta."""
+    path = Path(profile.checkpoint_root) / PENDING_RUNS
+    with _RECORDS_LOCK:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return 0
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if rows:
+            _append_task_runs(spark, profile, rows)
+        path.unlink()
+        return len(rows)
+
+
+def _append_task_runs(spark: SparkSession, profile: Profile, rows: list[dict[str, object]]) -> None:
+    lake = Lakehouse(spark, profile)
+    lake.ensure(TASK_RUNS, TASK_RUNS_DDL)
+    digest = hashlib.sha256(json.dumps(rows, default=_iso, sort_keys=True).encode()).hexdigest()
+    columns = [c.split()[0] for c in TASK_RUNS_DDL.split(", ")]
+    values = [[_from_iso(c, r.get(c)) for c in columns] for r in rows]
+    lake.append(
+        spark.createDataFrame(values, TASK_RUNS_DDL), TASK_RUNS, Txn(f"task-runs-{digest}", 0)
+    )
+
+
+def _iso(value: object) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _from_iso(column: str, value: object) -> object:
+    if column in ("started_at", "ended_at") and isinstance(value, str):
+        return datetime.fromisoformat(value)
+    return value
 
 
 def run_entry_point(
-    task: str, ctx: TaskContext, body: Callable[[SparkSession, TaskContext], TaskResult]
+    task: str,
+    ctx: TaskContext,
+    body: Callable[[SparkSession, TaskContext], TaskResult],
+    inputs_of: InputsOf | None = None,
 ) -> int:
-    """``run_task`` for a task's console script: 0 when it ran, EXIT_RUN_LOCKED with the
-    holder named (no traceback) when another run holds the data root."""
+    """``run_task`` for a task's console script: 0 when it ran or was skipped,
+    EXIT_RUN_LOCKED with the holder named (no traceback) when another run holds the data
+    root."""
     try:
-        run_task(task, ctx, body)
+        run_task(task, ctx, body, inputs_of=inputs_of)
     except RunLocked as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUN_LOCKED

@@ -99,10 +99,14 @@ class RuleSet:
 RULE_KEYS = set(Rule.__dataclass_fields__)
 
 
+def rules_path(entity: Entity) -> Path:
+    return conf_dir() / "quality" / f"{entity.name}.yml"
+
+
 def load_rules(
     entity: Entity, entities: dict[str, Entity] | None = None, path: Path | None = None
 ) -> RuleSet:
-    path = path or conf_dir() / "quality" / f"{entity.name}.yml"
+    path = path or rules_path(entity)
     data = read_yaml(path)
     raw_rules = require(data, "rules", path)
     if not isinstance(raw_rules, list):

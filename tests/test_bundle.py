@@ -15,7 +15,9 @@ The CLI does not know this repository, so these checks stay here: every task's e
 point is a console script of the installed wheel and loads to a callable, every
 ``{{job.parameters.X}}`` a task passes is a job parameter, the task graph is the one
 conf/pipeline.yml's ``parents`` imply, the landing and checkpoint roots are the bundle's
-Volumes, and every target of databricks.yml is validated here.
+Volumes, each dashboard reads the schema resource it is meant for, and every target of
+databricks.yml is validated here. What the dashboards' queries compute is checked on local
+Spark by tests/test_dashboards.py.
 
 Each target is validated once per module; a validation takes under a second.
 """
@@ -52,6 +54,9 @@ SERVICE_PRINCIPAL = Identity(
 DEVELOPER_TOKEN = "dapi-developer"
 CI_TOKEN = "dapi-ci"
 
+# The SQL warehouses of the workspace; databricks.yml looks the dashboards' one up by name.
+WAREHOUSES = {"Serverless Starter Warehouse": "4b9e8274a1d2c3f5", "Analysts": "0123456789abcdef"}
+
 DEV = ("-t", "dev")
 PROD = ("-t", "prod", "--var", f"service_principal_name={SERVICE_PRINCIPAL.user_name}")
 
@@ -68,6 +73,7 @@ DESIGNED_GRAPH = {
     "silver_line_items": {"bronze_line_items", "silver_orders", "silver_products"},
     "gold": {"silver_line_items"},
 }
+DASHBOARDS = "src/dashboards"
 JOB_PARAMETERS = ["catalog", "schema", "landing_root", "checkpoint_root", "full_refresh", "as_of"]
 
 
@@ -111,7 +117,9 @@ def databricks_cli() -> Path:
 
 @pytest.fixture(scope="module")
 def workspace() -> Iterator[WorkspaceStandIn]:
-    with WorkspaceStandIn({DEVELOPER_TOKEN: DEVELOPER, CI_TOKEN: SERVICE_PRINCIPAL}) as standin:
+    with WorkspaceStandIn(
+        {DEVELOPER_TOKEN: DEVELOPER, CI_TOKEN: SERVICE_PRINCIPAL}, WAREHOUSES
+    ) as standin:
         yield standin
 
 
@@ -147,11 +155,13 @@ class Validation:
 
 
 def copy_bundle(destination: Path) -> Path:
-    """What `bundle validate` reads: the bundle files and the wheel's build definition."""
+    """What `bundle validate` reads: the bundle files, the dashboards' .lvdash.json files
+    and the wheel's build definition."""
     destination.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO_ROOT / "databricks.yml", destination / "databricks.yml")
     shutil.copy(REPO_ROOT / "pyproject.toml", destination / "pyproject.toml")
     shutil.copytree(REPO_ROOT / "resources", destination / "resources")
+    shutil.copytree(REPO_ROOT / DASHBOARDS, destination / DASHBOARDS)
     return destination
 
 
@@ -355,6 +365,133 @@ def test_prod_schemas_and_volumes_cannot_be_destroyed(prod: Validation) -> None:
     }
 
 
+def _schema_reference(resources: dict[str, Any], reference: str) -> tuple[str, dict[str, Any]]:
+    """The schema resource a ``${resources.schemas.KEY.name}`` reference names (the CLI
+    leaves such references for deploy time)."""
+    match = re.fullmatch(r"\$\{resources\.schemas\.(\w+)\.name\}", reference)
+    assert match, f"not a schema reference: {reference}"
+    return match.group(1), resources["schemas"][match.group(1)]
+
+
+def test_dashboards_read_their_schema_on_the_looked_up_warehouse(target: Validation) -> None:
+    config = target.config
+    resources = config["resources"]
+    catalog = {p["name"]: p["default"] for p in target.job["parameters"]}["catalog"]
+    expected_schema = {
+        "pipeline_health": "pipeline_schema",
+        "quarantine_review": "quarantine_schema",
+    }
+    assert set(resources["dashboards"]) == set(expected_schema)
+    for key, dashboard in resources["dashboards"].items():
+        assert dashboard["warehouse_id"] == WAREHOUSES["Serverless Starter Warehouse"], key
+        # each viewer's own grants decide what the queries may read
+        assert dashboard["embed_credentials"] is False, key
+        assert dashboard["dataset_catalog"] == catalog, key
+        schema_key, schema = _schema_reference(resources, dashboard["dataset_schema"])
+        assert schema_key == expected_schema[key]
+        assert schema["catalog_name"] == catalog
+        assert dashboard["file_path"] == f"{DASHBOARDS}/{key}.lvdash.json"
+        # the CLI read the file in: what a deploy sends is the file as it is in the repository
+        source = (REPO_ROOT / dashboard["file_path"]).read_text(encoding="utf-8")
+        assert dashboard["serialized_dashboard"] == source, key
+        assert dashboard["parent_path"] == f"{config['workspace']['root_path']}/resources"
+
+
+def test_dev_dashboards_and_alerts_are_personal_and_paused(dev: Validation) -> None:
+    resources = dev.config["resources"]
+    prefix = "[dev alice_smith] "
+    assert {k: d["display_name"] for k, d in resources["dashboards"].items()} == {
+        "pipeline_health": f"{prefix}order-pipeline health",
+        "quarantine_review": f"{prefix}order-pipeline quarantine",
+    }
+    for key, alert in resources["alerts"].items():
+        assert alert["display_name"].startswith(prefix), key
+        assert alert["schedule"]["pause_status"] == "PAUSED", key
+        assert "run_as" not in alert and "permissions" not in alert, key
+    assert "schemas.quarantine_schema" not in str(resources["dashboards"]["pipeline_health"])
+    for dashboard in resources["dashboards"].values():
+        assert "permissions" not in dashboard
+
+
+def test_alerts_watch_the_targets_ops_tables_and_mail_the_on_call(target: Validation) -> None:
+    config = target.config
+    alerts = config["resources"]["alerts"]
+    defaults = {p["name"]: p["default"] for p in target.job["parameters"]}
+    tables = f"{defaults['catalog']}.{defaults['schema']}"
+    mail = target.job["email_notifications"]["on_failure"][0]
+    assert set(alerts) == {"pipeline_freshness", "quarantine_ratio"}
+    expected = {
+        # key: (table read, column compared, threshold, state when the query returns nothing)
+        "pipeline_freshness": ("ops_task_runs", "hours_since_success", 3, "TRIGGERED"),
+        "quarantine_ratio": ("ops_quality_metrics", "quarantine_ratio", 0.05, "OK"),
+    }
+    for key, alert in alerts.items():
+        table, column, threshold, when_empty = expected[key]
+        assert f"FROM {tables}.{table}\n" in alert["query_text"], key
+        assert alert["warehouse_id"] == WAREHOUSES["Serverless Starter Warehouse"], key
+        evaluation = alert["evaluation"]
+        assert evaluation["source"]["name"] == column, key
+        assert evaluation["source"]["aggregation"] == "MAX", key
+        assert evaluation["comparison_operator"] == "GREATER_THAN", key
+        assert evaluation["threshold"] == {"value": {"double_value": threshold}}, key
+        assert evaluation["empty_result_state"] == when_empty, key
+        assert evaluation["notification"]["subscriptions"] == [{"user_email": mail}], key
+        assert alert["schedule"]["timezone_id"] == "UTC", key
+        assert alert["schedule"]["pause_status"] == target.job["schedule"]["pause_status"], key
+
+
+def test_prod_alerts_run_as_the_service_principal_and_stewards_run_their_dashboard(
+    prod: Validation,
+) -> None:
+    resources = prod.config["resources"]
+    sp = SERVICE_PRINCIPAL.user_name
+    for key, alert in resources["alerts"].items():
+        assert alert["run_as"] == {"service_principal_name": sp}, key
+        assert alert["display_name"].startswith("order-pipeline "), key
+    bundle_wide = [
+        {"level": "CAN_MANAGE", "service_principal_name": sp},
+        {"group_name": "users", "level": "CAN_READ"},  # CAN_VIEW, as a dashboard calls it
+    ]
+    dashboards = resources["dashboards"]
+    assert dashboards["pipeline_health"]["permissions"] == bundle_wide
+    assert dashboards["quarantine_review"]["permissions"] == [
+        {"group_name": "data-stewards", "level": "CAN_RUN"},
+        *bundle_wide,
+    ]
+    assert {d["display_name"] for d in dashboards.values()} == {
+        "order-pipeline health",
+        "order-pipeline quarantine",
+    }
+
+
+def test_a_warehouse_id_given_on_the_command_line_skips_the_lookup(
+    databricks_cli: Path, workspace: WorkspaceStandIn, tmp_path: Path
+) -> None:
+    bundle = copy_bundle(tmp_path / "bundle")
+    args = (*DEV, "--var", "warehouse_id=feedc0ffee123456")
+    result = validate(databricks_cli, bundle, workspace, DEVELOPER_TOKEN, args, tmp_path)
+    assert result.returncode == 0 and result.stderr == "", result.report()
+    assert ("GET", "/api/2.0/sql/warehouses") not in _calls(result)
+    resources = result.config["resources"]
+    for kind in ("dashboards", "alerts"):
+        for key, resource in resources[kind].items():
+            assert resource["warehouse_id"] == "feedc0ffee123456", f"{kind}.{key}"
+    assert workspace.unknown_requests == []
+
+
+def test_another_warehouse_is_looked_up_by_its_name(
+    databricks_cli: Path, workspace: WorkspaceStandIn, tmp_path: Path
+) -> None:
+    bundle = copy_bundle(tmp_path / "bundle")
+    args = (*DEV, "--var", "warehouse_name=Analysts")
+    result = validate(databricks_cli, bundle, workspace, DEVELOPER_TOKEN, args, tmp_path)
+    assert result.returncode == 0, result.report()
+    assert {d["warehouse_id"] for d in result.config["resources"]["dashboards"].values()} == {
+        WAREHOUSES["Analysts"]
+    }
+    assert workspace.unknown_requests == []
+
+
 # ---------------------------------------------------------------------------------------
 # What the CLI asked the workspace
 # ---------------------------------------------------------------------------------------
@@ -371,6 +508,7 @@ def test_dev_asks_who_deploys_and_creates_the_bundle_folder(
     assert [str(r) for r in dev.requests] == [
         "GET /.well-known/databricks-config",
         "GET /api/2.0/preview/scim/v2/Me",
+        "GET /api/2.0/sql/warehouses",  # variables.warehouse_id's lookup
         f"GET /api/2.0/workspace/get-status?path={files}",
         f'POST /api/2.0/workspace/mkdirs {{"path":"{files}"}}',
         f"GET /api/2.0/workspace/get-status?path={files}",
@@ -385,9 +523,10 @@ def test_prod_checks_the_bundle_folder_permissions_as_the_service_principal(
 ) -> None:
     root = prod.config["workspace"]["root_path"]
     calls = _calls(prod)
-    assert calls[:2] == [
+    assert calls[:3] == [
         ("GET", "/.well-known/databricks-config"),
         ("GET", "/api/2.0/preview/scim/v2/Me"),
+        ("GET", "/api/2.0/sql/warehouses"),
     ], prod.report()
     assert {r.caller for r in prod.requests[1:]} == {SERVICE_PRINCIPAL.user_name}
     assert ("POST", "/api/2.0/workspace/mkdirs") in calls
@@ -505,6 +644,33 @@ BROKEN_BUNDLES = {
         "max_concurrent_runs: 1",
         "max_concurrent_runs: one",
         ('cannot parse "one" as an integer', "resources.jobs.order_pipeline.max_concurrent_runs"),
+    ),
+    "warehouse that the workspace does not have": Breakage(
+        "databricks.yml",
+        "default: Serverless Starter Warehouse",
+        "default: Serverless Starter Warehous",
+        ("failed to resolve warehouse: Serverless Starter Warehous",),
+    ),
+    "unknown dashboard field": Breakage(
+        "resources/dashboards.yml",
+        "      dataset_schema: ${resources.schemas.pipeline_schema.name}\n",
+        "      dataset_schemas: ${resources.schemas.pipeline_schema.name}\n",
+        ("unknown field: dataset_schemas", "resources.dashboards.pipeline_health"),
+    ),
+    "dashboard file that is not there": Breakage(
+        "resources/dashboards.yml",
+        "file_path: ../src/dashboards/pipeline_health.lvdash.json",
+        "file_path: ../src/dashboards/pipeline_heath.lvdash.json",
+        ("pipeline_heath.lvdash.json",),
+    ),
+    "bad alert comparison operator": Breakage(
+        "resources/alerts.yml",
+        "comparison_operator: GREATER_THAN\n",
+        "comparison_operator: ABOVE\n",
+        (
+            'invalid value "ABOVE" for enum field',
+            "resources.alerts.pipeline_freshness.evaluation.comparison_operator",
+        ),
     ),
     "bad target mode": Breakage(
         "databricks.yml",

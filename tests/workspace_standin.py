@@ -14,12 +14,17 @@ which the CLI decodes them with):
 * ``POST /api/2.0/workspace/mkdirs``       ``{"path"}``, creating missing parents -> ``{}``
 * ``GET /api/2.0/permissions/directories/<object_id>``
                                             ``workspace.WorkspaceObjectPermissions`` of a folder
+* ``GET /api/2.0/sql/warehouses``           ``sql.ListWarehousesResponse``: ``warehouses[]``
+                                            (``sql.EndpointInfo``), one page; a bundle
+                                            variable's ``lookup: warehouse: NAME`` lists them
+                                            and takes the ``id`` of the one so named
 
 Workspace paths are a folder tree in memory that starts with ``/``, ``/Users``,
 ``/Shared`` and every user's home folder; ``/Workspace/...`` is the same tree under its
 other name, as in the product. A home folder and everything below it is managed by its user
 (``user_name``, or ``service_principal_name`` for a service principal) and, inherited
-from the root, by the ``admins`` group.
+from the root, by the ``admins`` group. The SQL warehouses are ``warehouses`` (name -> id),
+serverless and running.
 
 The caller is whoever the bearer token belongs to (``users``: token -> Identity), so one
 stand-in serves a developer and the CI service principal side by side. Errors carry the
@@ -103,6 +108,7 @@ class WorkspaceStandIn(LoopbackServer):
     """Start with ``with WorkspaceStandIn({token: identity}) as ws:``; point the CLI at ``ws.url``."""
 
     users: dict[str, Identity]
+    warehouses: dict[str, str] = field(default_factory=dict)  # name -> id
     requests: list[RecordedRequest] = field(default_factory=list)
     unknown_requests: list[RecordedRequest] = field(default_factory=list)
 
@@ -174,6 +180,8 @@ class WorkspaceStandIn(LoopbackServer):
         prefix = "/api/2.0/permissions/directories/"
         if request.method == "GET" and request.path.startswith(prefix):
             return self._directory_permissions(request.path.removeprefix(prefix))
+        if route == ("GET", "/api/2.0/sql/warehouses"):
+            return {"warehouses": [self._warehouse(n, i) for n, i in self.warehouses.items()]}
         self.unknown_requests.append(request)
         raise ApiError(
             HTTPStatus.NOT_FOUND,
@@ -198,6 +206,28 @@ class WorkspaceStandIn(LoopbackServer):
             given, _, family = caller.display_name.partition(" ")
             user["name"] = {"givenName": given, "familyName": family}
         return user
+
+    def _warehouse(self, name: str, warehouse_id: str) -> dict[str, Any]:
+        return {
+            "id": warehouse_id,
+            "name": name,
+            "cluster_size": "Small",
+            "min_num_clusters": 1,
+            "max_num_clusters": 1,
+            "auto_stop_mins": 10,
+            "enable_serverless_compute": True,
+            "enable_photon": True,
+            "warehouse_type": "PRO",
+            "state": "RUNNING",
+            "creator_name": "admin@example.com",
+            "jdbc_url": f"jdbc:databricks://127.0.0.1:443/default;httpPath=/sql/1.0/warehouses/{warehouse_id}",
+            "odbc_params": {
+                "hostname": "127.0.0.1",
+                "path": f"/sql/1.0/warehouses/{warehouse_id}",
+                "protocol": "https",
+                "port": 443,
+            },
+        }
 
     def _get_status(self, raw_path: str | None) -> dict[str, Any]:
         path = _workspace_path(raw_path)

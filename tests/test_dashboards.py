@@ -1,0 +1,349 @@
+"""The AI/BI dashboards (src/dashboards/*.lvdash.json) and the SQL alerts
+(resources/alerts.yml): their structure, and every query run on local Spark.
+
+One small landing batch with faults goes through bronze and silver of every entity, each
+task recorded in ops_task_runs as the job records it, with the quarantine tables in a
+schema of their own as on Databricks. A dashboard's queries name tables without catalog or
+schema: the bundle sets both per dashboard (dataset_catalog, dataset_schema), which here is
+``USE`` of the matching local schema. The alerts' ``${var.catalog}.${var.schema}`` become the
+local catalog and schema. The results are compared with the plain-Python reading of the
+landed files (tests/expectations.py) and with what the tables hold.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import make_context
+from expectations import expected_silver, read_landing
+from pipeline_helpers import quiet
+
+from order_pipeline.common.config import dependency_order, load_entities
+from order_pipeline.common.contract import bronze_task, silver_task
+from order_pipeline.common.io import Lakehouse
+from order_pipeline.jobs import bronze, silver
+from order_pipeline.jobs.task import run_task
+from order_pipeline.synthetic.generator import GeneratorConfig, generate
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD_FILES = {
+    # bundle resource key -> the schema its dataset_schema names (resources/dashboards.yml)
+    "pipeline_health": "pipeline",
+    "quarantine_review": "quarantine",
+}
+SCALE = {"seed": 11, "customers": 25, "products": 8, "orders": 70, "files_per_entity": 1,
+         "fault_rate": 0.08, "end_date": date(2026, 10, 31), "months": 2}  # fmt: skip
+GRID_COLUMNS = 6  # a Lakeview canvas page is six columns wide
+
+
+def load_dashboard(key: str) -> dict[str, Any]:
+    return json.loads((REPO_ROOT / "src" / "dashboards" / f"{key}.lvdash.json").read_text())
+
+
+def dataset_sql(dataset: dict[str, Any]) -> str:
+    return "".join(dataset["queryLines"])
+
+
+def widgets(dashboard: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(page name, widget, position) of every widget."""
+    return [
+        (page["name"], item["widget"], item["position"])
+        for page in dashboard["pages"]
+        for item in page["layout"]
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# One recorded run of bronze and silver
+# ---------------------------------------------------------------------------------------
+
+
+class Run:
+    def __init__(self, spark, ctx, manifest: dict) -> None:
+        self.spark, self.ctx, self.manifest = spark, ctx, manifest
+        self.landing = Path(ctx.profile.landing_root)
+        self.entities = list(load_entities())
+        self.landed = {e: read_landing(self.landing, e) for e in self.entities}
+        self.silver, self.deferred = expected_silver(self.landing)
+
+    def schema_of(self, key: str) -> str:
+        profile = self.ctx.profile
+        return profile.schema if DASHBOARD_FILES[key] == "pipeline" else profile.quarantine_schema
+
+    def dataset(self, key: str, name: str):
+        """The dataset's query as the dashboard runs it: in its dashboard's schema."""
+        [found] = [d for d in load_dashboard(key)["datasets"] if d["name"] == name]
+        self.spark.sql(f"USE {self.schema_of(key)}")
+        return self.spark.sql(dataset_sql(found))
+
+    def rows(self, key: str, name: str) -> list:
+        return self.dataset(key, name).collect()
+
+
+@pytest.fixture(scope="module")
+def run(spark, tmp_path_factory) -> Run:
+    ctx = make_context(tmp_path_factory.mktemp("dashboards"))
+    ctx = replace(
+        ctx, profile=replace(ctx.profile, quarantine_schema=f"{ctx.profile.schema}_quarantine")
+    )
+    manifest = generate(
+        GeneratorConfig(landing=Path(ctx.profile.landing_root), **SCALE), progress=quiet
+    )
+    for entity in dependency_order(ctx.entities):
+        task_ctx = replace(ctx, entity=entity)
+        run_task(bronze_task(entity), task_ctx, lambda s, c: bronze.run(s, c, quiet), quiet)
+        run_task(silver_task(entity), task_ctx, lambda s, c: silver.run(s, c, quiet), quiet)
+    Lakehouse(spark, ctx.profile)  # registers both schemas' tables
+    return Run(spark, ctx, manifest)
+
+
+# ---------------------------------------------------------------------------------------
+# Well-formed Lakeview
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", list(DASHBOARD_FILES))
+def test_every_widget_encodes_fields_of_an_existing_dataset(run: Run, key: str) -> None:
+    dashboard = load_dashboard(key)
+    datasets = {d["name"]: d for d in dashboard["datasets"]}
+    assert len(datasets) == len(dashboard["datasets"]), "dataset names repeat"
+    # what each dataset's SELECT list gives, as Spark analyses the query
+    columns = {name: set(run.dataset(key, name).columns) for name in datasets}
+    used = set()
+    names = [w["name"] for _, w, _ in widgets(dashboard)]
+    assert len(names) == len(set(names)), "widget names repeat"
+    for page, widget, _ in widgets(dashboard):
+        where = f"{key}: page {page}, widget {widget['name']}"
+        if "multilineTextboxSpec" in widget:
+            continue
+        fields: set[str] = set()
+        for q in widget["queries"]:
+            query = q["query"]
+            assert query["datasetName"] in datasets, f"{where}: {query['datasetName']}"
+            used.add(query["datasetName"])
+            available = columns[query["datasetName"]]
+            expressions = [f["expression"] for f in query["fields"]]
+            expressions += [o["expression"] for o in query.get("orders", [])]
+            for expression in expressions:
+                referenced = set(re.findall(r"`([^`]+)`", expression))
+                assert referenced and referenced <= available, (
+                    f"{where}: {expression} names {referenced - available or 'no column'}; "
+                    f"the dataset has {sorted(available)}"
+                )
+            fields |= {f["name"] for f in query["fields"]}
+        encodings = widget["spec"]["encodings"]
+        encoded = [e["fieldName"] for e in encodings.get("columns", [])] + [
+            e["fieldName"] for e in encodings.values() if isinstance(e, dict) and "fieldName" in e
+        ]
+        assert encoded, f"{where} encodes nothing"
+        assert set(encoded) <= fields, f"{where}: encodes {set(encoded) - fields}"
+    assert used == set(datasets), f"{key}: datasets no widget shows: {set(datasets) - used}"
+
+
+@pytest.mark.parametrize("key", list(DASHBOARD_FILES))
+def test_widgets_fit_the_grid_without_overlapping(key: str) -> None:
+    taken: dict[str, set[tuple[int, int]]] = {}
+    for page, widget, p in widgets(load_dashboard(key)):
+        assert p["x"] >= 0 and p["width"] >= 1 and p["x"] + p["width"] <= GRID_COLUMNS, widget
+        cells = {
+            (x, y)
+            for x in range(p["x"], p["x"] + p["width"])
+            for y in range(p["y"], p["y"] + p["height"])
+        }
+        overlap = taken.setdefault(page, set()) & cells
+        assert not overlap, f"{key}: {widget['name']} overlaps another widget at {overlap}"
+        taken[page] |= cells
+
+
+def test_only_the_quarantine_dashboard_reads_quarantined_rows() -> None:
+    # The operators who view pipeline_health have no grant on the quarantine schema.
+    for key, schema in DASHBOARD_FILES.items():
+        sql = " ".join(dataset_sql(d) for d in load_dashboard(key)["datasets"])
+        reads_quarantine = re.search(r"\b(?:FROM|JOIN)\s+quarantine_\w+", sql) is not None
+        assert reads_quarantine == (schema == "quarantine"), key
+        assert "raw_record" not in sql and "record." not in sql, f"{key} shows raw records"
+
+
+# ---------------------------------------------------------------------------------------
+# Pipeline health, on the run's tables
+# ---------------------------------------------------------------------------------------
+
+
+def test_latest_run_is_the_run_with_every_task(run: Run) -> None:
+    [latest] = run.rows("pipeline_health", "latest_run")
+    assert latest.run_id == run.ctx.run_id
+    assert (latest.tasks, latest.failed_tasks) == (2 * len(run.entities), 0)
+    assert 0 < latest.wall_minutes < 30
+    assert 0 <= latest.hours_since_run_ended < 1
+
+
+def test_rows_per_layer_are_the_landed_files_counted(run: Run) -> None:
+    actual = {
+        (r.run_id, r.entity, r.stage): r.row_count
+        for r in run.rows("pipeline_health", "rows_per_run")
+    }
+    expected = {}
+    for entity in run.entities:
+        landed = run.landed[entity]
+        quarantined = sum(landed.quarantined.values())
+        deferred = len(run.deferred[entity])
+        lines = run.manifest["counts"][entity]["lines"]
+        for stage, rows in (
+            ("landed (bronze)", lines),
+            ("merged into silver", len(landed.valid) - deferred),
+            ("quarantined", quarantined),
+            ("deferred", deferred),
+            ("promoted from deferred", 0),
+            ("expired to quarantine", 0),
+        ):
+            expected[(run.ctx.run_id, entity, stage)] = rows
+    assert actual == expected
+    assert sum(r for (_, _, s), r in expected.items() if s == "quarantined") > 0
+    assert sum(r for (_, _, s), r in expected.items() if s == "deferred") > 0
+
+
+def test_task_durations_are_the_recorded_tasks(run: Run) -> None:
+    rows = run.rows("pipeline_health", "task_durations")
+    assert sorted(r.task for r in rows) == sorted(
+        t(e) for e in run.entities for t in (bronze_task, silver_task)
+    )
+    for r in rows:
+        assert r.layer == r.task.split("_")[0] and r.task.endswith(r.entity)
+        assert r.status == "SUCCESS" and r.error is None
+        assert r.seconds == pytest.approx((r.ended_at - r.started_at).total_seconds())
+        assert r.run_started_at <= r.started_at
+
+
+def test_quarantine_rate_per_rule_counts_the_rows_each_rule_rejected(run: Run) -> None:
+    rows = run.rows("pipeline_health", "quarantine_rate")
+    quarantine_rules = {
+        (entity, rule["name"])
+        for entity in run.entities
+        for rule in yaml.safe_load((REPO_ROOT / "conf" / "quality" / f"{entity}.yml").read_text())[
+            "rules"
+        ]
+        if rule["severity"] == "quarantine"
+    }
+    assert {(r.entity, r.rule) for r in rows} == quarantine_rules
+    held = Counter(
+        (entity, reason)
+        for entity in run.entities
+        for row in run.spark.table(f"{run.ctx.profile.quarantine_schema}.quarantine_{entity}")
+        .select("reasons")
+        .collect()
+        for reason in row.reasons
+    )
+    for r in rows:
+        landed = run.landed[r.entity]
+        expected = sum(n for (_, reasons), n in landed.quarantined.items() if r.rule in reasons)
+        assert r.rows_quarantined == expected == held[(r.entity, r.rule)], (r.entity, r.rule)
+        assert r.rows_checked == run.manifest["counts"][r.entity]["lines"]
+        assert r.quarantine_rate == pytest.approx(expected / r.rows_checked)
+        assert r.entity_rule == f"{r.entity}.{r.rule}" and r.run_id == run.ctx.run_id
+    assert sum(r.rows_quarantined for r in rows) > 0
+
+
+def test_deferred_backlog_is_the_rows_waiting_for_their_parent(run: Run) -> None:
+    rows = {r.entity: r for r in run.rows("pipeline_health", "deferred_backlog")}
+    assert set(rows) == set(run.entities)
+    for entity, r in rows.items():
+        assert r.deferred_rows == len(run.deferred[entity]), entity
+        if r.deferred_rows:
+            assert 0 <= r.oldest_age_hours < 1, entity
+        else:
+            assert r.oldest_deferred_at is None and r.oldest_age_hours is None, entity
+    assert sum(r.deferred_rows for r in rows.values()) > 0
+
+
+def test_freshness_is_the_newest_snapshot_and_landing_per_entity(run: Run) -> None:
+    rows = {r.entity: r for r in run.rows("pipeline_health", "freshness")}
+    assert set(rows) == set(run.entities)
+    for entity, r in rows.items():
+        silver = run.silver[entity]
+        assert r.silver_rows == len(silver), entity
+        assert r.newest_updated_at == max(v["updated_at"] for v in silver.values()), entity
+        assert r.newest_ingested_at is not None and 0 <= r.hours_since_ingested < 1, entity
+
+
+# ---------------------------------------------------------------------------------------
+# Quarantine review, on the quarantine schema
+# ---------------------------------------------------------------------------------------
+
+
+def test_rows_per_reason_are_the_landed_lines_each_reason_rejected(run: Run) -> None:
+    expected: Counter = Counter()
+    for entity in run.entities:
+        for (_, reasons), n in run.landed[entity].quarantined.items():
+            for reason in reasons:
+                expected[(entity, reason, "open")] += n
+    actual = {
+        (r.entity, r.reason, r.status): r.row_count
+        for r in run.rows("quarantine_review", "quarantine_by_reason")
+    }
+    assert actual == dict(expected)
+
+
+def test_latest_quarantined_rows_and_open_counters(run: Run) -> None:
+    total = sum(sum(run.landed[e].quarantined.values()) for e in run.entities)
+    latest = run.rows("quarantine_review", "latest_quarantined")
+    assert len(latest) == total
+    times = [r.quarantined_at for r in latest]
+    assert times == sorted(times, reverse=True)
+    expected_keys = Counter(
+        (entity, tuple(sorted(reasons)))
+        for entity in run.entities
+        for (_, reasons), n in run.landed[entity].quarantined.items()
+        for _ in range(n)
+    )
+    assert Counter((r.entity, tuple(sorted(r.reasons.split(", ")))) for r in latest) == (
+        expected_keys
+    )
+    assert {r.run_id for r in latest} == {run.ctx.run_id}
+    [counters] = run.rows("quarantine_review", "open_quarantine")
+    assert counters.open_rows == total
+    assert counters.oldest_open_at == min(times)
+    assert 0 <= counters.oldest_open_age_days < 1
+
+
+# ---------------------------------------------------------------------------------------
+# The alerts' queries
+# ---------------------------------------------------------------------------------------
+
+
+def alert_rows(run: Run, key: str) -> list:
+    alerts = yaml.safe_load((REPO_ROOT / "resources" / "alerts.yml").read_text())
+    query = alerts["resources"]["alerts"][key]["query_text"]
+    profile = run.ctx.profile
+    local = query.replace("${var.catalog}", profile.catalog).replace(
+        "${var.schema}", profile.schema
+    )
+    assert "${" not in local, local
+    return run.spark.sql(local).collect()
+
+
+def test_freshness_alert_sees_every_entity_fresh_after_a_run(run: Run) -> None:
+    rows = {r.entity: r for r in alert_rows(run, "pipeline_freshness")}
+    assert set(rows) == set(run.entities)
+    threshold = yaml.safe_load((REPO_ROOT / "databricks.yml").read_text())["variables"][
+        "stale_after_hours"
+    ]["default"]
+    # the alert compares the largest value with the threshold: this run is hours below it
+    assert all(0 <= r.hours_since_success < 1 < threshold for r in rows.values())
+
+
+def test_quarantine_ratio_alert_computes_each_entitys_share(run: Run) -> None:
+    rows = {r.entity: r for r in alert_rows(run, "quarantine_ratio")}
+    assert set(rows) == set(run.entities)
+    for entity, r in rows.items():
+        lines = run.manifest["counts"][entity]["lines"]
+        quarantined = sum(run.landed[entity].quarantined.values())
+        assert (r.rows_checked, r.rows_quarantined) == (lines, quarantined), entity
+        assert r.quarantine_ratio == pytest.approx(quarantined / lines), entity

@@ -36,7 +36,7 @@ from order_pipeline.common.platform import profile_name
 from order_pipeline.common.spark import get_spark
 from order_pipeline.jobs import bronze as bronze_job
 from order_pipeline.jobs import silver as silver_job
-from order_pipeline.jobs.task import TaskContext
+from order_pipeline.jobs.task import TaskContext, flush_task_runs
 
 PROBE_SCHEMA = "bench_probe"
 EVENT_WAIT_SECONDS = 5.0
@@ -295,7 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     collector = ProgressCollector()
     spark.streams.addListener(ProgressListener(collector))
     out: dict[str, Any] = {"measured_at": utc_now()}
-    print("reading ops_task_runs and the silver tables' Delta history", flush=True)
+    # a run that started no Spark session (nothing new) left its task rows pending
+    flushed = flush_task_runs(spark, profile)
+    print(
+        f"reading ops_task_runs ({flushed} pending rows added) and the silver tables' Delta history",
+        flush=True,
+    )
     out["pipeline"] = collect_pipeline(spark, profile)
     scratch = scratch_profile(profile, args.scratch)
     if args.overhead_runs > 0:

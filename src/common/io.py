@@ -93,6 +93,10 @@ class WhenNotMatched:
         return f"{when}INSERT ({columns}) VALUES ({', '.join(self.values.values())})"
 
 
+# rows up to which a small intermediate result (e.g. gold's affected orders) is held locally
+LOCAL_ROWS = 200_000
+
+
 def quote(name: str) -> str:
     """A table or column name as a SQL identifier; ``schema.table`` quotes each part."""
     return ".".join(f"`{part}`" for part in name.split("."))
@@ -416,6 +420,17 @@ class Lakehouse:
     def cache(self, df: DataFrame) -> DataFrame:
         """Keep a DataFrame that several writes read, where the platform allows it."""
         return df.persist() if self.caches else df
+
+    def materialize(self, df: DataFrame, max_rows: int = LOCAL_ROWS) -> DataFrame | None:
+        """``df`` computed once and held as local rows (Arrow, exact for every type), when it
+        has at most ``max_rows`` rows; None when it has more. A MERGE whose source is such a
+        DataFrame reads no table to build its source, however often Delta evaluates it
+        (it materializes a MERGE source once and reads it again per phase). Works where
+        ``persist`` is refused (serverless)."""
+        table = df.limit(max_rows + 1).toArrow()
+        if table.num_rows > max_rows:
+            return None
+        return self.spark.createDataFrame(table, schema=df.schema)
 
     def release(self, df: DataFrame) -> None:
         if self.caches:

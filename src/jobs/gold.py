@@ -159,7 +159,7 @@ def merge_rows(lake: Lakehouse, table: str, rows: DataFrame, key: str) -> None:
 def replace_sales_groups(lake: Lakehouse, groups: DataFrame) -> None:
     """Recompute the given monthly sales groups from gold_order_details and replace them in
     one MERGE: updated, inserted, or deleted when no delivered item is left in them."""
-    rows = gold.product_sales_for_groups(groups, lake.read(contract.ORDER_DETAILS))
+    rows = small(lake, gold.product_sales_for_groups(groups, lake.read(contract.ORDER_DETAILS)))
     values = {c: f"s.`{c}`" for c in rows.columns if c != gold.VANISHED}
     vanished = f"s.`{gold.VANISHED}`"
     lake.merge(
@@ -183,22 +183,23 @@ def update_gold(
     steps: StepTimer,
 ) -> None:
     """MERGE the gold rows of ``order_ids``, recomputed from ``silver``, into gold."""
+    # Each source below is computed once into local rows when small (Lakehouse.materialize):
+    # a MERGE evaluates its source several times, and these join silver and the change feed.
     replaced = lake.read(contract.ORDER_DETAILS, lake.version(contract.ORDER_DETAILS)).join(
         order_ids, "order_id", "left_semi"
     )
-    refreshed = lake.cache(
-        gold.order_details_for_orders(
-            order_ids,
-            silver["line_items"],
-            silver["orders"],
-            silver["customers"],
-            silver["products"],
-        )
+    details = gold.order_details_for_orders(
+        order_ids, silver["line_items"], silver["orders"], silver["customers"], silver["products"]
     )
+    with steps("affected rows"):
+        local = lake.materialize(details)
+    refreshed = local if local is not None else lake.cache(details)
     try:
         groups = gold.sales_groups_to_refresh(
             changes, order_ids, silver["orders"], refreshed, replaced
         )
+        with steps("affected rows"):
+            groups = small(lake, groups)
         with steps("details"):
             merge_rows(lake, contract.ORDER_DETAILS, refreshed, "line_item_id")
         fault_hook("order_details_merged")
@@ -206,11 +207,18 @@ def update_gold(
             order_ids, silver["orders"], silver["line_items"]
         )
         with steps("completion"):
-            merge_rows(lake, contract.ORDER_COMPLETION_STATUS, completion, "order_id")
+            merge_rows(lake, contract.ORDER_COMPLETION_STATUS, small(lake, completion), "order_id")
         with steps("monthly sales"):
             replace_sales_groups(lake, groups)
     finally:
-        lake.release(refreshed)
+        if local is None:
+            lake.release(refreshed)
+
+
+def small(lake: Lakehouse, df: DataFrame) -> DataFrame:
+    """``df`` as local rows when it is small, else as it is."""
+    local = lake.materialize(df)
+    return df if local is None else local
 
 
 def build_incrementally(
@@ -231,11 +239,10 @@ def build_incrementally(
         changes = silver_changes(lake, snapshots, watermarks)
         affected = 0
         if changes.any():
-            order_ids = lake.cache(
-                gold.affected_orders(changes, silver["orders"], silver["line_items"])
-            )
-            # counting reads every change feed: an unreadable one shows here, before a write
+            ids = gold.affected_orders(changes, silver["orders"], silver["line_items"])
+            # reading them reads every change feed: an unreadable one shows here, before a write
             with steps("affected orders"):
+                order_ids = lake.materialize(ids) or lake.cache(ids)
                 affected = order_ids.count()
     except Exception as exc:
         if order_ids is not None:

@@ -83,6 +83,30 @@ def test_databricks_profile_uses_volumes_and_auto_loader(tmp_path: Path) -> None
             "entities.orders.parents.client_id",
         ),
         ("pipeline.yml", "customer_id: customers", "customer_id: line_items", "entities"),
+        (
+            "pipeline.yml",
+            "personal: [first_name, last_name, email,",
+            "personal: [first_name, last_name, e_mail,",
+            "entities.customers.personal[2]",
+        ),
+        (
+            "pipeline.yml",
+            "personal: [first_name, last_name, email,",
+            "personal: [first_name, last_name, first_name,",
+            "entities.customers.personal[2]",
+        ),
+        (
+            "pipeline.yml",
+            "personal: [first_name, last_name, email, phone, city]",
+            "personal: email",
+            "entities.customers.personal",
+        ),
+        (
+            "pipeline.yml",
+            "personal: [first_name,",
+            "personl: [first_name,",
+            "entities.customers.personl",
+        ),
         ("local.yml", "trigger: available_now", "trigger: sometimes", "trigger"),
         (
             "local.yml",

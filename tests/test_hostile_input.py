@@ -39,7 +39,8 @@ def test_a_line_that_is_not_utf8_is_kept_byte_exact_and_never_replayed(spark, ct
         (key, reasons, status) for key, reasons, status, _ in quarantine_rows(spark, "customers")
     ] == [(None, ("malformed_record",), "open")]
     # and `order-pipeline quarantine --entity` shows the bytes, not replacement characters
-    (shown,) = listing(Lakehouse(spark, ctx.profile), "customers", None, None).collect()
+    lake = Lakehouse(spark, ctx.profile)
+    (shown,) = listing(lake, ctx.entities["customers"], None, None, mask=None).collect()
     assert shown.record == "(not UTF-8) hex:" + NOT_UTF8.hex().upper()
 
 

@@ -66,13 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_parameters(p, "job parameter")
     add_wait(p)
 
-    p = sub.add_parser("sql", help="run a query against the local tables")
+    p = sub.add_parser(
+        "sql", help="run a query against the local tables (results as they are, personal data too)"
+    )
     add_data_root(p)
     p.add_argument("query", nargs="?", help="SQL text (or --file)")
     p.add_argument("--file", type=Path, help="read the query from a file (e.g. src/queries/*.sql)")
     add_parameters(p, "named parameter :KEY")
     p.add_argument("--json", action="store_true", help="print JSON Lines instead of a table")
     p.add_argument("--limit", type=int, default=100, help="rows to print (default 100)")
+    p.epilog = (
+        "The query's results print as they are: a query of quarantine_<entity> or silver_customers "
+        "shows personal data in clear (`order-pipeline quarantine` masks it)."
+    )
 
     p = sub.add_parser(
         "quarantine", help="summary of quarantined rows, or the rows themselves with filters"
@@ -85,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="print JSON Lines")
+    p.add_argument(
+        "--show-personal-data",
+        action="store_true",
+        help="print the personal fields of conf/pipeline.yml in clear, in the record and its "
+        "raw text (default: masked as *** and a keyed hash, equal values alike)",
+    )
 
     from order_pipeline.jobs.replay import add_replay_arguments
 
@@ -267,6 +279,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 def cmd_quarantine(args: argparse.Namespace) -> int:
     from order_pipeline.cli.display import json_lines, show
     from order_pipeline.cli.report import quarantine_rows, quarantine_summary
+    from order_pipeline.transforms.personal import MaskKey
 
     lake, ctx = open_lakehouse(args.data_root)
     if args.entity:
@@ -274,7 +287,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             raise SystemExit(
                 f"--entity {args.entity!r}: not in conf/pipeline.yml ({', '.join(ctx.entities)})"
             )
-        df = quarantine_rows(lake, args.entity, args.rule, args.status)
+        mask = None if args.show_personal_data else MaskKey.random()
+        df = quarantine_rows(lake, ctx.entities[args.entity], args.rule, args.status, mask=mask)
     else:
         df = quarantine_summary(lake, list(ctx.entities), args.status)
         if args.rule:

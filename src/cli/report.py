@@ -9,8 +9,10 @@ from pyspark.sql import functions as F
 
 from order_pipeline.cli.display import show
 from order_pipeline.common import contract
+from order_pipeline.common.config import Entity
 from order_pipeline.common.contract import bronze_table, deferred_table, silver_table
 from order_pipeline.common.io import Lakehouse
+from order_pipeline.transforms.personal import MaskKey, mask_raw_json, mask_record
 
 
 def quarantine_summary(
@@ -44,23 +46,36 @@ def quarantine_summary(
 
 
 def quarantine_rows(
-    lake: Lakehouse, entity: str, rule: str | None, status: str | None
+    lake: Lakehouse,
+    entity: Entity,
+    rule: str | None,
+    status: str | None,
+    *,
+    mask: MaskKey | None,
 ) -> DataFrame:
-    rows = lake.read(lake.quarantine(entity))
+    """The quarantined rows of an entity with their record: the raw text where there is one,
+    else the parsed record as JSON. With a ``mask`` key, the contract's personal fields are
+    masked in both (transforms/personal.py); ``mask=None`` shows them in clear."""
+    rows = lake.read(lake.quarantine(entity.name))
     if rule:
         rows = rows.where(F.array_contains("reasons", rule))
     if status:
         rows = rows.where(F.col("status") == status)
+    raw, record = F.col("raw_record"), F.col("record")
+    if mask is None:
+        # raw text that is not valid UTF-8 is shown as its bytes, not as a lossy decoding
+        shown = F.when(
+            raw.isNotNull() & ~F.is_valid_utf8(raw),
+            F.concat(F.lit("(not UTF-8) hex:"), F.hex(raw.cast("binary"))),
+        ).otherwise(F.coalesce(raw, F.to_json(record)))
+    else:
+        shown = F.coalesce(
+            mask_raw_json(entity, mask, raw), F.to_json(mask_record(entity, mask, record))
+        )
     return rows.select(
         "status",
         "reasons",
-        # raw text that is not valid UTF-8 is shown as its bytes, not as a lossy decoding
-        F.when(
-            F.col("raw_record").isNotNull() & ~F.is_valid_utf8("raw_record"),
-            F.concat(F.lit("(not UTF-8) hex:"), F.hex(F.col("raw_record").cast("binary"))),
-        )
-        .otherwise(F.coalesce(F.col("raw_record"), F.to_json("record")))
-        .alias("record"),
+        shown.alias("record"),
         F.regexp_extract("source_file", r"[^/]+$", 0).alias("file"),
         "batch_id",
         "quarantined_at",

@@ -86,6 +86,9 @@ class Entity:
     # foreign-key column -> parent entity: the one statement of the entity graph (the
     # foreign_key rules and the job's task dependencies are checked against it)
     parents: dict[str, str] = field(default_factory=dict)
+    # the fields that hold personal data: the one statement of it (masked where people look,
+    # e.g. `order-pipeline quarantine`, unless they ask to see them)
+    personal: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.key not in self.fields:
@@ -98,6 +101,11 @@ class Entity:
         for column in self.parents:
             if column not in self.fields:
                 raise SettingError(f"parents.{column}", f"{column!r} is not one of the fields")
+        for position, name in enumerate(self.personal):
+            if name not in self.fields:
+                raise SettingError(f"personal[{position}]", f"{name!r} is not one of the fields")
+            if name in self.personal[:position]:
+                raise SettingError(f"personal[{position}]", f"{name!r} is named twice")
 
     @property
     def columns(self) -> list[str]:
@@ -105,6 +113,9 @@ class Entity:
 
     def ddl(self) -> str:
         return ", ".join(f"`{name}` {spark_type}" for name, spark_type in self.fields.items())
+
+
+ENTITY_KEYS = {"key", "sequence", "fields", "parents", "personal"}
 
 
 def load_entities(path: Path | None = None) -> dict[str, Entity]:
@@ -118,6 +129,11 @@ def load_entities(path: Path | None = None) -> dict[str, Entity]:
         prefix = f"entities.{name}."
         if not isinstance(spec, dict):
             raise ConfigError(path, f"entities.{name}", "expected a mapping")
+        # a misspelt key must fail: `personl:` would otherwise leave personal data unmasked
+        if unknown := sorted(set(map(str, spec)) - ENTITY_KEYS):
+            raise ConfigError(
+                path, f"{prefix}{unknown[0]}", f"unknown key; expected one of {sorted(ENTITY_KEYS)}"
+            )
         fields = require(spec, "fields", path, prefix)
         if not isinstance(fields, dict) or not fields:
             raise ConfigError(path, f"{prefix}fields", "expected a mapping of field to type")
@@ -128,6 +144,11 @@ def load_entities(path: Path | None = None) -> dict[str, Entity]:
                 f"{prefix}parents",
                 "expected a mapping of foreign-key column to parent entity",
             )
+        personal = spec.get("personal") or []
+        if not isinstance(personal, list) or not all(isinstance(p, str) for p in personal):
+            raise ConfigError(
+                path, f"{prefix}personal", "expected a list of the fields that hold personal data"
+            )
         try:
             entities[name] = Entity(
                 name=name,
@@ -135,6 +156,7 @@ def load_entities(path: Path | None = None) -> dict[str, Entity]:
                 sequence=spec.get("sequence", "updated_at"),
                 fields={str(k): str(v) for k, v in fields.items()},
                 parents={str(k): str(v) for k, v in parents.items()},
+                personal=tuple(personal),
             )
         except SettingError as exc:
             raise ConfigError(path, f"{prefix}{exc.key}", exc.problem) from exc

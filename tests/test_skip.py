@@ -17,7 +17,7 @@ from builders import customer, land, line_item, order, product
 
 from order_pipeline.cli import main as cli
 from order_pipeline.common.config import conf_dir, load_profile
-from order_pipeline.common.inputs import CONSUMED_FOLDER, delta_log_version
+from order_pipeline.common.inputs import CONSUMED_FOLDER, Versions, delta_log_version
 from order_pipeline.jobs.task import PENDING_RUNS, flush_task_runs
 
 SCHEMA = "skip_test"
@@ -202,3 +202,11 @@ def test_pending_run_records_reach_the_table_once_even_when_flushed_twice(spark,
     assert statuses(spark, "flush-twice") == {"gold": "SKIPPED"}
     n = spark.sql(f"SELECT count(*) FROM {SCHEMA}.ops_task_runs WHERE run_id = 'flush-twice'")
     assert n.first()[0] == 1
+
+
+def test_versions_read_through_spark_agree_with_the_delta_log(spark, root) -> None:
+    """Databricks reads input versions with DESCRIBE HISTORY: the same numbers."""
+    through_spark = Versions.from_spark(spark)
+    from_log = table_versions(root)
+    assert {name: through_spark(f"{SCHEMA}.{name}") for name in from_log} == from_log
+    assert through_spark(f"{SCHEMA}.no_such_table") is None

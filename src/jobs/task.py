@@ -233,6 +233,7 @@ _RECORDS_LOCK = threading.RLock()
 _collecting = 0  # > 0 while `order-pipeline run` collects the rows of its tasks
 _STATUSES: dict[tuple[str, str], str] = {}
 PENDING_RUNS = "_task_runs/pending.jsonl"  # under the checkpoint root
+SCHEMA_KEY = "_schema"  # of a pending row: the schema whose ops_task_runs it belongs to
 
 
 def task_status(run_id: str, task: str) -> str | None:
@@ -250,7 +251,9 @@ def record_task_run(profile: Profile, spark: SparkSession | None, row: dict[str,
     with _RECORDS_LOCK:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as pending:
-            pending.write(json.dumps(row, default=_iso) + "\n")
+            # the schema goes with the row: a run's tasks may write another schema than the
+            # runner's profile (`--param schema=...`)
+            pending.write(json.dumps({**row, SCHEMA_KEY: profile.schema}, default=_iso) + "\n")
             pending.flush()
             os.fsync(pending.fileno())
         if not _collecting and spark is not None:
@@ -285,8 +288,11 @@ def flush_task_runs(spark: SparkSession, profile: Profile) -> int:
         except FileNotFoundError:
             return 0
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        if rows:
-            _append_task_runs(spark, profile, rows)
+        by_schema: dict[str, list[dict[str, object]]] = {}
+        for row in rows:
+            by_schema.setdefault(str(row.pop(SCHEMA_KEY, profile.schema)), []).append(row)
+        for schema, schema_rows in by_schema.items():
+            _append_task_runs(spark, replace(profile, schema=schema), schema_rows)
         path.unlink()
         return len(rows)
 

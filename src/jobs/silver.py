@@ -59,6 +59,7 @@ from order_pipeline.jobs.task import (
     TaskContext,
     TaskResult,
     context_from_args,
+    full_refresh_way_out,
     no_fault,
     run_entry_point,
     task_parser,
@@ -469,7 +470,15 @@ def run(
         lake.reset_checkpoint(checkpoint)
     lake.ensure(bronze_table(name), bronze_schema(silver.entity))
     silver.ensure_tables()
-    batch = silver.batch_function(lake.stream_app_id(checkpoint))
+    app_id = lake.open_checkpoint(
+        checkpoint,
+        own=(silver.silver, silver.quarantine, silver.deferred),
+        shared=(QUALITY_METRICS,),
+        way_out=full_refresh_way_out(silver_task(name)),
+        progress=progress,
+        source=bronze_table(name),
+    )
+    batch = silver.batch_function(app_id)
     lake.run_stream(
         lake.read_stream(bronze_table(name)), checkpoint, batch, silver.silver, progress
     )

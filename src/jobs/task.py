@@ -62,6 +62,16 @@ def no_fault(step: str, batch_id: int | None = None) -> None:
     """The default fault hook of a job: tests replace it to crash at a named step."""
 
 
+def full_refresh_way_out(*tasks: str) -> str:
+    """How to rebuild tasks' tables and checkpoints from what they read, in this order."""
+    runs = ", then ".join(f"`order-pipeline run --task {t} --full-refresh --yes`" for t in tasks)
+    return (
+        f"rebuild from what is upstream: {runs} (on Databricks: run the job with "
+        "full_refresh=true). Gold rebuilds in full on its next run; quarantined rows replayed "
+        "before are open again: replay them again"
+    )
+
+
 def new_run_id() -> str:
     return f"local-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 

@@ -9,8 +9,13 @@ are compared with an uninterrupted run of the same.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +26,7 @@ from pipeline_helpers import quiet
 
 from order_pipeline.common.checkpoint import APP_ID_FILE, CheckpointDamaged
 from order_pipeline.common.io import Lakehouse
+from order_pipeline.common.landing import LandingUnreadable
 from order_pipeline.jobs import bronze, silver
 
 ROUNDS = [
@@ -231,3 +237,83 @@ def test_a_deleted_table_folder_stops_its_stream_and_the_way_out_rebuilds_it(
     rebuilt = snapshot(spark, customers)
     assert rebuilt["silver"] == uninterrupted["silver"]
     assert [r[:3] for r in rebuilt["quarantine"]] == [r[:3] for r in uninterrupted["quarantine"]]
+
+
+# -- the landing folder ------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["dangling link", "a file"])
+def test_a_landing_folder_that_is_not_one_stops_bronze_naming_it(spark, customers, damage) -> None:
+    folder = Path(customers.profile.landing_root) / "customers"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if damage == "a file":
+        folder.write_text("not a folder")
+        expected = "is a file, not a folder"
+    else:
+        folder.symlink_to(folder.parent / "gone")
+        expected = f"is a symbolic link to {folder.parent / 'gone'}, which does not exist"
+    with pytest.raises(LandingUnreadable) as refused:
+        bronze.run(spark, customers, progress=quiet)
+    assert str(refused.value).startswith(
+        f"landing folder {folder} {expected}. Nothing was ingested"
+    )
+
+
+# Tests run as root, whom permission bits do not stop: the listing runs in a child process
+# that gives up root for nobody (uid 65534) after importing, as a pipeline run by a service
+# user meets a folder it may not read. The walk is plain Python: no Spark needed.
+UNREADABLE_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    from order_pipeline.common.landing import LandingUnreadable, index_landing
+    os.setgid(65534)
+    os.setuid(65534)
+    root = Path(sys.argv[1])
+    try:
+        index = index_landing(root / "landing" / "customers", root / "staging")
+        print(json.dumps({"linked": index.linked,
+                          "skipped": [[s.file, s.reason] for s in index.skipped]}))
+    except LandingUnreadable as exc:
+        print(json.dumps({"error": str(exc)}))
+    """
+)
+
+
+def list_as_nobody(root: Path) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", UNREADABLE_SCRIPT, str(root)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return json.loads(done.stdout)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another uid")
+def test_an_unreadable_landing_folder_stops_bronze_and_an_unreadable_sub_folder_is_reported() -> (
+    None
+):
+    root = Path(tempfile.mkdtemp(prefix="unreadable-landing-"))
+    try:
+        root.chmod(0o755)
+        landing = root / "landing" / "customers"
+        (landing / "locked").mkdir(parents=True)
+        (landing / "locked" / "c2.json").write_text(json.dumps(customer("C2")) + "\n")
+        (landing / "c1.json").write_text(json.dumps(customer("C1")) + "\n")
+        (root / "landing").chmod(0o755)
+        landing.chmod(0o755)
+        (root / "staging").mkdir(mode=0o777)
+        (root / "staging").chmod(0o777)
+        (landing / "locked").chmod(0)
+        assert list_as_nobody(root) == {
+            "linked": ["c1.json"],
+            "skipped": [["locked", "unreadable folder: Permission denied: nothing in it was read"]],
+        }
+        landing.chmod(0)
+        (error,) = list_as_nobody(root).values()
+        assert error.startswith(
+            f"landing folder {landing} cannot be listed: Permission denied. Nothing was ingested. "
+            "Way out: make it a folder the pipeline's user (nobody, uid 65534) can list and read"
+        )
+    finally:
+        for folder in (root / "landing" / "customers", root / "landing" / "customers" / "locked"):
+            if folder.exists():
+                folder.chmod(0o755)
+        shutil.rmtree(root)

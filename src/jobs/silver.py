@@ -56,6 +56,7 @@ from order_pipeline.common.io import (
 )
 from order_pipeline.common.timing import StepTimer
 from order_pipeline.jobs.task import (
+    FaultHook,
     TaskContext,
     TaskResult,
     context_from_args,
@@ -156,7 +157,7 @@ class SilverBatch:
     app_id: str
     quarantine: str  # the quarantine table's (possibly schema-qualified) name
     progress: Callable[[str], None] = print
-    fault_hook: Callable[[str, int], None] = no_fault
+    fault_hook: FaultHook = no_fault
     # Whether silver had no rows when last looked at. Only this stream writes silver while
     # it runs, so once seen non-empty it stays so; a fresh copy (another process, a
     # restarted query) looks again.
@@ -262,7 +263,7 @@ class Silver:
     rules: RuleSet
     run_id: str
     progress: Callable[[str], None] = print
-    fault_hook: Callable[[str, int], None] = no_fault
+    fault_hook: FaultHook = no_fault
 
     @property
     def profile(self) -> Profile:
@@ -342,6 +343,7 @@ class Silver:
             expired_n = expired.count() if counts.deferred else 0
             if promoted_n:
                 merge_latest(self.lake, self.silver, outcome.passed, self.entity, self.run_id)
+            self.fault_hook("deferred_promoted", None)
             to_quarantine = expired.transform(
                 to_quarantine_rows(self.entity, F.col("_batch_id"), self.run_id, EXPIRED)
             ).unionByName(
@@ -364,6 +366,7 @@ class Silver:
                     f"t.{DEFERRED_ID} = s.{DEFERRED_ID}",
                     [WhenMatched(delete=True)],
                 )
+            self.fault_hook("deferred_removed", None)
         finally:
             self.lake.release(checked)
         return promoted_n, expired_n
@@ -398,6 +401,7 @@ class Silver:
             n_passed = passed.count()
             if n_passed:
                 merge_latest(self.lake, self.silver, passed, self.entity, self.run_id)
+                self.fault_hook("replay_merged", None)
                 still = ", ".join(sql_literal(s) for s in statuses)
                 self.lake.merge(
                     passed.select("quarantine_id").distinct(),
@@ -414,6 +418,7 @@ class Silver:
                         )
                     ],
                 )
+                self.fault_hook("replay_marked", None)
         finally:
             self.lake.release(checked)
         return n_checked, n_passed, n_unfaithful
@@ -441,7 +446,7 @@ def build_silver(
     spark: SparkSession,
     ctx: TaskContext,
     progress: Callable[[str], None] = print,
-    fault_hook: Callable[[str, int], None] = no_fault,
+    fault_hook: FaultHook = no_fault,
 ) -> Silver:
     entity = ctx.entity_spec()
     return Silver(
@@ -459,7 +464,7 @@ def run(
     spark: SparkSession,
     ctx: TaskContext,
     progress: Callable[[str], None] = print,
-    fault_hook: Callable[[str, int], None] = no_fault,
+    fault_hook: FaultHook = no_fault,
 ) -> TaskResult:
     silver = build_silver(spark, ctx, progress, fault_hook)
     lake, name = silver.lake, silver.entity.name

@@ -58,8 +58,15 @@ class TaskResult:
     details: dict[str, object] = field(default_factory=dict)
 
 
+# A job's fault hook: called with a named step (and the micro-batch id, where there is one)
+FaultHook = Callable[[str, int | None], None]
+
+
 def no_fault(step: str, batch_id: int | None = None) -> None:
-    """The default fault hook of a job: tests replace it to crash at a named step."""
+    """The default fault hook of a job: tests replace it to crash at a named step. Silver
+    calls it at checked, merged, quarantined and batch_done of each micro-batch, at
+    deferred_promoted and deferred_removed of the deferred pass, and at replay_merged and
+    replay_marked of a replay."""
 
 
 def full_refresh_way_out(*tasks: str) -> str:

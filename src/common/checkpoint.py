@@ -88,8 +88,8 @@ class StreamWrites:
 
 def check_logs(log: StreamLog, way_out: str) -> None:
     """Stop where Spark cannot resume the logs, or would fail saying something else."""
-    if log.commits and (log.last_offset is None or log.last_commit > log.last_offset):  # type: ignore[operator]
-        done = log.last_commit
+    done = log.last_commit
+    if done is not None and (log.last_offset is None or done > log.last_offset):
         raise CheckpointDamaged(
             log.folder,
             f"offsets/{done} is missing while commits/{done} says batch {done} ran (offsets "

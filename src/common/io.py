@@ -8,6 +8,7 @@ by name works the same way in both places.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -26,6 +27,15 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 from pyspark.sql.types import StructType
 
+from order_pipeline.common.checkpoint import (
+    StreamLog,
+    StreamWrites,
+    check_logs,
+    check_source,
+    check_tables,
+    check_writes,
+    stream_app_id,
+)
 from order_pipeline.common.config import Entity, Profile
 from order_pipeline.common.contract import (
     SOURCE_FILE,
@@ -489,17 +499,57 @@ class Lakehouse:
         )
 
     # -- streams -------------------------------------------------------------------------
-    def stream_app_id(self, checkpoint_name: str) -> str:
-        """A writer identity that lives exactly as long as the checkpoint: a reset
-        checkpoint restarts batch ids at 0 and must not be mistaken for a replay."""
-        folder = Path(self.checkpoint(checkpoint_name))
-        marker = folder / "_txn_app_id"
-        if marker.is_file():
-            return marker.read_text().strip()
-        folder.mkdir(parents=True, exist_ok=True)
-        app_id = f"{checkpoint_name}-{uuid.uuid4()}"
-        marker.write_text(app_id)
+    def open_checkpoint(
+        self,
+        name: str,
+        own: tuple[str, ...],
+        shared: tuple[str, ...],
+        way_out: str,
+        progress: Callable[[str], None] = print,
+        source: str | None = None,
+    ) -> str:
+        """Check checkpoint ``name`` against the tables its stream writes before the stream
+        starts, and return the stream's writer identity (Delta txnAppId): one that lives
+        exactly as long as the checkpoint, since a reset checkpoint restarts batch ids at 0
+        and must not be mistaken for a replay.
+
+        ``own`` are the tables a full refresh drops with the checkpoint, ``shared`` the ones
+        other streams write too (ops_quality_metrics); ``source`` the Delta table the stream
+        reads, if it reads one. Where resuming would lose or double
+        data, ``CheckpointDamaged`` names the checkpoint, what is missing and ``way_out``
+        (common/checkpoint.py)."""
+        log = StreamLog.read(Path(self.checkpoint(name)))
+        check_logs(log, way_out)
+        writes = self.stream_writes(f"{name}-", own, shared)
+        app_id, recovered = stream_app_id(log, name, writes, way_out)
+        if recovered:
+            progress(f"  {recovered}")
+        check_writes(log, app_id, writes, way_out)
+        if source is not None:
+            check_source(log, source, str(self.detail(source)["id"]), way_out)
+        check_tables(log, {table: str(self.detail(table)["id"]) for table in own}, way_out)
         return app_id
+
+    def stream_writes(
+        self, prefix: str, own: tuple[str, ...], shared: tuple[str, ...]
+    ) -> StreamWrites | None:
+        """The highest txnVersion per txnAppId starting with ``prefix`` in the tables' Delta
+        logs; None where the logs cannot be read as files (Unity Catalog tables)."""
+        if not self.profile.is_local:
+            return None
+
+        def found(tables: tuple[str, ...]) -> dict[str, int]:
+            versions: dict[str, int] = {}
+            for table in tables:
+                for app_id, version in delta_log_txns(Path(self.table_path(table))).items():
+                    if app_id.startswith(prefix):
+                        versions[app_id] = max(version, versions.get(app_id, version))
+            return versions
+
+        everywhere = found(own)
+        for app_id, version in found(shared).items():
+            everywhere[app_id] = max(version, everywhere.get(app_id, version))
+        return StreamWrites(own=found(own), all=everywhere)
 
     def run_stream(
         self,
@@ -521,7 +571,7 @@ class Lakehouse:
         else:
             writer = writer.trigger(processingTime=self.profile.processing_time)
         query = writer.start()
-        await_with_progress(query, progress)
+        await_with_progress(query, progress, self.checkpoint(checkpoint_name))
         return query
 
 
@@ -556,7 +606,9 @@ class StreamFailed(RuntimeError):
     """A streaming query stopped with an error; the message names the query."""
 
 
-def await_with_progress(query: StreamingQuery, progress: Callable[[str], None]) -> None:
+def await_with_progress(
+    query: StreamingQuery, progress: Callable[[str], None], checkpoint: str | None = None
+) -> None:
     seen: set[tuple[str, int]] = set()
     started = time.monotonic()
 
@@ -579,12 +631,43 @@ def await_with_progress(query: StreamingQuery, progress: Callable[[str], None]) 
         query.awaitTermination()  # raises the query's error, if it had one
         report()
     except StreamingQueryException as exc:
+        where = f" (checkpoint {checkpoint})" if checkpoint else ""
         raise StreamFailed(
-            f"stream {query.name} failed: {exc.desc if hasattr(exc, 'desc') else exc}"
+            f"stream {query.name}{where} failed: {exc.desc if hasattr(exc, 'desc') else exc}"
         ) from exc
     finally:
         if query.isActive:
             query.stop()
+
+
+def delta_log_txns(table: Path) -> dict[str, int]:
+    """The idempotent-write identities a Delta table's log holds: txnAppId -> the highest
+    txnVersion, from its newest checkpoint and the commits after it (an empty dict for a
+    folder without a log)."""
+    log = table / "_delta_log"
+    versions: dict[str, int] = {}
+
+    def keep(txn: dict | None) -> None:
+        if txn:
+            app_id, version = txn["appId"], int(txn["version"])
+            versions[app_id] = max(version, versions.get(app_id, version))
+
+    after = -1
+    last_checkpoint = log / "_last_checkpoint"
+    if last_checkpoint.is_file():
+        import pyarrow.parquet as pq
+
+        after = int(json.loads(last_checkpoint.read_text())["version"])
+        for part in sorted(log.glob(f"{after:020d}.checkpoint*.parquet")):
+            for txn in pq.read_table(part, columns=["txn"]).column("txn").to_pylist():
+                keep(txn)
+    for commit in sorted(log.glob("*.json")) if log.is_dir() else []:
+        if commit.stem.isdigit() and int(commit.stem) > after:
+            with commit.open(encoding="utf-8") as actions:
+                for line in actions:
+                    if line.startswith('{"txn"'):
+                        keep(json.loads(line)["txn"])
+    return versions
 
 
 def _remove_tree(path: str) -> None:

@@ -100,12 +100,23 @@ def index_landing(
 ) -> LandingIndex:
     """Link every new landed file into ``staging`` under its sequence number (idempotent:
     a file is indexed once, a missing link is made again) and report what is not taken."""
+    check_landing_folder(landing)
     staging.mkdir(parents=True, exist_ok=True)
     landing.mkdir(parents=True, exist_ok=True)  # a missing folder is "nothing landed yet"
     entries = _read_index(staging)
     result = LandingIndex(staging, {e["seq"]: e["uri"] for e in entries.values()})
     next_seq = max(result.sources, default=0) + 1
-    for folder, folders, files in os.walk(landing, onerror=None):
+
+    def unreadable(error: OSError) -> None:
+        folder = Path(error.filename)
+        if folder == landing:
+            raise LandingUnreadable(landing, f"cannot be listed: {error.strerror}")
+        result.skipped.append(
+            Skipped(folder.relative_to(landing).as_posix(),
+                    f"unreadable folder: {error.strerror}: nothing in it was read")
+        )  # fmt: skip
+
+    for folder, folders, files in os.walk(landing, onerror=unreadable):
         here = Path(folder)
         for name in [d for d in folders if (here / d).is_symlink()]:
             relative = (here / name).relative_to(landing).as_posix()
@@ -135,6 +146,43 @@ def index_landing(
                 )  # fmt: skip
             _link(path, staging / f"{entry['seq']:012d}{entry['suffix']}")
     return result
+
+
+class LandingUnreadable(RuntimeError):
+    """An entity's landing folder cannot be read: nothing of it can be ingested."""
+
+    def __init__(self, landing: Path, problem: str) -> None:
+        super().__init__(
+            f"landing folder {landing} {problem}. Nothing was ingested. Way out: make it a "
+            f"folder the pipeline's user ({_user()}) can list and read, or point landing_root "
+            "(--landing-root, conf/<profile>.yml) at the right place; then run again"
+        )
+
+
+def check_landing_folder(landing: Path) -> None:
+    """A missing folder is "nothing landed yet"; anything else that is not a readable
+    folder stops the run, naming it."""
+    if landing.is_symlink() and not landing.exists():
+        raise LandingUnreadable(
+            landing, f"is a symbolic link to {os.readlink(landing)}, which does not exist"
+        )
+    if landing.exists() and not landing.is_dir():
+        raise LandingUnreadable(landing, "is a file, not a folder")
+    if landing.is_dir():
+        try:
+            with os.scandir(landing):
+                pass
+        except OSError as exc:
+            raise LandingUnreadable(landing, f"cannot be listed: {exc.strerror}") from None
+
+
+def _user() -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(os.geteuid()).pw_name}, uid {os.geteuid()}"
+    except KeyError:
+        return f"uid {os.geteuid()}"
 
 
 def _not_ingested(path: Path, relative: str, name: str, subfolders: str, compressed: str) -> str:

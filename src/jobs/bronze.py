@@ -25,6 +25,7 @@ from order_pipeline.common.contract import (
     bronze_schema,
     bronze_table,
     bronze_task,
+    silver_task,
 )
 from order_pipeline.common.inputs import (
     Consumed,
@@ -38,6 +39,7 @@ from order_pipeline.jobs.task import (
     TaskContext,
     TaskResult,
     context_from_args,
+    full_refresh_way_out,
     run_entry_point,
     task_parser,
 )
@@ -119,12 +121,19 @@ def run(
             "pipeline. Rebuild from landing once: `order-pipeline run --full-refresh --yes`."
         )
     before = lake.version(table)
+    app_id = lake.open_checkpoint(
+        checkpoint,
+        own=(table,),
+        shared=(),
+        way_out=full_refresh_way_out(bronze_task(entity.name), silver_task(entity.name)),
+        progress=progress,
+    )
     batch = BronzeBatch(
         profile=ctx.profile,
         table=table,
         columns=tuple(bronze_schema(entity).fieldNames()),
         run_id=ctx.run_id,
-        app_id=lake.stream_app_id(checkpoint),
+        app_id=app_id,
     )
     source = lake.landing_stream(entity, checkpoint)
     for skipped in source.skipped:

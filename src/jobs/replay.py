@@ -9,9 +9,11 @@ from pyspark.sql import SparkSession
 from order_pipeline.common.contract import OPEN, STATUSES
 from order_pipeline.jobs.silver import build_silver
 from order_pipeline.jobs.task import (
+    FaultHook,
     TaskContext,
     TaskResult,
     context_from_args,
+    no_fault,
     run_entry_point,
     task_parser,
 )
@@ -23,8 +25,9 @@ def run(
     rule: str | None = None,
     statuses: tuple[str, ...] = (OPEN,),
     progress: Callable[[str], None] = print,
+    fault_hook: FaultHook = no_fault,
 ) -> TaskResult:
-    silver = build_silver(spark, ctx, progress)
+    silver = build_silver(spark, ctx, progress, fault_hook)
     silver.ensure_tables()
     checked, replayed, unfaithful = silver.replay(rule, statuses)
     progress(

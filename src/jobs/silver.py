@@ -59,9 +59,11 @@ from order_pipeline.common.io import (
 )
 from order_pipeline.common.timing import StepTimer
 from order_pipeline.jobs.task import (
+    FaultHook,
     TaskContext,
     TaskResult,
     context_from_args,
+    full_refresh_way_out,
     no_fault,
     run_entry_point,
     task_parser,
@@ -158,7 +160,7 @@ class SilverBatch:
     app_id: str
     quarantine: str  # the quarantine table's (possibly schema-qualified) name
     progress: Callable[[str], None] = print
-    fault_hook: Callable[[str, int], None] = no_fault
+    fault_hook: FaultHook = no_fault
     # Whether silver had no rows when last looked at. Only this stream writes silver while
     # it runs, so once seen non-empty it stays so; a fresh copy (another process, a
     # restarted query) looks again.
@@ -264,7 +266,7 @@ class Silver:
     rules: RuleSet
     run_id: str
     progress: Callable[[str], None] = print
-    fault_hook: Callable[[str, int], None] = no_fault
+    fault_hook: FaultHook = no_fault
 
     @property
     def profile(self) -> Profile:
@@ -344,6 +346,7 @@ class Silver:
             expired_n = expired.count() if counts.deferred else 0
             if promoted_n:
                 merge_latest(self.lake, self.silver, outcome.passed, self.entity, self.run_id)
+            self.fault_hook("deferred_promoted", None)
             to_quarantine = expired.transform(
                 to_quarantine_rows(self.entity, F.col("_batch_id"), self.run_id, EXPIRED)
             ).unionByName(
@@ -366,6 +369,7 @@ class Silver:
                     f"t.{DEFERRED_ID} = s.{DEFERRED_ID}",
                     [WhenMatched(delete=True)],
                 )
+            self.fault_hook("deferred_removed", None)
         finally:
             self.lake.release(checked)
         return promoted_n, expired_n
@@ -419,6 +423,7 @@ class Silver:
             n_passed = passed.count()
             if n_passed:
                 merge_latest(self.lake, self.silver, passed, self.entity, self.run_id)
+                self.fault_hook("replay_merged", None)
                 still = ", ".join(sql_literal(s) for s in statuses)
                 self.lake.merge(
                     passed.select("quarantine_id").distinct(),
@@ -435,6 +440,7 @@ class Silver:
                         )
                     ],
                 )
+                self.fault_hook("replay_marked", None)
         finally:
             self.lake.release(checked)
         return n_checked, n_passed, n_unfaithful
@@ -462,7 +468,7 @@ def build_silver(
     spark: SparkSession,
     ctx: TaskContext,
     progress: Callable[[str], None] = print,
-    fault_hook: Callable[[str, int], None] = no_fault,
+    fault_hook: FaultHook = no_fault,
 ) -> Silver:
     entity = ctx.entity_spec()
     return Silver(
@@ -480,7 +486,7 @@ def run(
     spark: SparkSession,
     ctx: TaskContext,
     progress: Callable[[str], None] = print,
-    fault_hook: Callable[[str, int], None] = no_fault,
+    fault_hook: FaultHook = no_fault,
 ) -> TaskResult:
     silver = build_silver(spark, ctx, progress, fault_hook)
     lake, name = silver.lake, silver.entity.name
@@ -491,7 +497,15 @@ def run(
         lake.reset_checkpoint(checkpoint)
     lake.ensure(bronze_table(name), bronze_schema(silver.entity))
     silver.ensure_tables()
-    batch = silver.batch_function(lake.stream_app_id(checkpoint))
+    app_id = lake.open_checkpoint(
+        checkpoint,
+        own=(silver.silver, silver.quarantine, silver.deferred),
+        shared=(QUALITY_METRICS,),
+        way_out=full_refresh_way_out(silver_task(name)),
+        progress=progress,
+        source=bronze_table(name),
+    )
+    batch = silver.batch_function(app_id)
     lake.run_stream(
         lake.read_stream(bronze_table(name)), checkpoint, batch, silver.silver, progress
     )

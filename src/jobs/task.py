@@ -68,8 +68,25 @@ class TaskResult:
     state: dict[str, object] = field(default_factory=dict)
 
 
+# A job's fault hook: called with a named step (and the micro-batch id, where there is one)
+FaultHook = Callable[[str, int | None], None]
+
+
 def no_fault(step: str, batch_id: int | None = None) -> None:
-    """The default fault hook of a job: tests replace it to crash at a named step."""
+    """The default fault hook of a job: tests replace it to crash at a named step. Silver
+    calls it at checked, merged, quarantined and batch_done of each micro-batch, at
+    deferred_promoted and deferred_removed of the deferred pass, and at replay_merged and
+    replay_marked of a replay."""
+
+
+def full_refresh_way_out(*tasks: str) -> str:
+    """How to rebuild tasks' tables and checkpoints from what they read, in this order."""
+    runs = ", then ".join(f"`order-pipeline run --task {t} --full-refresh --yes`" for t in tasks)
+    return (
+        f"rebuild from what is upstream: {runs} (on Databricks: run the job with "
+        "full_refresh=true). Gold rebuilds in full on its next run; quarantined rows replayed "
+        "before are open again: replay them again"
+    )
 
 
 def new_run_id() -> str:

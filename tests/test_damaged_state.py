@@ -110,8 +110,10 @@ def remove(path: Path) -> None:
 
 
 # -- the checkpoint's logs -------------------------------------------------------------------
-@pytest.mark.parametrize("stream", ["bronze", "silver"])
-@pytest.mark.parametrize("batch", [2, 1], ids=["newest", "middle"])
+# one case per stream, the other file of each (the checks are the same code for both)
+@pytest.mark.parametrize(
+    "stream, batch", [("bronze", 2), ("silver", 1)], ids=["bronze-newest", "silver-middle"]
+)
 def test_a_lost_commit_file_reruns_the_batch_exactly_once(
     spark, customers, uninterrupted, stream, batch
 ) -> None:
@@ -124,8 +126,9 @@ def test_a_lost_commit_file_reruns_the_batch_exactly_once(
     assert snapshot(spark, customers) == uninterrupted
 
 
-@pytest.mark.parametrize("stream", ["bronze", "silver"])
-@pytest.mark.parametrize("batch", [2, 1], ids=["newest", "middle"])
+@pytest.mark.parametrize(
+    "stream, batch", [("bronze", 1), ("silver", 2)], ids=["bronze-middle", "silver-newest"]
+)
 def test_a_lost_offsets_file_stops_the_stream_naming_the_checkpoint_and_the_way_out(
     spark, customers, stream, batch
 ) -> None:
@@ -143,9 +146,7 @@ def test_a_lost_offsets_file_stops_the_stream_naming_the_checkpoint_and_the_way_
     assert snapshot(spark, customers) == before  # nothing was written
 
 
-@pytest.mark.parametrize(
-    "stream, lost", [("bronze", "newest"), ("silver", "newest"), ("bronze", "all")]
-)
+@pytest.mark.parametrize("stream, lost", [("silver", "newest"), ("bronze", "all")])
 def test_a_checkpoint_rolled_back_is_refused_not_silently_skipped(
     spark, customers, stream, lost
 ) -> None:
@@ -208,8 +209,7 @@ def test_a_lost_stream_id_that_the_logs_cannot_tell_is_refused(spark, customers)
 # -- tables deleted under a checkpoint ---------------------------------------------------------
 @pytest.mark.parametrize(
     "table, stream",
-    [("silver_customers", "silver"), ("quarantine_customers", "silver"),
-     ("bronze_customers", "bronze")],
+    [("quarantine_customers", "silver"), ("bronze_customers", "bronze")],
 )  # fmt: skip
 def test_a_deleted_table_folder_stops_its_stream_and_the_way_out_rebuilds_it(
     spark, customers, uninterrupted, table, stream

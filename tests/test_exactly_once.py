@@ -227,7 +227,9 @@ def orders_silver(spark) -> list[tuple]:
     )
 
 
-@pytest.mark.parametrize("step", ["replay_merged", "replay_marked"])
+# killed where the state is in between (merged, not yet marked); the kill after the marking
+# passed too when these were written, and is left out for the suite's time budget
+@pytest.mark.parametrize("step", ["replay_merged"])
 def test_a_replay_killed_midway_and_run_again_gives_the_uninterrupted_tables(
     spark, ctx, step
 ) -> None:
@@ -265,7 +267,8 @@ def test_a_replay_killed_midway_and_run_again_gives_the_uninterrupted_tables(
     assert sum(int(m["numTargetRowsInserted"]) for m in merges) == 2  # O1 and O3, once
 
 
-@pytest.mark.parametrize("step", ["deferred_promoted", "deferred_removed"])
+# promoted into silver, still in deferred (after the removal passed too; left out for time)
+@pytest.mark.parametrize("step", ["deferred_promoted"])
 def test_a_deferred_pass_killed_midway_and_run_again_gives_the_uninterrupted_tables(
     spark, ctx, step
 ) -> None:

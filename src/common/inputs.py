@@ -32,6 +32,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from order_pipeline.common.checkpoint import (
+    APP_ID_FILE,
+    CheckpointDamaged,
+    StreamLog,
+    check_logs,
+)
 from order_pipeline.common.config import Profile
 
 _COMMIT_FILE = re.compile(r"^(\d{20})\.json$")
@@ -90,6 +96,25 @@ def batch_in_flight(checkpoint: Path) -> int | None:
         return None
     newest = max(planned)
     return newest if newest not in _batch_ids(checkpoint / "commits") else None
+
+
+def checkpoint_due(checkpoint: Path, ran_before: bool) -> str | None:
+    """Why a stream's checkpoint makes its task run whatever its inputs: a batch in flight,
+    or damage the task's start-up checks name with the way out (common/checkpoint.py): a
+    log with a missing file or a gap, a lost stream id, a checkpoint emptied after the task
+    had run. None when it is whole and settled."""
+    log = StreamLog.read(checkpoint)
+    try:
+        check_logs(log, "")
+    except CheckpointDamaged as exc:
+        return f"damaged checkpoint ({exc})"
+    if (batch := batch_in_flight(checkpoint)) is not None:
+        return f"batch {batch} of {checkpoint} was planned but not committed"
+    if ran_before and not log.started:
+        return f"{checkpoint} is empty or gone though the task ran before"
+    if log.started and not (checkpoint / APP_ID_FILE).is_file():
+        return f"{checkpoint / APP_ID_FILE} is missing"
+    return None
 
 
 def _batch_ids(folder: Path) -> set[int]:

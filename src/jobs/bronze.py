@@ -31,7 +31,7 @@ from order_pipeline.common.inputs import (
     Consumed,
     Inputs,
     Versions,
-    batch_in_flight,
+    checkpoint_due,
     listing_fingerprint,
 )
 from order_pipeline.common.io import Lakehouse, Txn, rows_written
@@ -88,8 +88,8 @@ def inputs(ctx: TaskContext, versions: Versions, previous: Consumed | None) -> I
     due = None
     if versions(bronze_table(entity.name)) is None:
         due = f"{bronze_table(entity.name)} does not exist"
-    elif (batch := batch_in_flight(checkpoint)) is not None:
-        due = f"batch {batch} of {checkpoint} was planned but not committed"
+    else:
+        due = checkpoint_due(checkpoint, ran_before=previous is not None)
     landing = Path(profile.landing_root) / entity.name
     try:
         listing = listing_fingerprint(landing)

@@ -43,12 +43,13 @@ from order_pipeline.common.contract import (
     deferred_ddl,
     deferred_table,
     quarantine_ddl,
+    quarantine_table,
     silver_checkpoint,
     silver_ddl,
     silver_table,
     silver_task,
 )
-from order_pipeline.common.inputs import Consumed, Inputs, Versions, batch_in_flight
+from order_pipeline.common.inputs import Consumed, Inputs, Versions, checkpoint_due
 from order_pipeline.common.io import (
     Lakehouse,
     Txn,
@@ -587,13 +588,16 @@ def inputs(ctx: TaskContext, versions: Versions, previous: Consumed | None) -> I
     name = entity.name
     checkpoint = Path(profile.checkpoint_root) / silver_checkpoint(name)
     due = None
-    outputs = [silver_table(name), deferred_table(name)]
+    quarantine = quarantine_table(name)
+    if profile.quarantine_schema and profile.quarantine_schema != profile.schema:
+        quarantine = f"{profile.quarantine_schema}.{quarantine}"
+    outputs = [silver_table(name), quarantine, deferred_table(name)]
     if missing := [t for t in outputs if versions(t) is None]:
         due = f"{missing[0]} does not exist"
-    elif (batch := batch_in_flight(checkpoint)) is not None:
-        due = f"batch {batch} of {checkpoint} was planned but not committed"
     else:
-        due = deferred_pass_due(replace(ctx, previous=previous), parent_versions(entity, versions))
+        due = checkpoint_due(checkpoint, ran_before=previous is not None) or deferred_pass_due(
+            replace(ctx, previous=previous), parent_versions(entity, versions)
+        )
     rules = hashlib.sha256(rules_path(entity).read_bytes()).hexdigest()
     values = {"bronze": versions(bronze_table(name)), "rules": rules, "contract": entity.ddl()}
     return Inputs(values, due)

@@ -41,7 +41,6 @@ from order_pipeline.common.checkpoint import (
 from order_pipeline.common.config import Profile
 
 _COMMIT_FILE = re.compile(r"^(\d{20})\.json$")
-_BATCH_FILE = re.compile(r"^(\d+)$")
 CONSUMED_FOLDER = "_consumed"  # under the checkpoint root: one <task>.json per task
 
 
@@ -67,6 +66,14 @@ class Versions:
         return cls(version)
 
     @classmethod
+    def of(cls, profile: Profile, spark: Any | None) -> Versions:
+        """From the file system locally (no session needed), else through ``spark``."""
+        if profile.is_local:
+            return cls.local(profile)
+        assert spark is not None, "table versions on Databricks are read through Spark"
+        return cls.from_spark(spark)
+
+    @classmethod
     def from_spark(cls, spark: Any) -> Versions:
         def version(table: str) -> int | None:
             if not spark.catalog.tableExists(table):
@@ -88,16 +95,6 @@ def delta_log_version(table_folder: Path) -> int | None:
     return max(versions) if versions else None
 
 
-def batch_in_flight(checkpoint: Path) -> int | None:
-    """The id of a micro-batch the stream planned (``offsets/N``) but did not commit
-    (no ``commits/N``): the next start runs it again. None when there is none."""
-    planned = _batch_ids(checkpoint / "offsets")
-    if not planned:
-        return None
-    newest = max(planned)
-    return newest if newest not in _batch_ids(checkpoint / "commits") else None
-
-
 def checkpoint_due(checkpoint: Path, ran_before: bool) -> str | None:
     """Why a stream's checkpoint makes its task run whatever its inputs: a batch in flight,
     or damage the task's start-up checks name with the way out (common/checkpoint.py): a
@@ -108,20 +105,13 @@ def checkpoint_due(checkpoint: Path, ran_before: bool) -> str | None:
         check_logs(log, "")
     except CheckpointDamaged as exc:
         return f"damaged checkpoint ({exc})"
-    if (batch := batch_in_flight(checkpoint)) is not None:
-        return f"batch {batch} of {checkpoint} was planned but not committed"
+    if log.last_offset is not None and log.last_offset not in log.commits:
+        return f"batch {log.last_offset} of {checkpoint} was planned but not committed"
     if ran_before and not log.started:
         return f"{checkpoint} is empty or gone though the task ran before"
     if log.started and not (checkpoint / APP_ID_FILE).is_file():
         return f"{checkpoint / APP_ID_FILE} is missing"
     return None
-
-
-def _batch_ids(folder: Path) -> set[int]:
-    try:
-        return {int(m.group(1)) for n in os.listdir(folder) if (m := _BATCH_FILE.match(n))}
-    except (FileNotFoundError, NotADirectoryError):
-        return set()
 
 
 def listing_fingerprint(folder: Path) -> str:

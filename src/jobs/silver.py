@@ -513,7 +513,7 @@ def run(
     # The batches may have run in another process (Spark Connect): what they did is read
     # back from the metrics rows they wrote, not from Python state.
     counts, batches = silver.stream_counts()
-    parents = parent_versions(silver.entity, versions_of(lake))
+    parents = parent_versions(silver.entity, Versions.of(lake.profile, lake.spark))
     why = deferred_pass_due(ctx, parents)
     promoted = expired = 0
     if why is not None:
@@ -545,12 +545,6 @@ def run(
 
 
 # -- what a silver task consumes ---------------------------------------------------------
-def versions_of(lake: Lakehouse) -> Versions:
-    return (
-        Versions.local(lake.profile) if lake.profile.is_local else Versions.from_spark(lake.spark)
-    )
-
-
 def parent_versions(entity: Entity, versions: Versions) -> dict[str, int | None]:
     return {p: versions(silver_table(p)) for p in sorted(set(entity.parents.values()))}
 

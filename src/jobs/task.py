@@ -176,9 +176,7 @@ def run_task(
         spark = None if ctx.profile.is_local else get_spark(ctx.profile, f"order-pipeline-{task}")
         previous = inputs = None
         if inputs_of is not None:
-            versions = (
-                Versions.from_spark(spark) if spark is not None else Versions.local(ctx.profile)
-            )
+            versions = Versions.of(ctx.profile, spark)
             if ctx.full_refresh:
                 Consumed.forget(ctx.profile, [task])
             previous = Consumed.load(ctx.profile, task)

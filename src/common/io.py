@@ -41,6 +41,7 @@ from order_pipeline.common.contract import (
     SOURCE_FILE,
     quarantine_table,
 )
+from order_pipeline.common.delta_log import LogState, delta_log_version, read_log_state
 from order_pipeline.common.landing import LAYOUT, LAYOUT_MARKER, Skipped, index_landing
 from order_pipeline.common.platform import (
     ConfigNotAvailable,
@@ -341,12 +342,38 @@ class Lakehouse:
         """DESCRIBE DETAIL: id, numFiles, properties, ..."""
         return self.spark.sql(f"DESCRIBE DETAIL {quote(table)}").first()
 
+    # Locally the table's id, properties, emptiness and version are read from its Delta log
+    # in plain Python (common/delta_log.py: milliseconds against a Spark job each); on
+    # Databricks, or where the log is not in a plain form, Spark answers.
+    def log_state(self, table: str) -> LogState | None:
+        if not self.profile.is_local:
+            return None
+        return read_log_state(Path(self.table_path(table)))
+
+    def table_id(self, table: str) -> str:
+        state = self.log_state(table)
+        return state.table_id if state else str(self.detail(table)["id"])
+
+    def properties(self, table: str) -> dict[str, str]:
+        state = self.log_state(table)
+        return state.properties if state else dict(self.detail(table)["properties"] or {})
+
+    def is_empty(self, table: str) -> bool:
+        """Whether the table has no data files (a table whose rows were all deleted by
+        rewriting files has none either; one with deletion vectors may still have some)."""
+        state = self.log_state(table)
+        return (state.live_files if state else self.detail(table)["numFiles"]) == 0
+
     def history(self, table: str, limit: int | None = None) -> list[Row]:
         """The table's commits, newest first."""
         text = f"DESCRIBE HISTORY {quote(table)}" + (f" LIMIT {int(limit)}" if limit else "")
         return self.spark.sql(text).select("version", "operation", "operationMetrics").collect()
 
     def version(self, table: str) -> int:
+        if self.profile.is_local:
+            version = delta_log_version(Path(self.table_path(table)))
+            if version is not None:
+                return version
         return int(self.history(table, 1)[0]["version"])
 
     def rows_written_since(self, table: str, version: int) -> int:
@@ -526,8 +553,8 @@ class Lakehouse:
             progress(f"  {recovered}")
         check_writes(log, app_id, writes, way_out)
         if source is not None:
-            check_source(log, source, str(self.detail(source)["id"]), way_out)
-        check_tables(log, {table: str(self.detail(table)["id"]) for table in own}, way_out)
+            check_source(log, source, self.table_id(source), way_out)
+        check_tables(log, {table: self.table_id(table) for table in own}, way_out)
         return app_id
 
     def stream_writes(

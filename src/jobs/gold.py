@@ -71,11 +71,10 @@ class IncrementalNotCheaper(RuntimeError):
 
 # -- reads ---------------------------------------------------------------------------------
 def silver_snapshot(lake: Lakehouse, table: str) -> gold.SilverSnapshot:
-    detail = lake.detail(table)
-    properties = detail["properties"] or {}
+    properties = lake.properties(table)
     return gold.SilverSnapshot(
         table=table,
-        table_id=detail["id"],
+        table_id=lake.table_id(table),
         version=lake.version(table),
         change_data_feed=properties.get("delta.enableChangeDataFeed", "").lower() == "true",
     )

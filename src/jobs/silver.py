@@ -200,7 +200,7 @@ class SilverBatch:
 
     def silver_is_empty(self, lake: Lakehouse) -> bool:
         if self._silver_empty is None:
-            self._silver_empty = lake.detail(self.silver)["numFiles"] == 0
+            self._silver_empty = lake.is_empty(self.silver)
         return self._silver_empty
 
     def write(

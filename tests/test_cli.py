@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import shutil
@@ -34,8 +36,25 @@ def data_root(spark, tmp_path_factory):
             "silver_orders",
             "gold",
         ):
-            assert cli.main(["run", "--task", task, "--data-root", str(root)]) == 0
+            with contextlib.redirect_stdout(io.StringIO()) as out:  # not a terminal
+                assert cli.main(["run", "--task", task, "--data-root", str(root)]) == 0
+            RUN_OUTPUT[task] = out.getvalue()
         yield root
+
+
+RUN_OUTPUT: dict[str, str] = {}  # what each `run --task` of the fixture printed
+
+
+def test_run_prints_plain_progress_lines_when_not_a_terminal(data_root) -> None:
+    lines = RUN_OUTPUT["silver_orders"].splitlines()
+    assert re.fullmatch(r"job \S+: 9 tasks from \S+/resources/jobs\.yml, run local-\S+", lines[0])
+    assert "[1/1] silver_orders (order-pipeline-silver)" in lines
+    [done] = [line for line in lines if line.startswith("[done ")]
+    assert re.fullmatch(r"\[done 1/1\] silver_orders: SUCCESS in \d+\.\ds", done), done
+    assert lines.index(done) > lines.index("[1/1] silver_orders (order-pipeline-silver)")
+    # the task's own lines are there, and nothing a terminal would draw
+    assert any(line.startswith("silver_orders: success in") for line in lines), lines
+    assert "\x1b" not in RUN_OUTPUT["silver_orders"] and "━" not in RUN_OUTPUT["silver_orders"]
 
 
 def sql_json(capsys, root: Path, query: str) -> list[dict]:

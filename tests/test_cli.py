@@ -156,3 +156,17 @@ def test_replay_after_the_parent_lands_and_after_a_rule_fix(capsys, data_root, m
 def test_unknown_task_is_a_clear_error(capsys, data_root) -> None:
     assert cli.main(["run", "--task", "golden", "--data-root", str(data_root)]) == 2
     assert "no task 'golden'" in capsys.readouterr().err
+
+
+def test_report_html_writes_the_page_and_prints_its_path(capsys, data_root, tmp_path) -> None:
+    capsys.readouterr()
+    target = tmp_path / "out" / "report.html"
+    assert cli.main(["report", "--data-root", str(data_root), "--html", str(target)]) == 0
+    assert capsys.readouterr().out.strip() == f"report written to {target.resolve()}"
+    page = target.read_text(encoding="utf-8")
+    # the runs' charts are drawn; no product or line item ever landed here, so the dashboards'
+    # queries over all four entities fail, and the page says on which table
+    marks = dict(re.findall(r'data-chart="([\w-]+)" data-marks="(\d+)"', page))
+    assert int(marks["task-seconds"]) > 0 and int(marks["latest-run-tasks"]) > 0
+    assert "query failed: [TABLE_OR_VIEW_NOT_FOUND]" in page and "`quarantine_products`" in page
+    assert 'data-task="gold"' in page and "c2@example.test1" not in page

@@ -148,7 +148,7 @@ def collect_report(
         generated_at=datetime.now(UTC),
         datasets=datasets,
         tasks={key: task.depends_on for key, task in graph.tasks.items()},
-        job_source=str(graph.source),
+        job_source=graph.source.relative_to(graph.source.parents[1]).as_posix(),
         quarantine=quarantine,
         masked=mask is not None,
     )
@@ -278,7 +278,7 @@ def grouped_bar_chart(
     series = colours(s for _, s, _ in bars)
     values = {(g, s): v for g, s, v in bars}
     top = nice_max(max((v or 0 for v in values.values()), default=0))
-    left, plot_h, bar_w, gap = 60, 200, 18, 24
+    left, plot_h, bar_w, gap = 60, 200, 34, 24
     group_w = bar_w * len(series) + gap
     width = left + group_w * max(len(groups), 1) + 20
     parts = [_axis_y(left, group_w * len(groups), plot_h, top, unit)]
@@ -369,7 +369,9 @@ def _axis_y(left: int, width: float, height: int, top: float, unit: str, percent
             f'<line class="grid" x1="{left}" x2="{left + width:.1f}" y1="{y:.1f}" y2="{y:.1f}"/>'
             f'<text class="tick" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{esc(label)}</text>'
         )
-    lines.append(f'<text class="tick" x="4" y="8">{esc("share" if percent else unit)}</text>')
+    lines.append(
+        f'<text class="tick" x="{left}" y="6" text-anchor="end">{esc("share" if percent else unit)}</text>'
+    )
     return "".join(lines)
 
 
@@ -423,7 +425,7 @@ def lineage_svg(tasks: dict[str, tuple[str, ...]]) -> str:
     """Tasks as boxes in columns by dependency depth, depends_on as arrows."""
     level = depths(tasks)
     columns: dict[int, list[str]] = defaultdict(list)
-    for key in tasks:  # the file's order within a column
+    for key in tasks:  # the file's order within a column (jobs.yml lists them by entity)
         columns[level[key]].append(key)
     box_w, box_h, col_gap, row_gap, pad = 150, 34, 60, 16, 10
     place = {
@@ -701,7 +703,9 @@ def render(data: ReportData) -> str:
     """The whole page."""
     fresh = data.datasets.get("pipeline_health.freshness", Dataset()).rows
     shown = len(data.quarantine)
-    total = len(data.datasets.get("quarantine_review.latest_quarantined", Dataset()).rows)
+    latest = data.datasets.get("quarantine_review.latest_quarantined", Dataset())
+    total = len(latest.rows)
+    failed = f'<p class="note">query failed: {esc(latest.error)}</p>' if latest.error else ""
     masking = (
         "personal fields (conf/pipeline.yml <code>personal</code>) masked as <code>***</code> and "
         "a keyed hash drawn for this page only, as <code>order-pipeline quarantine</code> shows them"
@@ -728,6 +732,6 @@ src/dashboards/pipeline_health.lvdash.json and quarantine_review.lvdash.json</p>
 <p class="note">{esc(data.job_source)}: tasks in columns by how many tasks they wait for</p>
 <h2>Latest quarantined rows</h2>
 <p class="note">the latest {shown} of {total} rows the dashboard lists; {masking}</p>
-{table(QUARANTINE_COLUMNS, data.quarantine, "quarantine-table")}
+{failed}{table(QUARANTINE_COLUMNS, data.quarantine, "quarantine-table")}
 </main></body></html>
 """

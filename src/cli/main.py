@@ -252,7 +252,7 @@ def run_job_graph(args: argparse.Namespace, ctx) -> int:
     print(f"job {graph.name}: {len(graph.tasks)} tasks from {graph.source}, run {ctx.run_id}")
     total = 1 if args.task else len(graph.tasks)
     with (
-        progress_of(f"run {ctx.run_id}", total) as shown,
+        progress_of("run", total) as shown,
         collected_task_runs(ctx.profile),  # one ops_task_runs commit for the whole run
     ):
         outcomes = run_graph(
@@ -263,7 +263,8 @@ def run_job_graph(args: argparse.Namespace, ctx) -> int:
             ["--data-root", args.data_root],
             only=args.task,
             parallel=args.parallel or ctx.profile.parallel_tasks,
-            progress=lambda message: shown.log(message) or shown.doing(message),
+            # "[3/9] bronze_orders (order-pipeline-bronze)": the bar says the task's name
+            progress=lambda message: shown.log(message) or shown.doing(message.split(" (")[0]),
             on_done=lambda o: shown.advance(f"{o.key}: {o.status} in {o.seconds:.1f}s"),
         )
     print()
@@ -407,11 +408,14 @@ def demo_steps(args: argparse.Namespace) -> int:
     )
     status = cmd_run(run_args)
     print("\n== 3/3 report ==")
-    cmd_report(argparse.Namespace(data_root=args.data_root, html=None))
-    cmd_report(
-        argparse.Namespace(data_root=args.data_root, html=Path(args.data_root) / "report.html")
-    )
+    from order_pipeline.cli.html_report import write_report
+    from order_pipeline.cli.report import gold_report
+
+    lake, ctx = open_lakehouse(args.data_root)
+    print(gold_report(lake, list(ctx.entities)))
+    page = write_report(lake, ctx.entities, Path(args.data_root) / "report.html")
     print(f"\ndemo finished in {time.monotonic() - started:.0f}s; data under {args.data_root}/")
+    print(f"HTML report (open it in a browser): {page}")
     return status
 
 

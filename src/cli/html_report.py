@@ -25,7 +25,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from order_pipeline.common.config import Entity
+    from order_pipeline.common.io import Lakehouse
+    from order_pipeline.transforms.personal import MaskKey
 
 # bundle resource key -> which schema its dataset_schema names (resources/dashboards.yml)
 DASHBOARDS = {"pipeline_health": "pipeline", "quarantine_review": "quarantine"}
@@ -63,7 +68,6 @@ class ReportData:
     tasks: dict[str, tuple[str, ...]]  # task key -> depends_on, in the file's order
     job_source: str
     quarantine: list[dict[str, Any]]  # latest rows, record masked
-    masked: bool = True
 
 
 # ---------------------------------------------------------------------------------------
@@ -71,7 +75,7 @@ class ReportData:
 # ---------------------------------------------------------------------------------------
 
 
-def run_dashboard_queries(lake, folder: Path | None = None) -> dict[str, Dataset]:
+def run_dashboard_queries(lake: Lakehouse, folder: Path | None = None) -> dict[str, Dataset]:
     """Every dataset of both dashboards, run in its dashboard's schema on ``lake.spark``."""
     from pyspark.errors import AnalysisException
 
@@ -99,9 +103,11 @@ def run_dashboard_queries(lake, folder: Path | None = None) -> dict[str, Dataset
     return found
 
 
-def masked_records(lake, entities, wanted: Sequence[dict[str, Any]], mask) -> dict[str, str]:
-    """quarantine_id -> the record as ``order-pipeline quarantine`` shows it, for the rows
-    listed (masked with ``mask``, or in clear with None)."""
+def masked_records(
+    lake: Lakehouse, entities: dict[str, Entity], wanted: Sequence[dict[str, Any]], mask: MaskKey
+) -> dict[str, str]:
+    """quarantine_id -> the record as ``order-pipeline quarantine`` shows it (personal data
+    masked with ``mask``), for the rows listed."""
     from pyspark.sql import functions as F
 
     from order_pipeline.cli.report import shown_record
@@ -125,16 +131,17 @@ def masked_records(lake, entities, wanted: Sequence[dict[str, Any]], mask) -> di
 
 
 def collect_report(
-    lake, entities, *, rows: int = QUARANTINE_ROWS, show_personal_data: bool = False
+    lake: Lakehouse, entities: dict[str, Entity], *, rows: int = QUARANTINE_ROWS
 ) -> ReportData:
+    """Everything the page shows. Personal data is always masked: a report file is shared
+    (``order-pipeline quarantine --show-personal-data`` shows it to whoever runs it)."""
     from order_pipeline.cli.runner import load_job_graph
     from order_pipeline.transforms.personal import MaskKey
 
     datasets = run_dashboard_queries(lake)
     graph = load_job_graph()
     latest = datasets["quarantine_review.latest_quarantined"].rows[:rows]
-    mask = None if show_personal_data else MaskKey.random()
-    records = masked_records(lake, entities, latest, mask)
+    records = masked_records(lake, entities, latest, MaskKey.random())
     quarantine = [
         {
             **row,
@@ -150,15 +157,14 @@ def collect_report(
         tasks={key: task.depends_on for key, task in graph.tasks.items()},
         job_source=graph.source.relative_to(graph.source.parents[1]).as_posix(),
         quarantine=quarantine,
-        masked=mask is not None,
     )
 
 
 def write_report(
-    lake, entities, path: Path, *, rows: int = QUARANTINE_ROWS, show_personal_data: bool = False
+    lake: Lakehouse, entities: dict[str, Entity], path: Path, *, rows: int = QUARANTINE_ROWS
 ) -> Path:
     """Write the page to ``path``; its absolute path."""
-    data = collect_report(lake, entities, rows=rows, show_personal_data=show_personal_data)
+    data = collect_report(lake, entities, rows=rows)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(data), encoding="utf-8")
@@ -709,8 +715,6 @@ def render(data: ReportData) -> str:
     masking = (
         "personal fields (conf/pipeline.yml <code>personal</code>) masked as <code>***</code> and "
         "a keyed hash drawn for this page only, as <code>order-pipeline quarantine</code> shows them"
-        if data.masked
-        else "<strong>personal data shown in clear</strong> (--show-personal-data)"
     )
     csp = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
     return f"""<!DOCTYPE html>

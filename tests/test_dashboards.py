@@ -8,6 +8,11 @@ schema: the bundle sets both per dashboard (dataset_catalog, dataset_schema), wh
 ``USE`` of the matching local schema. The alerts' ``${var.catalog}.${var.schema}`` become the
 local catalog and schema. The results are compared with the plain-Python reading of the
 landed files (tests/expectations.py) and with what the tables hold.
+
+The same run feeds ``order-pipeline report --html``: the page is written once, checked as
+text (self-contained, escaped, masked) and opened in headless Chromium. One hostile customer
+line lands beside the generated ones for it: its key closes the page's table and opens a
+script, and its personal fields must never reach the page.
 """
 
 from __future__ import annotations

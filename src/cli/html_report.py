@@ -376,7 +376,9 @@ def _axis_y(left: int, width: float, height: int, top: float, unit: str, percent
             f'<text class="tick" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{esc(label)}</text>'
         )
     lines.append(
-        f'<text class="tick" x="{left}" y="6" text-anchor="end">{esc("share" if percent else unit)}</text>'
+        # along the axis, left of the tick labels: above them it would meet the top tick
+        f'<text class="tick" transform="rotate(-90)" x="{-(10 + height / 2):.1f}" y="10" '
+        f'text-anchor="middle">{esc("share" if percent else unit)}</text>'
     )
     return "".join(lines)
 

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from order_pipeline.synthetic.generator import (
     ENTITIES,
@@ -91,7 +92,11 @@ def _end_date(args: argparse.Namespace, landing: Path) -> date | None:
     return end_date
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def run_cli(args: argparse.Namespace, console: Any = None) -> int:
+    """``generate``; ``console``: a rich Console to draw the progress bar on (default: a bar
+    when stdout is a terminal, plain lines otherwise)."""
+    from order_pipeline.cli.progress import progress
+
     landing = Path(args.landing) if args.landing else Path(args.data_root) / "landing"
     options = {
         "landing": landing,
@@ -117,8 +122,12 @@ def run_cli(args: argparse.Namespace) -> int:
         f"(end date {config.end_date}, {config.count('orders'):,} orders in batch 0)"
     )
     started = time.perf_counter()
+    # the generator says what it did per entity once the batch is written: until then the
+    # bar pulses (it reports no finer progress)
     try:
-        manifest = generate(config, progress=print)
+        with progress(f"generate batch {config.batch}", None, console=console) as shown:
+            manifest = generate(config, progress=shown.log)
+            shown.advance(f"batch {config.batch} written")
     except FileExistsError as exc:
         print(f"generate: {exc}", file=sys.stderr)
         return 1

@@ -206,6 +206,8 @@ def load_entities(path: Path | None = None) -> dict[str, Entity]:
         if not isinstance(fields, dict) or not fields:
             raise ConfigError(path, f"{prefix}fields", "expected a mapping of field to type")
         parents, on_delete = load_relations(spec.get("parents") or {}, path, prefix)
+        if marker in fields:
+            raise ConfigError(path, "deletes.marker", f"{marker!r} is a field of {name}")
         personal = spec.get("personal") or []
         if not isinstance(personal, list) or not all(isinstance(p, str) for p in personal):
             raise ConfigError(

@@ -536,7 +536,9 @@ class Silver:
         if not relations:
             return 0, 0
         tombs = parent_tombstones(self.lake, self.entity, self.entities)
-        current = self.lake.read(self.silver)
+        # pinned: the rows found must not change when the MERGEs below remove them (the
+        # frames are recomputed for each write where the batch is not cached)
+        current = self.lake.read(self.silver, self.lake.version(self.silver))
         reached = [
             current.join(
                 tombs[self.entity.parents[c]],
@@ -684,7 +686,7 @@ def run(
     lake, name = silver.lake, silver.entity.name
     checkpoint = silver_checkpoint(name)
     if ctx.full_refresh:
-        for table in (silver.silver, silver.quarantine, silver.deferred):
+        for table in (silver.silver, silver.quarantine, silver.deferred, silver.tombstones):
             lake.drop(table)
         lake.reset_checkpoint(checkpoint)
     lake.ensure(bronze_table(name), bronze_schema(silver.entity))

@@ -203,7 +203,8 @@ def test_landed_deletes_leave_silver_and_keep_their_tombstones(spark, first_run)
     key whose newest snapshot is a delete (test_silver_equals... checks the rest)."""
     manifest = first_run.manifest
     landing = use(spark, first_run.ctx)
-    assert {d["entity"] for d in manifest["deletes"]} == set(ENTITIES)
+    # at this size: a dozen products, a few of their lines deleted or none
+    assert {d["entity"] for d in manifest["deletes"]} >= {"customers", "orders", "line_items"}
     _, _, tombstones = expected_state(landing)
     for entity in ENTITIES:
         key = KEYS[entity]

@@ -107,6 +107,26 @@ def test_databricks_profile_uses_volumes_and_auto_loader(tmp_path: Path) -> None
             "personl: [first_name,",
             "entities.customers.personl",
         ),
+        (
+            "pipeline.yml",
+            "order_id: {entity: orders, on_delete: cascade}",
+            "order_id: {entity: orders, on_delete: erase}",
+            "entities.line_items.parents.order_id.on_delete",
+        ),
+        (
+            "pipeline.yml",
+            "order_id: {entity: orders, on_delete: cascade}",
+            "order_id: {entity: orders, on_delet: cascade}",
+            "entities.line_items.parents.order_id.on_delet",
+        ),
+        ("pipeline.yml", "marker: _deleted", "marker: 7", "deletes.marker"),
+        ("pipeline.yml", "marker: _deleted", "marker: status", "deletes.marker"),
+        (
+            "pipeline.yml",
+            "tombstone_retention: null",
+            "tombstone_retention: a year",
+            "deletes.tombstone_retention",
+        ),
         ("local.yml", "trigger: available_now", "trigger: sometimes", "trigger"),
         (
             "local.yml",

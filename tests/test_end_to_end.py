@@ -19,6 +19,7 @@ from expectations import (
     KEYS,
     TYPES,
     expected_silver,
+    expected_state,
     read_landing,
 )
 from pipeline_helpers import assert_gold_equals, quiet
@@ -31,7 +32,8 @@ from order_pipeline.synthetic.generator import GeneratorConfig, generate
 ENTITIES = ("customers", "products", "orders", "line_items")
 AS_OF = datetime(2026, 10, 20)
 SCALE = {"seed": 7, "customers": 60, "products": 12, "orders": 240, "files_per_entity": 3,
-         "fault_rate": 0.05, "end_date": date(2026, 10, 31), "months": 3}  # fmt: skip
+         "fault_rate": 0.05, "delete_rate": 0.03, "end_date": date(2026, 10, 31),
+         "months": 3}  # fmt: skip
 
 
 def run_workflow(ctx):
@@ -193,6 +195,25 @@ def test_each_injected_fault_is_quarantined_with_the_right_rule(spark, first_run
             for reason in row.reasons
         }
         assert fault["expected_rule"] in reasons, fault
+
+
+def test_landed_deletes_leave_silver_and_keep_their_tombstones(spark, first_run) -> None:
+    """The generator's deletes (in its manifest) reach silver: every tombstone is the newest
+    delete per key (cascaded line items of deleted orders included), and silver holds no
+    key whose newest snapshot is a delete (test_silver_equals... checks the rest)."""
+    manifest = first_run.manifest
+    landing = use(spark, first_run.ctx)
+    # at this size: a dozen products, a few of their lines deleted or none
+    assert {d["entity"] for d in manifest["deletes"]} >= {"customers", "orders", "line_items"}
+    _, _, tombstones = expected_state(landing)
+    for entity in ENTITIES:
+        key = KEYS[entity]
+        rows = spark.table(f"tombstones_{entity}").select(key, "updated_at").collect()
+        assert {r[0]: r[1] for r in rows} == tombstones[entity], entity
+        landed = {d["key"] for d in manifest["deletes"] if d["entity"] == entity}
+        assert landed <= set(tombstones[entity]), entity
+    cascaded = spark.table("tombstones_line_items").where("_deleted_by = 'cascade:order_id'")
+    assert cascaded.count() > 0  # the orders' deletes reached their line items
 
 
 def test_line_items_without_their_order_wait_in_deferred(spark, first_run) -> None:

@@ -60,6 +60,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="share of lines that are deliberate faults (default %(default)s)",
     )
     parser.add_argument(
+        "--delete-rate",
+        type=float,
+        default=defaults.delete_rate,
+        help="share of lines followed by a delete of their key (default %(default)s)",
+    )
+    parser.add_argument(
         "--increment-ratio",
         type=float,
         default=defaults.increment_ratio,
@@ -108,6 +114,7 @@ def run_cli(args: argparse.Namespace, console: Any = None) -> int:
         "orders": args.orders,
         "files_per_entity": args.files,
         "fault_rate": args.fault_rate,
+        "delete_rate": args.delete_rate,
         "increment_ratio": args.increment_ratio,
         "months": args.months,
     }

@@ -443,6 +443,11 @@ class Lakehouse:
                 unset_session_conf(session, TXN_VERSION)
             session.catalog.dropTempView(view)
 
+    def delete_where(self, table: str, condition: str) -> None:
+        """DELETE the rows of ``table`` where the SQL ``condition`` holds (a table no stream
+        reads: a Delta streaming source fails on a commit that removes rows)."""
+        self.spark.sql(f"DELETE FROM {quote(table)} WHERE {condition}")
+
     def drop(self, table: str) -> None:
         """Drop a table and, locally, its files (a full refresh starts from nothing)."""
         if self.exists(table):

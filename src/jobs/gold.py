@@ -151,8 +151,28 @@ def silver_changes(
 
 
 def merge_rows(lake: Lakehouse, table: str, rows: DataFrame, key: str) -> None:
-    """Upsert rows by key (silver never deletes, so neither does the gold build)."""
+    """Upsert rows by key."""
     lake.merge(rows, table, f"t.`{key}` = s.`{key}`", [WhenMatched(), WhenNotMatched()])
+
+
+def replace_rows(lake: Lakehouse, table: str, rows: DataFrame, gone: DataFrame, key: str) -> None:
+    """Upsert ``rows`` by key and delete the keys of ``gone`` (rows whose silver source was
+    deleted), in one MERGE. Repeating it changes nothing."""
+    values = {c: f"s.`{c}`" for c in rows.columns}
+    source = rows.withColumn(gold.VANISHED, F.lit(False)).unionByName(
+        gone.select(key).withColumn(gold.VANISHED, F.lit(True)), allowMissingColumns=True
+    )
+    vanished = f"s.`{gold.VANISHED}`"
+    lake.merge(
+        source,
+        table,
+        f"t.`{key}` = s.`{key}`",
+        [
+            WhenMatched(condition=vanished, delete=True),
+            WhenMatched(set=values),
+            WhenNotMatched(condition=f"NOT {vanished}", values=values),
+        ],
+    )
 
 
 def replace_sales_groups(lake: Lakehouse, groups: DataFrame) -> None:
@@ -199,14 +219,31 @@ def update_gold(
         )
         with steps("affected rows"):
             groups = small(lake, groups)
+        # gold rows of the affected orders that the recomputation no longer has: their line
+        # item, or their order, was deleted from silver (the change feed's delete rows)
+        gone = small(
+            lake, replaced.select("line_item_id").join(refreshed, "line_item_id", "left_anti")
+        )
         with steps("details"):
-            merge_rows(lake, contract.ORDER_DETAILS, refreshed, "line_item_id")
+            replace_rows(lake, contract.ORDER_DETAILS, refreshed, gone, "line_item_id")
         fault_hook("order_details_merged")
-        completion = gold.order_completion_status_for_orders(
-            order_ids, silver["orders"], silver["line_items"]
+        completion = small(
+            lake,
+            gold.order_completion_status_for_orders(
+                order_ids, silver["orders"], silver["line_items"]
+            ),
+        )
+        deleted_orders = small(
+            lake,
+            lake.read(contract.ORDER_COMPLETION_STATUS)
+            .join(order_ids, "order_id", "left_semi")
+            .select("order_id")
+            .join(completion, "order_id", "left_anti"),
         )
         with steps("completion"):
-            merge_rows(lake, contract.ORDER_COMPLETION_STATUS, small(lake, completion), "order_id")
+            replace_rows(
+                lake, contract.ORDER_COMPLETION_STATUS, completion, deleted_orders, "order_id"
+            )
         with steps("monthly sales"):
             replace_sales_groups(lake, groups)
     finally:

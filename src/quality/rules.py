@@ -18,7 +18,7 @@ from order_pipeline.common.config import (
 from order_pipeline.common.contract import PARSE_ISSUE_CODES
 
 KINDS = ("malformed", "not_null", "regex", "in_set", "range", "foreign_key", "expression",
-         "parse_issue", "not_blank")  # fmt: skip
+         "parse_issue", "not_blank", "parent_deleted")  # fmt: skip
 SEVERITIES = ("quarantine", "warn", "fail", "defer")
 RATIO_ACTIONS = ("fail", "warn")
 
@@ -57,7 +57,7 @@ class Rule:
             raise SettingError("values", "an in_set rule needs a non-empty list of values")
         if self.kind == "range" and self.min is None and self.max is None:
             raise SettingError("min", "a range rule needs min, max or both")
-        if self.kind == "foreign_key" and not self.parent:
+        if self.kind in ("foreign_key", "parent_deleted") and not self.parent:
             raise SettingError("parent", "a foreign_key rule needs the parent entity")
         if self.kind == "foreign_key" and self.severity not in ("defer", "quarantine", "warn"):
             raise SettingError("severity", "a foreign_key rule is defer, quarantine or warn")
@@ -152,6 +152,21 @@ def load_rules(
                 "rules",
                 f"no foreign_key rule checks {entity.name}.{column} -> {parent}, a parent "
                 f"declared in conf/pipeline.yml (entities.{entity.name}.parents)",
+            )
+    # a relation whose on_delete is quarantine (conf/pipeline.yml) is a rule of its own,
+    # so its rows are counted per batch like any other rule's
+    for column, on_delete in entity.on_parent_delete.items():
+        if on_delete == "quarantine":
+            rules.append(
+                Rule(
+                    name=f"{column}_parent_deleted",
+                    kind="parent_deleted",
+                    severity="quarantine",
+                    column=column,
+                    parent=entity.parents[column],
+                    description=f"The {entity.parents[column]} this row refers to was deleted "
+                    f"(conf/pipeline.yml: {entity.name}.parents.{column}.on_delete quarantine).",
+                )
             )
     try:
         return RuleSet(

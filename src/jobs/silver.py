@@ -59,6 +59,7 @@ from order_pipeline.common.io import (
     sql_literal,
 )
 from order_pipeline.common.timing import StepTimer
+from order_pipeline.jobs import checks
 from order_pipeline.jobs.task import (
     FaultHook,
     TaskContext,
@@ -69,6 +70,7 @@ from order_pipeline.jobs.task import (
     run_entry_point,
     task_parser,
 )
+from order_pipeline.quality.dataset_checks import superseded_by_target
 from order_pipeline.quality.gate import (
     GateOutcome,
     apply_quality_gate,
@@ -182,7 +184,7 @@ class SilverBatch:
         try:
             outcome = split_by_outcome(checked)
             with steps("check"):
-                counts = count_outcomes(self.rules, checked)
+                counts = count_outcomes(self.rules, checked, self.reconciled_key)
             if counts.failing:
                 raise_on_failing(self.rules, outcome.failing, self.entity.columns)
             self.fault_hook("checked", batch_id)
@@ -197,6 +199,12 @@ class SilverBatch:
             self.fault_hook("batch_done", batch_id)
         finally:
             lake.release(checked)
+
+    @property
+    def reconciled_key(self) -> str | None:
+        """The key, when the run is reconciled: its batches then count passing rows and
+        their keys (quality/dataset_checks.Reconciliation)."""
+        return self.entity.key if self.rules.checks("reconciliation") else None
 
     def silver_is_empty(self, lake: Lakehouse) -> bool:
         if self._silver_empty is None:
@@ -220,6 +228,13 @@ class SilverBatch:
                         rows.transform(latest_rows(self.entity, self.run_id)), self.silver, txn
                     )
                 else:
+                    if self.reconciled_key:
+                        counts.superseded_by_silver = superseded_by_target(
+                            outcome.passed.transform(latest_rows(self.entity, self.run_id)),
+                            lake.read(self.silver),
+                            self.entity.key,
+                            newer_condition(self.entity),
+                        )
                     merge_latest(lake, self.silver, outcome.passed, self.entity, self.run_id, txn)
                 self._silver_empty = False
         self.fault_hook("merged", batch_id)
@@ -507,9 +522,12 @@ def run(
         source=bronze_table(name),
     )
     batch = silver.batch_function(app_id)
+    reconciled = (silver.silver,) if silver.rules.checks("reconciliation") else ()
+    before = checks.versions_now(lake, reconciled)
     lake.run_stream(
         lake.read_stream(bronze_table(name)), checkpoint, batch, silver.silver, progress
     )
+    after = checks.versions_now(lake, reconciled)
     # The batches may have run in another process (Spark Connect): what they did is read
     # back from the metrics rows they wrote, not from Python state.
     counts, batches = silver.stream_counts()
@@ -527,6 +545,12 @@ def run(
         f"{counts.quarantined}, deferred {counts.deferred}; earlier deferred rows promoted "
         f"{promoted}, expired {expired}"
     )
+    found = checks.silver_checks(
+        checks.SilverRun(lake, silver.entity, silver.rules, ctx.run_id, silver.silver, counts,
+                         before, after,
+                         ctx.previous.state if ctx.previous else None, ctx.full_refresh),
+        progress,
+    )  # fmt: skip
     alert = silver.check_quarantine_ratio(counts)
     return TaskResult(
         rows_in=counts.checked,
@@ -539,8 +563,9 @@ def run(
             "batches": batches,
             "ratio_warning": alert,
             "deferred_pass": why or "not needed",
+            "checks": found.details,
         },
-        state={"parents": parents, **silver.deferred_backlog()},
+        state={"parents": parents, **silver.deferred_backlog(), **found.state},
     )
 
 
@@ -594,7 +619,10 @@ def inputs(ctx: TaskContext, versions: Versions, previous: Consumed | None) -> I
         )
     rules = hashlib.sha256(rules_path(entity).read_bytes()).hexdigest()
     values = {"bronze": versions(bronze_table(name)), "rules": rules, "contract": entity.ddl()}
-    return Inputs(values, due)
+    ruleset = load_rules(entity, ctx.entities)
+    return Inputs(
+        values, due, when_skipped=lambda: checks.silver_checks_when_skipped(ruleset, previous)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,233 @@
+"""The dataset checks' reads and their one write per task (quality/dataset_checks.py has
+the model, the verdicts and the aggregations).
+
+Cost: a task's results are appended to ops_quality_metrics in one commit, once per task run
+(never per micro-batch; a skipped task writes none: its freshness is judged in plain Python
+and goes to its run record). The reads are aggregations bounded by what the run wrote:
+freshness reads the rows at or after the newest value seen last time (Delta skips the
+older files by their statistics), uniqueness the key range of the rows the run wrote,
+reconciliation the Delta commit metrics of the run's own commits, volume the metrics
+table's rows of the entity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from order_pipeline.common.config import Entity
+from order_pipeline.common.contract import (
+    INGESTED_AT,
+    QUALITY_METRICS,
+    RUN_ID,
+    bronze_table,
+)
+from order_pipeline.common.inputs import Consumed, Versions
+from order_pipeline.common.io import Lakehouse, Txn
+from order_pipeline.quality import dataset_checks as dc
+from order_pipeline.quality.metrics import OUTCOME_PREFIX, STREAM, BatchCounts
+from order_pipeline.quality.rules import RuleSet
+
+NEWEST_UPDATED = "newest_updated_at"  # task state keys: what freshness is judged by when the
+NEWEST_INGESTED = "newest_ingested_at"  # task is skipped
+
+
+@dataclass
+class CheckOutcome:
+    """What a task's checks found: for its run record and for its next (skipped) run."""
+
+    details: list[dict[str, Any]] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def record(
+    lake: Lakehouse,
+    task: str,
+    run_id: str,
+    results: list[dc.CheckResult],
+    progress: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Append the results in one commit, then warn or fail (quality/dataset_checks.enforce)."""
+    if not results:
+        return []
+    rows = dc.result_rows(lake.spark, results, run_id)
+    lake.append(rows, QUALITY_METRICS, Txn(dc.results_identity(task, run_id, results), 0))
+    return dc.enforce(results, progress)
+
+
+# -- silver ---------------------------------------------------------------------------------------
+def versions_now(lake: Lakehouse, tables: tuple[str, ...]) -> dict[str, int]:
+    """The tables' Delta versions (locally from their logs, else DESCRIBE HISTORY)."""
+    versions = Versions.of(lake.profile, lake.spark)
+    return {t: int(versions(t) or 0) for t in tables}
+
+
+def rows_committed(
+    lake: Lakehouse, table: str, before: int, after: int, operations: tuple[str, ...]
+) -> tuple[int, int]:
+    """(rows the commits (before, after] of ``operations`` wrote, source rows of their
+    MERGEs) from Delta's commit metrics: an append's rows; a MERGE's rows inserted, updated
+    and deleted."""
+    if after <= before:
+        return 0, 0
+    written = sources = 0
+    for commit in lake.history(table, after - before):
+        if not before < commit["version"] <= after or commit["operation"] not in operations:
+            continue
+        m = {k: int(v) for k, v in (commit["operationMetrics"] or {}).items() if v.isdigit()}
+        if commit["operation"] == "MERGE":
+            written += (m.get("numTargetRowsInserted", 0) + m.get("numTargetRowsUpdated", 0)
+                        + m.get("numTargetRowsDeleted", 0))  # fmt: skip
+            sources += m.get("numSourceRows", 0)
+        else:
+            written += m.get("numOutputRows", 0)
+    return written, sources
+
+
+def run_history(lake: Lakehouse, entity: str, run_id: str, runs: int) -> list[int]:
+    """Rows read from bronze by the entity's last ``runs`` earlier silver runs that read
+    any, newest first (from their micro-batches' ops_quality_metrics rows)."""
+    rows = (
+        lake.read(QUALITY_METRICS)
+        .where(
+            (F.col("entity") == entity)
+            & (F.col("source") == STREAM)
+            & (F.col("rule") == f"{OUTCOME_PREFIX}quarantined")
+            & (F.col("run_id") != run_id)
+        )
+        .groupBy("run_id")
+        .agg(F.sum("rows_checked").alias("rows"), F.max("measured_at").alias("at"))
+        .where(F.col("rows") > 0)
+        .orderBy(F.col("at").desc())
+        .limit(runs)
+        .collect()
+    )
+    return [int(r["rows"]) for r in rows]
+
+
+def newest(
+    df: DataFrame, column: str, previous: dict[str, Any] | None, state_key: str
+) -> datetime | None:
+    """The newest value of ``column``: at least what the last run saw (recorded in its
+    state), so only the rows at or after it are read."""
+    seen = dc.parse_instant((previous or {}).get(state_key))
+    found = dc.newest_value(df, column, since=seen)
+    return max((v for v in (seen, found) if v is not None), default=None)
+
+
+@dataclass(frozen=True)
+class SilverRun:
+    """What the silver task hands to its checks."""
+
+    lake: Lakehouse
+    entity: Entity
+    rules: RuleSet
+    run_id: str
+    silver: str
+    counts: BatchCounts  # the run's micro-batches, from their metrics rows
+    before: dict[str, int]  # silver's version before the stream
+    after: dict[str, int]  # and after it (before the deferred pass)
+    previous_state: dict[str, Any] | None
+    full_refresh: bool
+
+
+def silver_checks(run: SilverRun, progress: Callable[[str], None]) -> CheckOutcome:
+    lake, entity, name = run.lake, run.entity, run.entity.name
+    now = datetime.now(UTC)
+    outcome = CheckOutcome()
+    results: list[dc.CheckResult] = []
+    newest_seen: dict[str, datetime | None] = {}
+    for check in run.rules.dataset_checks:
+        if check.kind == "freshness":
+            if check.of not in newest_seen:
+                if check.of == "silver":
+                    table, column, key = run.silver, entity.sequence, NEWEST_UPDATED
+                else:
+                    table, column, key = bronze_table(name), INGESTED_AT, NEWEST_INGESTED
+                value = newest(lake.read(table), column, run.previous_state, key)
+                newest_seen[check.of] = value
+                outcome.state[key] = value and value.isoformat()
+            results.append(dc.freshness(check, name, newest_seen[check.of], now))
+        elif check.kind == "volume":
+            assert check.runs is not None
+            rows = 0 if run.full_refresh else run.counts.checked
+            history = run_history(lake, name, run.run_id, check.runs) if rows else []
+            results.append(dc.volume(check, name, rows, history))
+        elif check.kind == "unique_key":
+            table = lake.read(run.silver)
+            written, low, high = dc.touched_keys(table, entity.key, RUN_ID, run.run_id)
+            if written:
+                checked, duplicates = dc.duplicate_keys(
+                    table, entity.key, RUN_ID, run.run_id, low, high
+                )
+            else:
+                checked, duplicates = 0, dc.Duplicates(0, 0, None)
+            results.append(dc.unique_key(check, name, entity.key, checked, duplicates))
+        elif check.kind == "reconciliation":
+            results.append(dc.reconciliation(check, name, reconcile(run)))
+    outcome.details = record(lake, f"silver_{name}", run.run_id, results, progress)
+    return outcome
+
+
+def reconcile(run: SilverRun) -> dc.Reconciliation:
+    counts = run.counts
+    upserted, _ = rows_committed(
+        run.lake, run.silver, run.before[run.silver], run.after[run.silver], ("MERGE", "WRITE")
+    )
+    return dc.Reconciliation(
+        bronze_rows=counts.checked,
+        upserted=upserted,
+        quarantined=counts.quarantined,
+        deferred=counts.deferred,
+        superseded_in_batch=counts.passing - counts.merge_keys,
+        superseded_by_silver=counts.superseded_by_silver,
+    )
+
+
+def silver_checks_when_skipped(
+    rules: RuleSet, previous: Consumed | None, progress: Callable[[str], None] = print
+) -> dict[str, object]:
+    """A skipped silver task's freshness, from the newest values its last run recorded
+    (nothing changed since, so they are still exact): no Spark, nothing written to
+    ops_quality_metrics; warn goes to the run record, fail fails the task."""
+    state = previous.state if previous is not None else {}
+    now = datetime.now(UTC)
+    results = []
+    for check in rules.dataset_checks:
+        if check.kind != "freshness":
+            continue
+        key = NEWEST_UPDATED if check.of == "silver" else NEWEST_INGESTED
+        if key not in state:
+            continue  # recorded by a version before these checks: judged at the next run
+        results.append(dc.freshness(check, rules.entity, dc.parse_instant(state[key]), now))
+    return {"checks": dc.enforce(results, progress)} if results else {}
+
+
+# -- gold -----------------------------------------------------------------------------------------
+def gold_checks(
+    lake: Lakehouse,
+    checks: tuple[dc.DatasetCheck, ...],
+    run_id: str,
+    details: DataFrame,
+    silver: dict[str, DataFrame],
+    keys: dict[str, str],
+    scope: str,
+    progress: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Referential integrity of ``details`` (gold_order_details, or the rows of the orders
+    this run rebuilt) against the silver tables gold was built from."""
+    from order_pipeline.common.contract import ORDER_DETAILS
+
+    results = []
+    for check in checks:
+        assert check.parent is not None and check.column is not None
+        checked, orphans, sample = dc.orphans(
+            details, check.column, silver[check.parent], keys[check.parent]
+        )
+        results.append(dc.references(check, ORDER_DETAILS, checked, orphans, sample, scope))
+    return record(lake, "gold", run_id, results, progress)

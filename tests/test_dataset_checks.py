@@ -21,7 +21,7 @@ from pipeline_helpers import merge_silver, quiet
 
 from order_pipeline.common.config import conf_dir
 from order_pipeline.common.contract import METRICS_DDL
-from order_pipeline.common.inputs import Consumed
+from order_pipeline.common.inputs import Consumed, Versions
 from order_pipeline.common.io import Lakehouse
 from order_pipeline.jobs import bronze, gold, silver
 from order_pipeline.jobs.task import PENDING_RUNS, run_task
@@ -175,10 +175,10 @@ def test_the_reconciliation_accounts_for_every_kind_of_superseded_row(spark, cle
 def test_a_skipped_task_judges_freshness_from_what_its_last_run_saw(spark, lake_ctx, clean_run):
     ctx, result = clean_run
     assert result.state["newest_updated_at"] == "2026-12-01T11:00:00+00:00"
-    recorded = Consumed.load(ctx.profile, "silver_customers")
-    assert recorded is not None
-    state = {**recorded.state, "newest_ingested_at": "2026-11-01T00:00:00+00:00"}
-    Consumed(recorded.inputs, state, recorded.run_id).save(ctx.profile, "silver_customers")
+    # what run_task records after the run's success, but the newest ingest a month old
+    inputs = silver.inputs(ctx, Versions.local(ctx.profile), None).values
+    state = {**result.state, "newest_ingested_at": "2026-11-01T00:00:00+00:00"}
+    Consumed(inputs, state, ctx.run_id).save(ctx.profile, "silver_customers")
     skipped = replace(lake_ctx, run_id="skipped")
     with pytest.raises(DatasetCheckFailed, match=r"'landing_fresh' \(freshness\) failed.*newest "
                        r"ingest into bronze is 2026-11-01T00:00:00\+00:00"):  # fmt: skip

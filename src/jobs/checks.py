@@ -6,8 +6,7 @@ Cost: a task's results are appended to ops_quality_metrics in one commit, once p
 and goes to its run record). The reads are aggregations bounded by what the run wrote:
 freshness reads the rows at or after the newest value seen last time (Delta skips the
 older files by their statistics), uniqueness the key range of the rows the run wrote,
-reconciliation the Delta commit metrics of the run's own commits, volume the metrics
-table's rows of the entity.
+reconciliation and volume the metrics rows of the entity's micro-batches.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from order_pipeline.common.contract import (
     RUN_ID,
     bronze_table,
 )
-from order_pipeline.common.inputs import Consumed, Versions
+from order_pipeline.common.inputs import Consumed
 from order_pipeline.common.io import Lakehouse, Txn
 from order_pipeline.quality import dataset_checks as dc
 from order_pipeline.quality.metrics import OUTCOME_PREFIX, STREAM, BatchCounts
@@ -61,34 +60,6 @@ def record(
 
 
 # -- silver ---------------------------------------------------------------------------------------
-def versions_now(lake: Lakehouse, tables: tuple[str, ...]) -> dict[str, int]:
-    """The tables' Delta versions (locally from their logs, else DESCRIBE HISTORY)."""
-    versions = Versions.of(lake.profile, lake.spark)
-    return {t: int(versions(t) or 0) for t in tables}
-
-
-def rows_committed(
-    lake: Lakehouse, table: str, before: int, after: int, operations: tuple[str, ...]
-) -> tuple[int, int]:
-    """(rows the commits (before, after] of ``operations`` wrote, source rows of their
-    MERGEs) from Delta's commit metrics: an append's rows; a MERGE's rows inserted, updated
-    and deleted."""
-    if after <= before:
-        return 0, 0
-    written = sources = 0
-    for commit in lake.history(table, after - before):
-        if not before < commit["version"] <= after or commit["operation"] not in operations:
-            continue
-        m = {k: int(v) for k, v in (commit["operationMetrics"] or {}).items() if v.isdigit()}
-        if commit["operation"] == "MERGE":
-            written += (m.get("numTargetRowsInserted", 0) + m.get("numTargetRowsUpdated", 0)
-                        + m.get("numTargetRowsDeleted", 0))  # fmt: skip
-            sources += m.get("numSourceRows", 0)
-        else:
-            written += m.get("numOutputRows", 0)
-    return written, sources
-
-
 def run_history(lake: Lakehouse, entity: str, run_id: str, runs: int) -> list[int]:
     """Rows read from bronze by the entity's last ``runs`` earlier silver runs that read
     any, newest first (from their micro-batches' ops_quality_metrics rows)."""
@@ -130,8 +101,6 @@ class SilverRun:
     run_id: str
     silver: str
     counts: BatchCounts  # the run's micro-batches, from their metrics rows
-    before: dict[str, int]  # silver's version before the stream
-    after: dict[str, int]  # and after it (before the deferred pass)
     previous_state: dict[str, Any] | None
     full_refresh: bool
 
@@ -175,13 +144,13 @@ def silver_checks(run: SilverRun, progress: Callable[[str], None]) -> CheckOutco
 
 
 def reconcile(run: SilverRun) -> dc.Reconciliation:
+    """The terms, summed over the run's micro-batches from their metrics rows: each batch
+    counted them itself and recorded them in the commit that records it, so a batch
+    replayed after a crash is counted once, with what each attempt wrote."""
     counts = run.counts
-    upserted, _ = rows_committed(
-        run.lake, run.silver, run.before[run.silver], run.after[run.silver], ("MERGE", "WRITE")
-    )
     return dc.Reconciliation(
         bronze_rows=counts.checked,
-        upserted=upserted,
+        upserted=counts.upserted,
         quarantined=counts.quarantined,
         deferred=counts.deferred,
         superseded_in_batch=counts.passing - counts.merge_keys,

@@ -255,8 +255,8 @@ class Reconciliation:
 
     - ``bronze_rows``: the rows of the run's micro-batches;
     - ``quarantined`` / ``deferred``: rows a quarantine rule (or only a defer rule) matched;
-    - ``upserted``: silver rows the run's MERGEs inserted, updated or deleted, from Delta's
-      commit metrics of the stream's silver commits (a first load's append: its rows);
+    - ``upserted``: silver rows the batches' MERGEs inserted, updated or deleted, as the
+      MERGE reports them (a first load's append writes one row per distinct key);
     - ``superseded_in_batch``: passing rows that lost to a newer (or equal) snapshot of
       their key in the same micro-batch (the passing rows counted, less their distinct keys);
     - ``superseded_by_silver``: a batch's newest snapshot of a key of which silver already

@@ -22,8 +22,9 @@ from order_pipeline.quality.rules import RuleSet
 OUTCOMES = ("quarantined", "deferred", "failing")
 # measured on the passing rows of a micro-batch, for the run's reconciliation
 # (quality/dataset_checks.Reconciliation): the rows, their distinct keys (the MERGE's source
-# rows) and those of which silver already held a newer or equal snapshot
-PASSING_OUTCOMES = ("passing", "merge_keys", "superseded_by_silver")
+# rows), those of which silver already held a newer or equal snapshot, and the silver rows
+# the batch's MERGE (or first-load append) wrote
+PASSING_OUTCOMES = ("passing", "merge_keys", "superseded_by_silver", "upserted")
 OUTCOME_PREFIX = "outcome:"
 STREAM = "stream"  # metrics rows of micro-batches (other sources: replay, deferred passes)
 
@@ -38,6 +39,7 @@ class BatchCounts:
     passing: int = 0
     merge_keys: int = 0
     superseded_by_silver: int = 0
+    upserted: int = 0
 
     @property
     def passed(self) -> int:

@@ -11,6 +11,7 @@ reconciliation and volume the metrics rows of the entity's micro-batches.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -108,6 +109,7 @@ class SilverRun:
 def silver_checks(run: SilverRun, progress: Callable[[str], None]) -> CheckOutcome:
     lake, entity, name = run.lake, run.entity, run.entity.name
     now = datetime.now(UTC)
+    started = time.perf_counter()
     outcome = CheckOutcome()
     results: list[dc.CheckResult] = []
     newest_seen: dict[str, datetime | None] = {}
@@ -140,6 +142,9 @@ def silver_checks(run: SilverRun, progress: Callable[[str], None]) -> CheckOutco
         elif check.kind == "reconciliation":
             results.append(dc.reconciliation(check, name, reconcile(run)))
     outcome.details = record(lake, f"silver_{name}", run.run_id, results, progress)
+    progress(
+        f"  silver_{name}: {len(results)} dataset checks in {time.perf_counter() - started:.1f}s"
+    )
     return outcome
 
 

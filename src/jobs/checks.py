@@ -51,12 +51,15 @@ def record(
     run_id: str,
     results: list[dc.CheckResult],
     progress: Callable[[str], None],
+    write: bool = True,
 ) -> list[dict[str, Any]]:
-    """Append the results in one commit, then warn or fail (quality/dataset_checks.enforce)."""
+    """Append the results in one commit (unless ``write`` is false: a run that wrote
+    nothing commits nothing), then warn or fail (quality/dataset_checks.enforce)."""
     if not results:
         return []
-    rows = dc.result_rows(lake.spark, results, run_id)
-    lake.append(rows, QUALITY_METRICS, Txn(dc.results_identity(task, run_id, results), 0))
+    if write:
+        rows = dc.result_rows(lake.spark, results, run_id)
+        lake.append(rows, QUALITY_METRICS, Txn(dc.results_identity(task, run_id, results), 0))
     return dc.enforce(results, progress)
 
 
@@ -102,6 +105,7 @@ class SilverRun:
     run_id: str
     silver: str
     counts: BatchCounts  # the run's micro-batches, from their metrics rows
+    wrote: bool  # whether the run wrote anything (micro-batches, promoted or expired rows)
     previous_state: dict[str, Any] | None
     full_refresh: bool
 
@@ -117,10 +121,14 @@ def silver_checks(run: SilverRun, progress: Callable[[str], None]) -> CheckOutco
         if check.kind == "freshness":
             if check.of not in newest_seen:
                 if check.of == "silver":
+                    # a key's updated_at only grows: the newest is the last run's or one of
+                    # the rows this run wrote (Delta skips the other files by _run_id)
                     table, column, key = run.silver, entity.sequence, NEWEST_UPDATED
+                    rows = lake.read(table).where(F.col(RUN_ID) == run.run_id)
                 else:
                     table, column, key = bronze_table(name), INGESTED_AT, NEWEST_INGESTED
-                value = newest(lake.read(table), column, run.previous_state, key)
+                    rows = lake.read(table)
+                value = newest(rows, column, run.previous_state, key)
                 newest_seen[check.of] = value
                 outcome.state[key] = value and value.isoformat()
             results.append(dc.freshness(check, name, newest_seen[check.of], now))
@@ -141,7 +149,7 @@ def silver_checks(run: SilverRun, progress: Callable[[str], None]) -> CheckOutco
             results.append(dc.unique_key(check, name, entity.key, checked, duplicates))
         elif check.kind == "reconciliation":
             results.append(dc.reconciliation(check, name, reconcile(run)))
-    outcome.details = record(lake, f"silver_{name}", run.run_id, results, progress)
+    outcome.details = record(lake, f"silver_{name}", run.run_id, results, progress, run.wrote)
     progress(
         f"  silver_{name}: {len(results)} dataset checks in {time.perf_counter() - started:.1f}s"
     )

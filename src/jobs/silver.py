@@ -551,6 +551,7 @@ def run(
     )
     found = checks.silver_checks(
         checks.SilverRun(lake, silver.entity, silver.rules, ctx.run_id, silver.silver, counts,
+                         bool(counts.checked or promoted or expired),
                          ctx.previous.state if ctx.previous else None, ctx.full_refresh),
         progress,
     )  # fmt: skip

@@ -255,14 +255,30 @@ def has_parents(r: dict, parents: dict, rules: dict, silver: dict, tombstones: d
 def expected_state(
     landing: Path,
 ) -> tuple[dict[str, dict[str, dict]], dict[str, list[dict]], dict[str, dict[str, datetime]]]:
-    """Silver, deferred rows and tombstones (key -> newest delete's updated_at) per entity.
+    """Silver, deferred rows and tombstones (key -> newest delete's updated_at) per entity."""
+    fold = expected_fold(landing)
+    return fold.silver, fold.deferred, fold.tombstones
 
-    Deletes of parents, per relation: a child snapshot not newer than its parent's newest
+
+@dataclass
+class Fold:
+    """One run over everything landed, per entity: silver, the rows left deferred, the
+    tombstones, the keys of the rows that passed (silver's keys and those whose newest
+    snapshot is a delete) and the rows a parent's delete quarantined."""
+
+    silver: dict[str, dict[str, dict]] = field(default_factory=dict)
+    deferred: dict[str, list[dict]] = field(default_factory=dict)
+    tombstones: dict[str, dict[str, datetime]] = field(default_factory=dict)
+    passed: dict[str, list[dict]] = field(default_factory=dict)
+    parent_deleted: dict[str, int] = field(default_factory=dict)
+
+
+def expected_fold(landing: Path) -> Fold:
+    """Deletes of parents, per relation: a child snapshot not newer than its parent's newest
     delete is deleted at that instant (cascade) or quarantined (quarantine); under keep a
     deleted parent satisfies the foreign key."""
-    silver: dict[str, dict[str, dict]] = {}
-    deferred: dict[str, list[dict]] = {}
-    tombstones: dict[str, dict[str, datetime]] = {}
+    fold = Fold()
+    silver, deferred, tombstones = fold.silver, fold.deferred, fold.tombstones
     for entity in ("customers", "products", "orders", "line_items"):
         valid = read_landing(landing, entity).valid
         parents = PARENTS.get(entity, {})
@@ -280,8 +296,9 @@ def expected_state(
                     break
             if r is not None:
                 judged.append((r, f))
-
+        fold.parent_deleted[entity] = len(valid) - len(judged)
         ready = [(r, f) for r, f in judged if has_parents(r, parents, rules, silver, tombstones)]
+        fold.passed[entity] = [r for r, _ in ready]
         deferred[entity] = [
             r for r, _ in judged if not has_parents(r, parents, rules, silver, tombstones)
         ]
@@ -292,7 +309,7 @@ def expected_state(
             if r.get(MARKER) and (key not in tombs or r["updated_at"] > tombs[key]):
                 tombs[key] = r["updated_at"]
         tombstones[entity] = tombs
-    return silver, deferred, tombstones
+    return fold
 
 
 def gold_order_details(silver: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:

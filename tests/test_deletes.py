@@ -250,9 +250,11 @@ def silver_with(spark, ctx, entity_name: str, records: list[dict]) -> None:
 
 
 def test_incremental_gold_removes_and_recomputes_what_deletes_reach(spark, ctx) -> None:
-    """Gold built in full, then silver deletes a line item, an order (its line item kept
-    here: silver is written directly), a customer and a product; the incremental build
-    (from the change feed's delete rows) equals the plain-Python gold of what is left."""
+    """Gold built in full, then silver deletes a line item, an order (and its line item, as
+    the cascade rule does), a customer and a product (its line item kept, as the keep rule
+    does); the incremental build (from the change feed's delete rows) equals the
+    plain-Python gold of what is left, and gold's reference checks pass: the kept line
+    item's product is in the product's tombstones."""
     as_of = datetime(2026, 5, 20)
     initial = {
         "customers": [customer("C1"), customer("C2")],
@@ -265,7 +267,7 @@ def test_incremental_gold_removes_and_recomputes_what_deletes_reach(spark, ctx) 
         "line_items": [
             line_item("L1", "O1", "P1", status="delivered", delivered_at=at(5)),
             line_item("L2", "O1", "P2", status="delivered", delivered_at=at(5)),
-            line_item("L3", "O2", "P1", status="shipped"),  # its order deleted, it stays
+            line_item("L3", "O2", "P1", status="shipped"),  # deleted with its order
             line_item("L4", "O3", "P2"),
         ],
     }
@@ -275,7 +277,9 @@ def test_incremental_gold_removes_and_recomputes_what_deletes_reach(spark, ctx) 
     assert gold_job.run(spark, ctx, lambda _: None).details["mode"] == "full"
     later = "2026-05-02T00:00:00Z"
     deletes = {
-        "line_items": [{"line_item_id": "L2", "updated_at": later, "_deleted": True}],
+        "line_items": [
+            {"line_item_id": i, "updated_at": later, "_deleted": True} for i in ("L2", "L3")
+        ],
         "orders": [{"order_id": "O2", "updated_at": later, "_deleted": True}],
         "customers": [{"customer_id": "C1", "updated_at": later, "_deleted": True}],
         "products": [{"product_id": "P2", "updated_at": later, "_deleted": True}],
@@ -284,12 +288,17 @@ def test_incremental_gold_removes_and_recomputes_what_deletes_reach(spark, ctx) 
         silver_with(spark, ctx, name, records)
     result = gold_job.run(spark, ctx, lambda _: None)
     assert (result.details["mode"], result.details["affected_orders"]) == ("incremental", 3)
+    # L4's product P2 was deleted under keep: checked, and no orphan
+    assert {c["check"]: c["rows_failed"] for c in result.details["checks"]} == {
+        "line_item_order_exists": 0,
+        "line_item_product_exists": 0,
+    }
     left = typed_silver(
         {
             "customers": [initial["customers"][1]],
             "products": [initial["products"][0]],
             "orders": [o for o in initial["orders"] if o["order_id"] != "O2"],
-            "line_items": [initial["line_items"][i] for i in (0, 2, 3)],
+            "line_items": [initial["line_items"][i] for i in (0, 3)],
         }
     )
     assert_gold_equals(spark, spark.table, left, as_of)

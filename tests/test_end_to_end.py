@@ -18,6 +18,7 @@ from conftest import data_root_of, make_context
 from expectations import (
     KEYS,
     TYPES,
+    expected_fold,
     expected_silver,
     expected_state,
     read_landing,
@@ -233,3 +234,48 @@ def test_gold_equals_python_computation(spark, first_run) -> None:
 def assert_gold_matches(spark, landing) -> None:
     silver, _ = expected_silver(landing)
     assert_gold_equals(spark, spark.table, silver, AS_OF)
+
+
+def test_each_silver_run_reconciles_exactly_with_the_landed_files(spark, first_run) -> None:
+    """bronze rows = upserted + quarantined + deferred + superseded + deletes, per silver
+    run, and each term equals what the plain-Python fold of the landed files says (one
+    micro-batch each, onto an empty silver: every live key is an insert, every key whose
+    newest snapshot is a delete is a delete of an absent key, every other passing row lost
+    to a newer or equal snapshot of its key in the batch)."""
+    ctx, manifest = first_run.ctx, first_run.manifest
+    landing = use(spark, ctx)
+    fold = expected_fold(landing)
+    silver, deferred = fold.silver, fold.deferred
+    runs = {
+        r.task: json.loads(r.details)
+        for r in spark.table("ops_task_runs").where(f"run_id = '{ctx.run_id}'").collect()
+    }
+    metrics = {
+        (r.entity, r.rule): (r.severity, r.rows_checked, r.rows_failed)
+        for r in spark.table("ops_quality_metrics").where("source = 'dataset'").collect()
+    }
+    absent = 0
+    for entity in ENTITIES:
+        expected = read_landing(landing, entity)
+        passing = len(fold.passed[entity])
+        keys = {r[KEYS[entity]] for r in fold.passed[entity]}
+        (reconciled,) = [
+            c for c in runs[f"silver_{entity}"]["checks"] if c["kind"] == "reconciliation"
+        ]
+        assert reconciled["terms"] == {
+            "bronze_rows": manifest["counts"][entity]["lines"],
+            "upserted": len(silver[entity]),
+            "quarantined": sum(expected.quarantined.values()) + fold.parent_deleted[entity],
+            "deferred": len(deferred[entity]),
+            "superseded_in_batch": passing - len(keys),
+            "superseded_by_silver": 0,
+            "behind_tombstones": 0,  # one batch onto empty tables: no tombstone before it
+            "deletes_absent": len(keys) - len(silver[entity]),
+        }, entity
+        absent += reconciled["terms"]["deletes_absent"]
+        lines = manifest["counts"][entity]["lines"]
+        assert metrics[(entity, "reconciled")] == ("fail", lines, 0), entity
+        assert metrics[(entity, "key_unique")] == ("fail", len(silver[entity]), 0), entity
+    assert absent > 0  # the generated deletes reached the reconciliation
+    for rule in ("line_item_order_exists", "line_item_product_exists"):
+        assert metrics[("gold", rule)] == ("fail", len(silver["line_items"]), 0)

@@ -410,9 +410,11 @@ class Lakehouse:
         clauses: list[WhenMatched | WhenNotMatched],
         txn: Txn | None = None,
         idempotent_by_content: bool = False,
-    ) -> None:
+    ) -> dict[str, int]:
         """MERGE ``source`` (aliased ``s``) into ``table`` (aliased ``t``), as SQL on the
-        source's own session (a micro-batch has its own).
+        source's own session (a micro-batch has its own); returns what the MERGE reports
+        (``num_inserted_rows``, ``num_updated_rows``, ``num_deleted_rows``, ...; empty when
+        it was skipped as already committed under ``txn``).
 
         With ``txn`` the MERGE commits under Delta's idempotent-write identity where the
         session may carry it (session settings, always reset). Serverless refuses those
@@ -436,12 +438,13 @@ class Lakehouse:
                 assert txn is not None
                 set_session_conf(session, TXN_APP_ID, txn.app_id)
                 set_session_conf(session, TXN_VERSION, str(txn.version))
-            session.sql(statement)
+            reported = session.sql(statement).first()
         finally:
             if carry_txn:
                 unset_session_conf(session, TXN_APP_ID)
                 unset_session_conf(session, TXN_VERSION)
             session.catalog.dropTempView(view)
+        return {k: int(v) for k, v in reported.asDict().items()} if reported is not None else {}
 
     def delete_where(self, table: str, condition: str) -> None:
         """DELETE the rows of ``table`` where the SQL ``condition`` holds (a table no stream

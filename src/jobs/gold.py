@@ -29,6 +29,7 @@ from order_pipeline.common.contract import (
 from order_pipeline.common.inputs import Consumed, Inputs, Versions
 from order_pipeline.common.io import Lakehouse, WhenMatched, WhenNotMatched
 from order_pipeline.common.timing import StepTimer
+from order_pipeline.jobs import checks
 from order_pipeline.jobs.task import (
     TaskContext,
     TaskResult,
@@ -37,6 +38,7 @@ from order_pipeline.jobs.task import (
     run_entry_point,
     task_parser,
 )
+from order_pipeline.quality.dataset_checks import load_gold_checks
 from order_pipeline.transforms import gold
 
 MAINTAINED = (
@@ -266,11 +268,13 @@ def build_incrementally(
     fault_hook: Callable[[str], None],
     max_share: float,
     steps: StepTimer,
-) -> int:
+) -> tuple[int, DataFrame | None]:
     """Bring the gold tables up to the pinned silver versions from the changes since the
-    watermarks; returns the number of affected orders. Raises IncrementalNotCheaper, before
-    any write, when more than ``max_share`` of all orders are affected."""
+    watermarks; returns the number of affected orders, and their ids as local rows when
+    they were few enough to hold so (else None). Raises IncrementalNotCheaper, before any
+    write, when more than ``max_share`` of all orders are affected."""
     order_ids: DataFrame | None = None
+    local_ids: DataFrame | None = None
     try:
         changes = silver_changes(lake, snapshots, watermarks)
         affected = 0
@@ -278,7 +282,8 @@ def build_incrementally(
             ids = gold.affected_orders(changes, silver["orders"], silver["line_items"])
             # reading them reads every change feed: an unreadable one shows here, before a write
             with steps("affected orders"):
-                order_ids = lake.materialize(ids) or lake.cache(ids)
+                local_ids = lake.materialize(ids)
+                order_ids = local_ids if local_ids is not None else lake.cache(ids)
                 affected = order_ids.count()
     except Exception as exc:
         if order_ids is not None:
@@ -300,9 +305,11 @@ def build_incrementally(
         if affected:  # a changed customer without orders, say, changes no gold row
             update_gold(lake, silver, changes, order_ids, fault_hook, steps)
     finally:
-        if order_ids is not None:
+        if order_ids is not None and local_ids is None:
             lake.release(order_ids)
-    return affected
+    if order_ids is None:  # nothing changed: no order rebuilt
+        local_ids = lake.spark.createDataFrame([], "order_id string")
+    return affected, local_ids
 
 
 # -- the task --------------------------------------------------------------------------------
@@ -318,6 +325,7 @@ def run(
         lake.ensure(silver_table(name), silver_ddl(entity), properties=CHANGE_DATA_FEED)
     lake.ensure(GOLD_WATERMARKS, WATERMARKS_DDL)
     as_of = ctx.as_of or datetime.now(UTC)
+    gold_checks = load_gold_checks(gold.GOLD_INPUTS)
 
     snapshots = {name: silver_snapshot(lake, silver_table(name)) for name in gold.GOLD_INPUTS}
     versions = {name: s.version for name, s in snapshots.items()}
@@ -330,10 +338,11 @@ def run(
         watermarks,
     )
     affected: int | None = None
+    rebuilt: DataFrame | None = None  # ids of the orders an incremental build rewrote
     steps = StepTimer()
     if reason is None:
         try:
-            affected = build_incrementally(
+            affected, rebuilt = build_incrementally(
                 lake,
                 silver,
                 snapshots,
@@ -357,6 +366,17 @@ def run(
         with steps("watermarks"):
             record_watermarks(lake, list(snapshots.values()), ctx.run_id)
 
+    details_table = lake.read(contract.ORDER_DETAILS)
+    if reason is None and rebuilt is not None:
+        details_table, scope = details_table.join(rebuilt, "order_id", "left_semi"), "rebuilt"
+    else:
+        scope = "every row"
+    with steps("checks"):
+        found = checks.gold_checks(
+            lake, gold_checks, ctx.run_id, details_table, silver,
+            ctx.entities,
+            "the orders this run rebuilt" if scope == "rebuilt" else scope, progress,
+        )  # fmt: skip
     with steps("counts"):
         rows_in = silver["line_items"].count()
         counts = {table: lake.read(table).count() for table in contract.GOLD_TABLES}
@@ -371,6 +391,7 @@ def run(
         "full_rebuild_reason": reason,
         "silver_versions": versions,
         "affected_orders": affected,
+        "checks": found,
         **counts,
     }
     return TaskResult(

@@ -69,6 +69,7 @@ from order_pipeline.common.io import (
     sql_literal,
 )
 from order_pipeline.common.timing import StepTimer
+from order_pipeline.jobs import checks
 from order_pipeline.jobs.task import (
     FaultHook,
     TaskContext,
@@ -79,6 +80,7 @@ from order_pipeline.jobs.task import (
     run_entry_point,
     task_parser,
 )
+from order_pipeline.quality.dataset_checks import Written, where_snapshots_go
 from order_pipeline.quality.gate import (
     GateOutcome,
     apply_quality_gate,
@@ -127,7 +129,8 @@ def merge_latest(
     txn: Txn | None = None,
     append: bool = False,
     after_silver: Callable[[], None] | None = None,
-) -> None:
+    reconcile: bool = False,
+) -> Written:
     """MERGE the latest snapshot per key into ``table``; a row only replaces an older one,
     a delete removes an older one, and the deletes become tombstones.
 
@@ -148,6 +151,9 @@ def merge_latest(
     silver exactly once where the platform refuses the idempotent-write session settings
     (serverless); where it allows them, ``txn`` makes the replayed MERGE a skipped commit as
     well.
+
+    ``reconcile``: also count where the newest snapshots went (``Written``), against silver
+    before the write, for the run's reconciliation check; without it only nothing is counted.
     """
     tombstones = tombstone_table(entity.name)
     lake.ensure(tombstones, tombstone_ddl(entity))
@@ -158,12 +164,17 @@ def merge_latest(
     source = latest.alias("s").select(
         *[value.alias(name) for name, value in values.items()], DELETED, DELETED_BY
     )
+    written = Written()
+    newer = newer_condition(entity)
+    if reconcile:
+        written = where_snapshots_go(
+            source, None if append else lake.read(table), entity.key, newer
+        )
     if append:
         lake.append(source.where(~F.col(DELETED)).select(*values), table, txn)
     else:
         columns = {c: f"s.`{c}`" for c in values}
-        newer = newer_condition(entity)
-        lake.merge(
+        reported = lake.merge(
             source,
             table,
             key_range_match(updates, entity.key),
@@ -175,11 +186,16 @@ def merge_latest(
             txn=txn,
             idempotent_by_content=True,
         )
+        # a MERGE skipped as already committed (txn) reports nothing: its rows were then
+        # counted above as superseded by silver, which already held them
+        written.upserted = sum(
+            reported.get(f"num_{n}_rows", 0) for n in ("inserted", "updated", "deleted")
+        )
     if after_silver is not None:
         after_silver()
     deletes = with_deletes(updates).where(F.col(DELETED))
     if deletes.isEmpty():
-        return
+        return written
     # the newest delete per key, winner or not: a delete that lost to a newer snapshot still
     # dates the key's deletion, which a parent's children are judged by (on_delete)
     key, sequence = entity.key, entity.sequence
@@ -191,6 +207,7 @@ def merge_latest(
         txn=txn,
         idempotent_by_content=True,
     )
+    return written
 
 
 def parent_tombstones(
@@ -292,7 +309,7 @@ class SilverBatch:
         try:
             outcome = split_by_outcome(checked)
             with steps("check"):
-                counts = count_outcomes(self.rules, checked)
+                counts = count_outcomes(self.rules, checked, self.reconciled_key)
             if counts.failing:
                 raise_on_failing(self.rules, outcome.failing, self.entity.columns)
             self.fault_hook("checked", batch_id)
@@ -307,6 +324,12 @@ class SilverBatch:
             self.fault_hook("batch_done", batch_id)
         finally:
             lake.release(checked)
+
+    @property
+    def reconciled_key(self) -> str | None:
+        """The key, when the run is reconciled: its batches then count passing rows and
+        their keys (quality/dataset_checks.Reconciliation)."""
+        return self.entity.key if self.rules.checks("reconciliation") else None
 
     def silver_is_empty(self, lake: Lakehouse) -> bool:
         if self._silver_empty is None:
@@ -328,7 +351,7 @@ class SilverBatch:
                 rows = (
                     self.in_key_ranges(outcome.passed, counts.passed) if empty else outcome.passed
                 )
-                merge_latest(
+                written = merge_latest(
                     lake,
                     self.silver,
                     rows,
@@ -337,7 +360,13 @@ class SilverBatch:
                     txn,
                     append=empty,
                     after_silver=lambda: self.fault_hook("silver_merged", batch_id),
+                    reconcile=self.reconciled_key is not None,
                 )
+                if self.reconciled_key is not None:
+                    counts.upserted = written.upserted
+                    counts.superseded_by_silver = written.superseded_by_silver
+                    counts.deletes_absent = written.deletes_absent
+                    counts.behind_tombstones = counts.merge_keys - written.rows
                 self._silver_empty = False
         self.fault_hook("merged", batch_id)
         if counts.quarantined:
@@ -726,6 +755,12 @@ def run(
         f"{counts.quarantined}, deferred {counts.deferred}; earlier deferred rows promoted "
         f"{promoted}, expired {expired}"
     )
+    found = checks.silver_checks(
+        checks.SilverRun(lake, silver.entity, silver.rules, ctx.run_id, silver.silver, counts,
+                         bool(counts.checked or promoted or expired),
+                         ctx.previous.state if ctx.previous else None, ctx.full_refresh),
+        progress,
+    )  # fmt: skip
     alert = silver.check_quarantine_ratio(counts)
     return TaskResult(
         rows_in=counts.checked,
@@ -740,11 +775,13 @@ def run(
             "batches": batches,
             "ratio_warning": alert,
             "deferred_pass": why or "not needed",
+            "checks": found.details,
         },
         state={
             "parents": parents,
             "parent_tombstones": tombstones,
             **silver.deferred_backlog(),
+            **found.state,
         },
     )
 
@@ -819,7 +856,10 @@ def inputs(ctx: TaskContext, versions: Versions, previous: Consumed | None) -> I
         # a parent's delete reaches this entity's rows already in silver (apply_parent_deletes)
         "parent_tombstones": tombstone_versions(entity, versions),
     }
-    return Inputs(values, due)
+    ruleset = load_rules(entity, ctx.entities)
+    return Inputs(
+        values, due, when_skipped=lambda: checks.silver_checks_when_skipped(ruleset, previous)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

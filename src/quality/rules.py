@@ -16,6 +16,7 @@ from order_pipeline.common.config import (
     require,
 )
 from order_pipeline.common.contract import PARSE_ISSUE_CODES
+from order_pipeline.quality.dataset_checks import ENTITY_KINDS, DatasetCheck, load_dataset_checks
 
 KINDS = ("malformed", "not_null", "regex", "in_set", "range", "foreign_key", "expression",
          "parse_issue", "not_blank", "parent_deleted")  # fmt: skip
@@ -75,6 +76,7 @@ class RuleSet:
     rules: tuple[Rule, ...]
     max_quarantine_ratio: float = 1.0
     on_ratio_breach: str = "fail"
+    dataset_checks: tuple[DatasetCheck, ...] = ()  # quality/dataset_checks.py
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_quarantine_ratio <= 1.0:
@@ -88,6 +90,10 @@ class RuleSet:
 
     def of(self, *severities: str) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.severity in severities)
+
+    def checks(self, kind: str) -> bool:
+        """Whether a dataset check of ``kind`` is configured."""
+        return any(c.kind == kind for c in self.dataset_checks)
 
     def named(self, name: str) -> Rule:
         for rule in self.rules:
@@ -168,10 +174,12 @@ def load_rules(
                     f"(conf/pipeline.yml: {entity.name}.parents.{column}.on_delete quarantine).",
                 )
             )
+    dataset_checks = load_dataset_checks(data, path, ENTITY_KINDS)
     try:
         return RuleSet(
             entity=entity.name,
             rules=tuple(rules),
+            dataset_checks=dataset_checks,
             max_quarantine_ratio=number(
                 data.get("max_quarantine_ratio", 1.0), "max_quarantine_ratio"
             ),

@@ -145,12 +145,12 @@ def test_retention_settings_are_checked_on_load(tmp_path: Path, monkeypatch) -> 
     conf = tmp_path / "conf"
     write_profile(conf, {"retention": "delete", "retention_after": "7 days"})
     monkeypatch.setenv("ORDER_PIPELINE_CONF", str(conf))
-    with pytest.raises(ConfigError, match="landing.retention_after"):
+    with pytest.raises(ConfigError, match=r"landing\.retention_after"):
         load_profile("databricks", tmp_path)
     conf2 = tmp_path / "conf2"
     write_profile(conf2, {"retention": "archive", "archive_root": ""})
     monkeypatch.setenv("ORDER_PIPELINE_CONF", str(conf2))
-    with pytest.raises(ConfigError, match="landing.archive_root"):
+    with pytest.raises(ConfigError, match=r"landing\.archive_root"):
         load_profile("databricks", tmp_path)
     conf3 = tmp_path / "conf3"
     write_profile(conf3, {"retention": "archive", "retention_after": "14 days",

@@ -413,6 +413,10 @@ class Lakehouse:
         row = self.spark.sql(f"UPDATE {quote(table)} SET {sets} WHERE {condition}").first()
         return int(row[0]) if row is not None else 0
 
+    def delete_where(self, table: str, condition: str) -> None:
+        """DELETE FROM ``table`` WHERE ``condition`` (kept in the history: no personal data)."""
+        self.spark.sql(f"DELETE FROM {quote(table)} WHERE {condition}")
+
     def delete_rows(self, table: str, rows: DataFrame) -> None:
         """Delete every row of ``table`` equal (null-safe, every column) to a row of
         ``rows``. A MERGE over a view of them: the rows are chosen by any DataFrame logic
@@ -421,10 +425,11 @@ class Lakehouse:
         on = " AND ".join(f"t.{quote(c)} <=> s.{quote(c)}" for c in rows.columns)
         self.merge(rows.distinct(), table, on, [WhenMatched(delete=True)])
 
-    def purge(self, table: str) -> None:
+    def purge(self, table: str, properties: dict[str, str] | None = None) -> None:
         """Remove the data files no current row needs, now: deletion vectors rewritten into
         files without the deleted rows (REORG ... APPLY (PURGE)), then VACUUM with no
         retention, which also removes the change data feed's files (``_change_data``).
+        ``properties`` are set on the table in the same commit as the retention below.
 
         Delta refuses a VACUUM under its retention (7 days) unless a session setting turns
         the check off, which serverless does not allow; the table's own retention is set to
@@ -433,9 +438,9 @@ class Lakehouse:
         a query of an older version fails. The caller holds the pipeline's run lock."""
         retention = "delta.deletedFileRetentionDuration"
         previous = self.properties(table).get(retention)
-        self.spark.sql(f"REORG TABLE {quote(table)} APPLY (PURGE)")
-        self.set_properties(table, {retention: "interval 0 hours"})
+        self.set_properties(table, {**(properties or {}), retention: "interval 0 hours"})
         try:
+            self.spark.sql(f"REORG TABLE {quote(table)} APPLY (PURGE)")
             self.spark.sql(f"VACUUM {quote(table)} RETAIN 0 HOURS")
         finally:
             if previous is None:

@@ -107,6 +107,7 @@ class TableErasure:
     rows_deleted: int = 0
     rows_masked: int = 0
     statistics_excluded_now: bool = False  # made before personal fields left the statistics
+    properties: dict[str, str] = field(default_factory=dict)  # set with the purge
 
 
 @dataclass
@@ -243,20 +244,35 @@ def erase_landing(ctx: TaskContext, entity: Entity, key: str, needles: list[str]
 
 
 # -- tables ------------------------------------------------------------------------------------
-def exclude_statistics(lake: Lakehouse, table: str, personal: tuple[str, ...]) -> bool:
-    """Give a table made before this version the statistics exclusion; True if it lacked it
-    (its older log entries may still carry personal values in their statistics: README)."""
+def missing_statistics_exclusion(
+    lake: Lakehouse, table: str, personal: tuple[str, ...]
+) -> dict[str, str]:
+    """The statistics exclusion a table made before this version lacks (its older log
+    entries may still carry personal values in their statistics: README), else nothing."""
     schema = lake.read(table).schema
     wanted = contract.statistics_properties(
         [(f.name, f.dataType.simpleString()) for f in schema.fields], personal
     )
-    if (
-        not wanted
-        or lake.properties(table).get(contract.STATS_COLUMNS) == wanted[contract.STATS_COLUMNS]
-    ):
-        return False
-    lake.set_properties(table, wanted)
-    return True
+    current = lake.properties(table).get(contract.STATS_COLUMNS)
+    return {} if not wanted or current == wanted[contract.STATS_COLUMNS] else wanted
+
+
+# commits that add files and never remove one (the table's older versions are all in its
+# current files, so VACUUM has nothing to take)
+APPEND_ONLY = {"CREATE TABLE", "STREAMING UPDATE", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES"}
+
+
+def removed_files_ever(lake: Lakehouse, table: str) -> bool:
+    """Whether any commit of the table removed or rewrote a file (which an older version,
+    and VACUUM, may still see), or wrote deletion vectors."""
+    for commit in lake.history(table):
+        metrics = commit["operationMetrics"] or {}
+        if commit["operation"] in APPEND_ONLY:
+            continue
+        if commit["operation"] == "WRITE" and not int(metrics.get("numRemovedFiles") or 0):
+            continue
+        return True
+    return False
 
 
 def erase_tables(
@@ -274,7 +290,8 @@ def erase_tables(
         if not lake.exists(table):
             return None
         step = TableErasure(table, lake.version(table))
-        step.statistics_excluded_now = exclude_statistics(lake, table, personal)
+        step.properties = missing_statistics_exclusion(lake, table, personal)
+        step.statistics_excluded_now = bool(step.properties)
         done.append(step)
         return step
 
@@ -310,14 +327,44 @@ def erase_tables(
         step.rows_masked = lake.update(silver, {f: "NULL" for f in entity.personal}, key_literal)
     for step in done:
         started = time.monotonic()
-        lake.purge(step.table)
+        if not (step.rows_deleted or step.rows_masked or removed_files_ever(lake, step.table)):
+            step.version_after = step.version_before
+            progress(f"  {step.table}: nothing of the person, no file ever removed: left as it is")
+            continue
+        lake.purge(step.table, step.properties)  # rewritten files: no personal statistics
         step.version_after = lake.version(step.table)
         progress(
             f"  {step.table}: {step.rows_deleted} rows deleted, {step.rows_masked} masked, "
             f"purged (versions {step.version_before} -> {step.version_after}, "
             f"{time.monotonic() - started:.1f}s)"
         )
+    if entity.name == GOLD_CUSTOMERS:
+        follow_gold(lake, next((t for t in done if t.table == silver), None), progress)
     return done
+
+
+def follow_gold(
+    lake: Lakehouse, silver: TableErasure | None, progress: Callable[[str], None]
+) -> None:
+    """Tell gold what the erasure's commits to silver_customers mean. Gold had read silver up
+    to the version before them: they changed only the personal fields, which erase emptied in
+    gold_order_details as gold would, so its watermark moves past them and the next build stays
+    incremental. Otherwise (gold behind) the watermark goes and gold rebuilds in full: the
+    change feed of the erased versions is gone."""
+    if silver is None or not lake.exists(contract.GOLD_WATERMARKS):
+        return
+    source = f"source_table = {sql_literal(silver.table)}"
+    moved = lake.update(
+        contract.GOLD_WATERMARKS,
+        {"version": str(silver.version_after)},
+        f"{source} AND version = {silver.version_before}",
+    )
+    if not moved:
+        lake.delete_where(contract.GOLD_WATERMARKS, source)
+    progress(
+        f"  {contract.GOLD_WATERMARKS}: {silver.table} "
+        + ("moved past the erasure" if moved else "forgotten: gold rebuilds in full next run")
+    )
 
 
 # -- audit -------------------------------------------------------------------------------------

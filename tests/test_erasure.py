@@ -75,10 +75,11 @@ def erased(spark, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ORDER_PIPELINE_CONF", str(conf))
         land(landing, "customers", [C1_V1, C2])
+        for task in ("bronze_customers", "silver_customers"):  # the rest lands in the next run
+            assert run(root, "--task", task) == 0
         land(landing, "products", [product("P1")])
         land(landing, "orders", [order("O1", "C1"), order("O2", "C2")])
         land(landing, "line_items", [line_item("L1", "O1"), line_item("L2", "O2")])
-        assert run(root) == 0
         # the person's newer snapshot (silver is updated: the change feed keeps both images),
         # a quarantined bad e-mail, a line cut short (key still readable), a line with no key
         # that holds the phone, and other people's lines beside them, one ending in CRLF

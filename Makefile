@@ -11,7 +11,7 @@ DATABRICKS_CLI_VERSION := 0.298.0
 CACHE_ROOT := $(or $(ORDER_PIPELINE_JAR_CACHE),$(HOME)/.cache/order-pipeline)
 DATABRICKS_CLI := $(CACHE_ROOT)/databricks-cli-$(DATABRICKS_CLI_VERSION)/databricks
 
-.PHONY: setup demo test lint format bench clean help
+.PHONY: setup browser demo test lint format bench clean help
 
 help:
 	@echo "make demo   generate synthetic data, run the whole workflow locally, print the report"
@@ -33,6 +33,11 @@ setup: $(VENV)/.installed $(DATABRICKS_CLI)
 $(DATABRICKS_CLI):
 	tools/build_databricks_cli.sh $(DATABRICKS_CLI_VERSION) $@
 
+# Debian's chromium and chromium-driver, for the HTML report's browser test: apt-get, only
+# when missing (tools/install_chromium.sh says why when it cannot, and the test skips)
+browser:
+	@tools/install_chromium.sh
+
 demo: setup
 	$(BIN)/order-pipeline demo --data-root $(DATA_ROOT) --scale $(SCALE) --seed $(SEED)
 
@@ -40,7 +45,7 @@ demo: setup
 # Delta's fixed cost per commit, which two workers overlap on two cores. Files stay whole
 # on one worker (their module-scoped pipeline runs are shared by their tests).
 TEST_WORKERS ?= 2
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(VENV)/.installed

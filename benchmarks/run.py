@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -553,19 +554,41 @@ class Measured:
 
 
 def measure_everything(args: argparse.Namespace, paths: BenchPaths) -> Measured:
-    """Cold runs on batch 0, incremental runs after batch 1, a no-new-data run, the probe."""
-    data = [generate_batch(paths, args.scale, 0, args.quiet)]
-    runs = {"cold": run_workflow(paths, "cold", args.quiet)}
-    peers = {name: {"cold": run_peer(name, paths, "cold", args.quiet)} for name in args.peer_list}
-    data.append(generate_batch(paths, args.scale, 1, args.quiet))
-    runs["incremental"] = run_workflow(paths, "incremental", args.quiet)
-    for name, peer in peers.items():
-        if peer["cold"]["status"] == "ok":
-            peer["incremental"] = run_peer(name, paths, "incremental", args.quiet)
-        else:  # a peer that could not run cold is not tried again
-            peer["incremental"] = {k: peer["cold"].get(k) for k in ("status", "error")}
-    runs["no_new_data"] = run_workflow(paths, "no_new_data", args.quiet, listen=False)
-    return Measured(data, runs, peers, run_probe(paths, args))
+    """Cold runs on batch 0, incremental runs after batch 1, a no-new-data run, the probe;
+    a progress bar over these steps in a terminal, a line per step otherwise."""
+    from order_pipeline.cli.progress import progress
+
+    with progress("benchmark", 6 + 2 * len(args.peer_list)) as shown:
+
+        def step(label: str, measure: Callable[..., Any], *arguments: Any, **options: Any) -> Any:
+            shown.doing(label)
+            value = measure(*arguments, **options)
+            shown.advance(label)
+            return value
+
+        data = [step("generate batch 0", generate_batch, paths, args.scale, 0, args.quiet)]
+        runs = {"cold": step("pipeline cold", run_workflow, paths, "cold", args.quiet)}
+        peers = {
+            name: {"cold": step(f"{name} cold", run_peer, name, paths, "cold", args.quiet)}
+            for name in args.peer_list
+        }
+        data.append(step("generate batch 1", generate_batch, paths, args.scale, 1, args.quiet))
+        runs["incremental"] = step(
+            "pipeline incremental", run_workflow, paths, "incremental", args.quiet
+        )
+        for name, peer in peers.items():
+            if peer["cold"]["status"] == "ok":
+                peer["incremental"] = step(
+                    f"{name} incremental", run_peer, name, paths, "incremental", args.quiet
+                )
+            else:  # a peer that could not run cold is not tried again
+                peer["incremental"] = {k: peer["cold"].get(k) for k in ("status", "error")}
+                shown.advance(f"{name} incremental: not tried, it failed cold")
+        runs["no_new_data"] = step(
+            "pipeline, no new data", run_workflow, paths, "no_new_data", args.quiet, listen=False
+        )
+        probe = step("stream-level probe", run_probe, paths, args)
+    return Measured(data, runs, peers, probe)
 
 
 def assemble(result: dict[str, Any], measured: Measured, paths: BenchPaths) -> None:

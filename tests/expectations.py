@@ -34,6 +34,12 @@ PARENTS = {
     "orders": {"customer_id": "customers"},
     "line_items": {"order_id": "orders", "product_id": "products"},
 }
+# what a parent's delete does to the children of each relation (conf/pipeline.yml on_delete)
+ON_DELETE = {
+    "orders": {"customer_id": "keep"},
+    "line_items": {"order_id": "cascade", "product_id": "keep"},
+}
+MARKER = "_deleted"  # a record with "_deleted": true is a tombstone of its key
 EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\Z")
 ORDER_STATUSES = {"pending", "processing", "shipped", "delivered", "cancelled"}
 LINE_STATUSES = {"pending", "shipped", "delivered", "cancelled", "returned"}
@@ -71,7 +77,7 @@ def parse_issues(entity: str, raw: dict[str, Any], pairs: list[tuple[str, Any]])
     issues = []
     if len(names) != len(set(names)):
         issues.append("duplicate_field")
-    if set(names) - set(TYPES[entity]):
+    if set(names) - set(TYPES[entity]) - {MARKER}:
         issues.append("extra_field")
     for name, kind in TYPES[entity].items():
         value = raw.get(name)
@@ -124,13 +130,16 @@ def parse_value(kind: str, value: Any) -> Any:
 
 
 def quarantine_reasons(entity: str, r: dict[str, Any]) -> list[str]:
-    """Names of the quarantine rules a parsed record fails (DESIGN.md's minimum set)."""
+    """Names of the quarantine rules a parsed record fails (DESIGN.md's minimum set); a
+    delete only needs its key and updated_at."""
     key = KEYS[entity]
     reasons = []
     if r[key] is None:
         reasons.append(f"{key}_not_null")
     if r["updated_at"] is None:
         reasons.append("updated_at_not_null")
+    if r.get(MARKER):
+        return reasons
     if entity == "customers":
         if r["email"] is not None and not EMAIL.match(r["email"]):
             reasons.append("email_valid")
@@ -181,6 +190,10 @@ def read_landing(landing: Path, entity: str) -> Landed:
             try:
                 raw, top = load_object(line)
                 record = {f: parse_value(t, raw.get(f)) for f, t in TYPES[entity].items()}
+                marker = raw.get(MARKER)
+                if marker is not None and not isinstance(marker, bool):
+                    raise Unparseable(marker)
+                record[MARKER] = bool(marker)
             except (ValueError, Unparseable):
                 landed.quarantined[(None, ("malformed_record",))] += 1
                 continue
@@ -198,37 +211,105 @@ def read_landing(landing: Path, entity: str) -> Landed:
 
 
 def order_key(entity: str, record: dict[str, Any], file: str) -> tuple:
-    """Snapshot order: updated_at, then the other contract fields, then the file; None lowest."""
+    """Snapshot order: updated_at, then deletes above upserts, then the other contract
+    fields, then the file; None lowest."""
     fields = [f for f in TYPES[entity] if f not in (KEYS[entity], "updated_at")]
-    values = [record["updated_at"], *(record[f] for f in fields), file]
+    values = [record["updated_at"], bool(record.get(MARKER)), *(record[f] for f in fields), file]
     return tuple((v is not None, v) for v in values)
 
 
 def latest_per_key(
     entity: str, rows: list[tuple[dict[str, Any], str]]
 ) -> dict[str, dict[str, Any]]:
+    """The live rows: per key the greatest snapshot, unless it is a delete."""
     best: dict[str, tuple[tuple, dict[str, Any]]] = {}
     for record, file in rows:
         key = record[KEYS[entity]]
         rank = order_key(entity, record, file)
         if key not in best or rank > best[key][0]:
             best[key] = (rank, record)
-    return {k: v[1] for k, v in best.items()}
+    return {
+        k: {f: v for f, v in r.items() if f != MARKER}
+        for k, (_, r) in best.items()
+        if not r.get(MARKER)
+    }
 
 
 def expected_silver(landing: Path) -> tuple[dict[str, dict[str, dict]], dict[str, list[dict]]]:
     """Silver per entity after one run over everything landed, and the rows left deferred."""
-    silver: dict[str, dict[str, dict]] = {}
-    deferred: dict[str, list[dict]] = {}
+    silver, deferred, _ = expected_state(landing)
+    return silver, deferred
+
+
+def has_parents(r: dict, parents: dict, rules: dict, silver: dict, tombstones: dict) -> bool:
+    """Whether every parent of ``r`` is there: in silver, or deleted under a keep rule (a
+    delete needs no parent)."""
+    if r.get(MARKER):
+        return True
+    return all(
+        r[c] in silver[p] or (rules[c] == "keep" and r[c] in tombstones[p])
+        for c, p in parents.items()
+    )
+
+
+def expected_state(
+    landing: Path,
+) -> tuple[dict[str, dict[str, dict]], dict[str, list[dict]], dict[str, dict[str, datetime]]]:
+    """Silver, deferred rows and tombstones (key -> newest delete's updated_at) per entity."""
+    fold = expected_fold(landing)
+    return fold.silver, fold.deferred, fold.tombstones
+
+
+@dataclass
+class Fold:
+    """One run over everything landed, per entity: silver, the rows left deferred, the
+    tombstones, the keys of the rows that passed (silver's keys and those whose newest
+    snapshot is a delete) and the rows a parent's delete quarantined."""
+
+    silver: dict[str, dict[str, dict]] = field(default_factory=dict)
+    deferred: dict[str, list[dict]] = field(default_factory=dict)
+    tombstones: dict[str, dict[str, datetime]] = field(default_factory=dict)
+    passed: dict[str, list[dict]] = field(default_factory=dict)
+    parent_deleted: dict[str, int] = field(default_factory=dict)
+
+
+def expected_fold(landing: Path) -> Fold:
+    """Deletes of parents, per relation: a child snapshot not newer than its parent's newest
+    delete is deleted at that instant (cascade) or quarantined (quarantine); under keep a
+    deleted parent satisfies the foreign key."""
+    fold = Fold()
+    silver, deferred, tombstones = fold.silver, fold.deferred, fold.tombstones
     for entity in ("customers", "products", "orders", "line_items"):
         valid = read_landing(landing, entity).valid
         parents = PARENTS.get(entity, {})
-        ready = [(r, f) for r, f in valid if all(r[c] in silver[p] for c, p in parents.items())]
+        rules = ON_DELETE.get(entity, {})
+        judged = []
+        for r, f in valid:
+            for column, parent in parents.items():
+                deleted_at = tombstones[parent].get(r[column])
+                if r.get(MARKER) or deleted_at is None or deleted_at < r["updated_at"]:
+                    continue
+                if rules[column] == "cascade":
+                    r = {**r, MARKER: True, "updated_at": deleted_at}
+                elif rules[column] == "quarantine":
+                    r = None
+                    break
+            if r is not None:
+                judged.append((r, f))
+        fold.parent_deleted[entity] = len(valid) - len(judged)
+        ready = [(r, f) for r, f in judged if has_parents(r, parents, rules, silver, tombstones)]
+        fold.passed[entity] = [r for r, _ in ready]
         deferred[entity] = [
-            r for r, _ in valid if not all(r[c] in silver[p] for c, p in parents.items())
+            r for r, _ in judged if not has_parents(r, parents, rules, silver, tombstones)
         ]
         silver[entity] = latest_per_key(entity, ready)
-    return silver, deferred
+        tombs: dict[str, datetime] = {}
+        for r, _ in ready:
+            key = r[KEYS[entity]]
+            if r.get(MARKER) and (key not in tombs or r["updated_at"] > tombs[key]):
+                tombs[key] = r["updated_at"]
+        tombstones[entity] = tombs
+    return fold
 
 
 def gold_order_details(silver: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import shutil
@@ -34,8 +36,25 @@ def data_root(spark, tmp_path_factory):
             "silver_orders",
             "gold",
         ):
-            assert cli.main(["run", "--task", task, "--data-root", str(root)]) == 0
+            with contextlib.redirect_stdout(io.StringIO()) as out:  # not a terminal
+                assert cli.main(["run", "--task", task, "--data-root", str(root)]) == 0
+            RUN_OUTPUT[task] = out.getvalue()
         yield root
+
+
+RUN_OUTPUT: dict[str, str] = {}  # what each `run --task` of the fixture printed
+
+
+def test_run_prints_plain_progress_lines_when_not_a_terminal(data_root) -> None:
+    lines = RUN_OUTPUT["silver_orders"].splitlines()
+    assert re.fullmatch(r"job \S+: 9 tasks from \S+/resources/jobs\.yml, run local-\S+", lines[0])
+    assert "[1/1] silver_orders (order-pipeline-silver)" in lines
+    [done] = [line for line in lines if line.startswith("[done ")]
+    assert re.fullmatch(r"\[done 1/1\] silver_orders: SUCCESS in \d+\.\ds", done), done
+    assert lines.index(done) > lines.index("[1/1] silver_orders (order-pipeline-silver)")
+    # the task's own lines are there, and nothing a terminal would draw
+    assert any(line.startswith("silver_orders: success in") for line in lines), lines
+    assert "\x1b" not in RUN_OUTPUT["silver_orders"] and "━" not in RUN_OUTPUT["silver_orders"]
 
 
 def sql_json(capsys, root: Path, query: str) -> list[dict]:
@@ -137,3 +156,17 @@ def test_replay_after_the_parent_lands_and_after_a_rule_fix(capsys, data_root, m
 def test_unknown_task_is_a_clear_error(capsys, data_root) -> None:
     assert cli.main(["run", "--task", "golden", "--data-root", str(data_root)]) == 2
     assert "no task 'golden'" in capsys.readouterr().err
+
+
+def test_report_html_writes_the_page_and_prints_its_path(capsys, data_root, tmp_path) -> None:
+    capsys.readouterr()
+    target = tmp_path / "out" / "report.html"
+    assert cli.main(["report", "--data-root", str(data_root), "--html", str(target)]) == 0
+    assert capsys.readouterr().out.strip() == f"report written to {target.resolve()}"
+    page = target.read_text(encoding="utf-8")
+    # the runs' charts are drawn; no product or line item ever landed here, so the dashboards'
+    # queries over all four entities fail, and the page says on which table
+    marks = dict(re.findall(r'data-chart="([\w-]+)" data-marks="(\d+)"', page))
+    assert int(marks["task-seconds"]) > 0 and int(marks["latest-run-tasks"]) > 0
+    assert "query failed: [TABLE_OR_VIEW_NOT_FOUND]" in page and "`quarantine_products`" in page
+    assert 'data-task="gold"' in page and "c2@example.test1" not in page

@@ -107,6 +107,26 @@ def test_databricks_profile_uses_volumes_and_auto_loader(tmp_path: Path) -> None
             "personl: [first_name,",
             "entities.customers.personl",
         ),
+        (
+            "pipeline.yml",
+            "order_id: {entity: orders, on_delete: cascade}",
+            "order_id: {entity: orders, on_delete: erase}",
+            "entities.line_items.parents.order_id.on_delete",
+        ),
+        (
+            "pipeline.yml",
+            "order_id: {entity: orders, on_delete: cascade}",
+            "order_id: {entity: orders, on_delet: cascade}",
+            "entities.line_items.parents.order_id.on_delet",
+        ),
+        ("pipeline.yml", "marker: _deleted", "marker: 7", "deletes.marker"),
+        ("pipeline.yml", "marker: _deleted", "marker: status", "deletes.marker"),
+        (
+            "pipeline.yml",
+            "tombstone_retention: null",
+            "tombstone_retention: a year",
+            "deletes.tombstone_retention",
+        ),
         ("local.yml", "trigger: available_now", "trigger: sometimes", "trigger"),
         (
             "local.yml",
@@ -182,3 +202,88 @@ def test_invalid_yaml_is_reported_with_the_file(conf_copy: Path) -> None:
     (conf_copy / "pipeline.yml").write_text("entities: [unclosed\n")
     with pytest.raises(ConfigError, match=r"pipeline\.yml: <file>: not valid YAML"):
         load_entities()
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "key"),
+    [
+        (
+            "customers.yml",
+            "kind: unique_key",
+            "kind: unique_keys",
+            "dataset_checks[3] (key_unique).kind",
+        ),
+        (
+            "customers.yml",
+            "kind: unique_key\n    severity: fail",
+            "kind: unique_key\n    severity: quarantine",
+            "dataset_checks[3] (key_unique).severity",
+        ),
+        (
+            "customers.yml",
+            "    max_age: 60 days      # customers change rarely: a quiet month is normal\n",
+            "",
+            "dataset_checks[0] (silver_fresh).max_age",
+        ),
+        (
+            "customers.yml",
+            "max_age: 60 days ",
+            "max_age: two months ",
+            "dataset_checks[0] (silver_fresh).max_age",
+        ),
+        ("customers.yml", "of: silver ", "of: gold ", "dataset_checks[0] (silver_fresh).of"),
+        ("customers.yml", "    runs: 5 ", "", "dataset_checks[2] (landed_volume).runs"),
+        ("customers.yml", "factor: 10 ", "factor: 1 ", "dataset_checks[2] (landed_volume).factor"),
+        ("customers.yml", "factor: 10 ", "factr: 10 ", "dataset_checks[2] (landed_volume).factr"),
+        (
+            "gold.yml",
+            "kind: references",
+            "kind: freshness",
+            "dataset_checks[0] (line_item_order_exists).kind",
+        ),
+        (
+            "gold.yml",
+            "parent: orders",
+            "parent: baskets",
+            "dataset_checks[0] (line_item_order_exists).parent",
+        ),
+        (
+            "gold.yml",
+            "column: order_id",
+            "column: order_ts",
+            "dataset_checks[0] (line_item_order_exists).column",
+        ),
+        (
+            "gold.yml",
+            "    parent: orders\n",
+            "",
+            "dataset_checks[0] (line_item_order_exists).parent",
+        ),
+    ],
+)
+def test_bad_dataset_check_names_file_and_key(
+    conf_copy: Path, file: str, old: str, new: str, key: str
+) -> None:
+    from order_pipeline.quality.dataset_checks import load_gold_checks
+    from order_pipeline.transforms.gold import GOLD_INPUTS
+
+    replace_in(conf_copy / "quality" / file, old, new)
+    entities = load_entities()
+    with pytest.raises(ConfigError) as error:
+        if file == "gold.yml":
+            load_gold_checks(GOLD_INPUTS)
+        else:
+            load_rules(entities["customers"], entities)
+    assert error.value.file.endswith(file)
+    assert error.value.key == key
+
+
+def test_dataset_checks_of_every_entity_and_gold_load() -> None:
+    from order_pipeline.quality.dataset_checks import load_gold_checks
+    from order_pipeline.transforms.gold import GOLD_INPUTS
+
+    entities = load_entities()
+    for entity in entities.values():
+        kinds = [c.kind for c in load_rules(entity, entities).dataset_checks]
+        assert kinds == ["freshness", "freshness", "volume", "unique_key", "reconciliation"]
+    assert [c.column for c in load_gold_checks(GOLD_INPUTS)] == ["order_id", "product_id"]

@@ -8,16 +8,25 @@ schema: the bundle sets both per dashboard (dataset_catalog, dataset_schema), wh
 ``USE`` of the matching local schema. The alerts' ``${var.catalog}.${var.schema}`` become the
 local catalog and schema. The results are compared with the plain-Python reading of the
 landed files (tests/expectations.py) and with what the tables hold.
+
+The same run feeds ``order-pipeline report --html``: the page is written once, checked as
+text (self-contained, escaped, masked) and opened in headless Chromium. One hostile customer
+line lands beside the generated ones for it: its key closes the page's table and opens a
+script, and its personal fields must never reach the page.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import re
+import shutil
 from collections import Counter
 from dataclasses import replace
 from datetime import date
+from functools import cached_property
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -42,6 +51,21 @@ DASHBOARD_FILES = {
 SCALE = {"seed": 11, "customers": 25, "products": 8, "orders": 70, "files_per_entity": 1,
          "fault_rate": 0.08, "end_date": date(2026, 10, 31), "months": 2}  # fmt: skip
 GRID_COLUMNS = 6  # a Lakeview canvas page is six columns wide
+# a customer key that closes the page's table and runs a script if it is not escaped; its
+# personal fields must not reach the HTML report in clear
+HOSTILE_ID = "C-</td></tr></table><script>window.__pwned = 1</script><b>bold"
+HOSTILE_PERSONAL = {"first_name": "Mallory", "last_name": "Hostile</td>",
+                    "email": "mallory.private@example", "city": "<script>alert(2)</script>"}  # fmt: skip
+HOSTILE_LINE = json.dumps(
+    {
+        "customer_id": HOSTILE_ID,
+        **HOSTILE_PERSONAL,
+        "phone": None,
+        "country": "NO",
+        "created_at": "2026-10-01T08:00:00Z",
+        "updated_at": 1764669600000,
+    }
+)
 
 
 def load_dashboard(key: str) -> dict[str, Any]:
@@ -84,8 +108,20 @@ class Run:
         self.spark.sql(f"USE {self.schema_of(key)}")
         return self.spark.sql(dataset_sql(found))
 
-    def rows(self, key: str, name: str) -> list:
-        return self.dataset(key, name).collect()
+    @cached_property
+    def report(self):
+        """What ``report --html`` shows of this run (every quarantined row, the dashboard's
+        LIMIT 500, not only the page's 50): every dataset is run once, in its dashboard's
+        schema, by html_report, and the tests below read its rows, so the page's numbers are
+        the ones compared with the landed files (and no query runs twice)."""
+        from order_pipeline.cli.html_report import collect_report
+
+        return collect_report(Lakehouse(self.spark, self.ctx.profile), self.ctx.entities, rows=500)
+
+    def rows(self, key: str, name: str) -> list[SimpleNamespace]:
+        found = self.report.datasets[f"{key}.{name}"]
+        assert found.error is None, f"{key}.{name}: {found.error}"
+        return [SimpleNamespace(**row) for row in found.rows]
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +133,11 @@ def run(spark, tmp_path_factory) -> Run:
     manifest = generate(
         GeneratorConfig(landing=Path(ctx.profile.landing_root), **SCALE), progress=quiet
     )
+    # one hostile line beside the generated ones, for the HTML report (its raw text is kept:
+    # the timestamp is a number); the plain-Python reading of landing counts it like any other
+    hostile = Path(ctx.profile.landing_root) / "customers" / "hostile.json"
+    hostile.write_text(HOSTILE_LINE + "\n", encoding="utf-8")
+    manifest["counts"]["customers"]["lines"] += 1
     for entity in dependency_order(ctx.entities):
         task_ctx = replace(ctx, entity=entity)
         run_task(bronze_task(entity), task_ctx, lambda s, c: bronze.run(s, c, quiet), quiet)
@@ -347,3 +388,135 @@ def test_quarantine_ratio_alert_computes_each_entitys_share(run: Run) -> None:
         quarantined = sum(run.landed[entity].quarantined.values())
         assert (r.rows_checked, r.rows_quarantined) == (lines, quarantined), entity
         assert r.quarantine_ratio == pytest.approx(quarantined / lines), entity
+
+
+# ---------------------------------------------------------------------------------------
+# The same picture locally: `order-pipeline report --html`, opened in headless Chromium
+# ---------------------------------------------------------------------------------------
+
+CHARTS = {
+    "quarantine-rate", "quarantined-per-rule", "rows-per-stage", "task-seconds",
+    "latest-run-tasks", "deferred-backlog", "freshness", "rows-per-reason",
+}  # fmt: skip
+ARTIFACTS = REPO_ROOT / "test-artifacts"  # ignored by git: the screenshot of the last run
+
+
+@pytest.fixture(scope="module")
+def page(run: Run, tmp_path_factory) -> Path:
+    from order_pipeline.cli.html_report import render
+
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    path.write_text(render(run.report), encoding="utf-8")
+    return path
+
+
+def landed_personal_values(run: Run) -> set[str]:
+    """Every personal value of the landed customer lines (e-mails and last names: long enough
+    not to match by chance), read from the files themselves."""
+    values = set(HOSTILE_PERSONAL.values())
+    for path in (run.landing / "customers").glob("*.json"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                values |= {
+                    v
+                    for k, v in record.items()
+                    if k in ("email", "last_name") and isinstance(v, str) and len(v) >= 5
+                }
+    return values
+
+
+def test_html_report_is_self_contained_escaped_and_masked(run: Run, page: Path) -> None:
+    text = page.read_text(encoding="utf-8")
+    # no script, no external resource: nothing to fetch, nothing to run
+    assert "<script" not in text.lower() and "javascript:" not in text.lower()
+    assert not re.search(r"""\b(?:src|href)\s*=""", text, re.IGNORECASE)
+    assert re.findall(r"https?://[^\s\"'<>]+", text) == ["http://www.w3.org/2000/svg"] * text.count(
+        "<svg"
+    )
+    assert "Content-Security-Policy" in text and "default-src 'none'" in text
+    # the hostile key shows, escaped; no personal value of any landed customer does
+    assert (
+        html.escape(HOSTILE_ID, quote=True) in text
+        or html.escape(json.dumps(HOSTILE_ID)[1:-1], quote=True) in text
+    )
+    leaked = {v for v in landed_personal_values(run) if v in text or html.escape(v) in text}
+    assert not leaked
+
+
+def chromium_driver():
+    """Debian's chromium through its chromium-driver (make test installs both when missing)."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip(
+            "Chromium is not installed and could not be installed here (make test runs "
+            "tools/install_chromium.sh: apt-get install chromium chromium-driver, as root)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1400,900", "--force-device-scale-factor=1"):  # fmt: skip
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_html_report_in_headless_chromium(run: Run, page: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser = chromium_driver()
+    try:
+        browser.get(page.as_uri())
+        assert browser.execute_script("return document.readyState") == "complete"
+        problems = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+        assert problems == []
+        assert browser.execute_script("return document.scripts.length") == 0
+        assert browser.execute_script("return window.__pwned") is None
+
+        # every chart, drawn: its marks are in the SVG, as many as it says it drew
+        figures = browser.find_elements(By.CSS_SELECTOR, "figure[data-chart]")
+        assert {f.get_attribute("data-chart") for f in figures} == CHARTS
+        for f in figures:
+            marks = f.find_elements(By.CSS_SELECTOR, "svg .mark")
+            assert marks, f"chart {f.get_attribute('data-chart')} is empty: {f.text}"
+            assert len(marks) == int(f.get_attribute("data-marks"))
+            assert all(m.size["width"] > 0 and m.size["height"] > 0 for m in marks)
+
+        # the lineage names every task of resources/jobs.yml and draws each dependency
+        jobs = yaml.safe_load((REPO_ROOT / "resources" / "jobs.yml").read_text())
+        [job] = jobs["resources"]["jobs"].values()
+        expected_edges = {
+            (d["task_key"], t["task_key"]) for t in job["tasks"] for d in t.get("depends_on", [])
+        }
+        boxes = browser.find_elements(By.CSS_SELECTOR, "#lineage g.task")
+        assert sorted(b.text for b in boxes) == sorted(t["task_key"] for t in job["tasks"])
+        edges = browser.find_elements(By.CSS_SELECTOR, "#lineage path.edge")
+        assert {(e.get_attribute("data-from"), e.get_attribute("data-to")) for e in edges} == (
+            expected_edges
+        )
+
+        # the quarantine table: one row per quarantined line, the hostile one as text, masked
+        rows = browser.find_elements(By.CSS_SELECTOR, "#quarantine-table tbody tr")
+        total = sum(sum(run.landed[e].quarantined.values()) for e in run.entities)
+        assert len(rows) == total
+        [hostile] = [r for r in rows if HOSTILE_ID in r.text]
+        record = hostile.find_element(By.CSS_SELECTOR, "td.record").text
+        assert json.loads(record)["customer_id"] == HOSTILE_ID
+        for field, value in HOSTILE_PERSONAL.items():
+            assert re.fullmatch(r"\*\*\*[0-9a-f]{8}", json.loads(record)[field]), (field, value)
+        assert browser.find_element(By.TAG_NAME, "body").text.count("***") >= 4
+
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1400, min(height, 6000))
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "report-html.png"
+        assert browser.save_screenshot(str(shot))
+        print(f"screenshot of the HTML report: {shot}")
+    finally:
+        browser.quit()

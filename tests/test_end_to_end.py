@@ -18,7 +18,9 @@ from conftest import data_root_of, make_context
 from expectations import (
     KEYS,
     TYPES,
+    expected_fold,
     expected_silver,
+    expected_state,
     read_landing,
 )
 from pipeline_helpers import assert_gold_equals, quiet
@@ -31,7 +33,8 @@ from order_pipeline.synthetic.generator import GeneratorConfig, generate
 ENTITIES = ("customers", "products", "orders", "line_items")
 AS_OF = datetime(2026, 10, 20)
 SCALE = {"seed": 7, "customers": 60, "products": 12, "orders": 240, "files_per_entity": 3,
-         "fault_rate": 0.05, "end_date": date(2026, 10, 31), "months": 3}  # fmt: skip
+         "fault_rate": 0.05, "delete_rate": 0.03, "end_date": date(2026, 10, 31),
+         "months": 3}  # fmt: skip
 
 
 def run_workflow(ctx):
@@ -195,6 +198,25 @@ def test_each_injected_fault_is_quarantined_with_the_right_rule(spark, first_run
         assert fault["expected_rule"] in reasons, fault
 
 
+def test_landed_deletes_leave_silver_and_keep_their_tombstones(spark, first_run) -> None:
+    """The generator's deletes (in its manifest) reach silver: every tombstone is the newest
+    delete per key (cascaded line items of deleted orders included), and silver holds no
+    key whose newest snapshot is a delete (test_silver_equals... checks the rest)."""
+    manifest = first_run.manifest
+    landing = use(spark, first_run.ctx)
+    # at this size: a dozen products, a few of their lines deleted or none
+    assert {d["entity"] for d in manifest["deletes"]} >= {"customers", "orders", "line_items"}
+    _, _, tombstones = expected_state(landing)
+    for entity in ENTITIES:
+        key = KEYS[entity]
+        rows = spark.table(f"tombstones_{entity}").select(key, "updated_at").collect()
+        assert {r[0]: r[1] for r in rows} == tombstones[entity], entity
+        landed = {d["key"] for d in manifest["deletes"] if d["entity"] == entity}
+        assert landed <= set(tombstones[entity]), entity
+    cascaded = spark.table("tombstones_line_items").where("_deleted_by = 'cascade:order_id'")
+    assert cascaded.count() > 0  # the orders' deletes reached their line items
+
+
 def test_line_items_without_their_order_wait_in_deferred(spark, first_run) -> None:
     manifest = first_run.manifest
     landing = use(spark, first_run.ctx)
@@ -212,3 +234,48 @@ def test_gold_equals_python_computation(spark, first_run) -> None:
 def assert_gold_matches(spark, landing) -> None:
     silver, _ = expected_silver(landing)
     assert_gold_equals(spark, spark.table, silver, AS_OF)
+
+
+def test_each_silver_run_reconciles_exactly_with_the_landed_files(spark, first_run) -> None:
+    """bronze rows = upserted + quarantined + deferred + superseded + deletes, per silver
+    run, and each term equals what the plain-Python fold of the landed files says (one
+    micro-batch each, onto an empty silver: every live key is an insert, every key whose
+    newest snapshot is a delete is a delete of an absent key, every other passing row lost
+    to a newer or equal snapshot of its key in the batch)."""
+    ctx, manifest = first_run.ctx, first_run.manifest
+    landing = use(spark, ctx)
+    fold = expected_fold(landing)
+    silver, deferred = fold.silver, fold.deferred
+    runs = {
+        r.task: json.loads(r.details)
+        for r in spark.table("ops_task_runs").where(f"run_id = '{ctx.run_id}'").collect()
+    }
+    metrics = {
+        (r.entity, r.rule): (r.severity, r.rows_checked, r.rows_failed)
+        for r in spark.table("ops_quality_metrics").where("source = 'dataset'").collect()
+    }
+    absent = 0
+    for entity in ENTITIES:
+        expected = read_landing(landing, entity)
+        passing = len(fold.passed[entity])
+        keys = {r[KEYS[entity]] for r in fold.passed[entity]}
+        (reconciled,) = [
+            c for c in runs[f"silver_{entity}"]["checks"] if c["kind"] == "reconciliation"
+        ]
+        assert reconciled["terms"] == {
+            "bronze_rows": manifest["counts"][entity]["lines"],
+            "upserted": len(silver[entity]),
+            "quarantined": sum(expected.quarantined.values()) + fold.parent_deleted[entity],
+            "deferred": len(deferred[entity]),
+            "superseded_in_batch": passing - len(keys),
+            "superseded_by_silver": 0,
+            "behind_tombstones": 0,  # one batch onto empty tables: no tombstone before it
+            "deletes_absent": len(keys) - len(silver[entity]),
+        }, entity
+        absent += reconciled["terms"]["deletes_absent"]
+        lines = manifest["counts"][entity]["lines"]
+        assert metrics[(entity, "reconciled")] == ("fail", lines, 0), entity
+        assert metrics[(entity, "key_unique")] == ("fail", len(silver[entity]), 0), entity
+    assert absent > 0  # the generated deletes reached the reconciliation
+    for rule in ("line_item_order_exists", "line_item_product_exists"):
+        assert metrics[("gold", rule)] == ("fail", len(silver["line_items"]), 0)

@@ -12,7 +12,7 @@ import json
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from itertools import pairwise
 from pathlib import Path
@@ -586,3 +586,46 @@ def test_the_generator_invents_the_entities_of_conf_pipeline() -> None:
     from order_pipeline.synthetic.generator import ENTITIES
 
     assert list(ENTITIES) == list(CONTRACT)
+
+
+def test_deletes_are_injected_at_their_rate_and_recorded(
+    landed: dict[str, Any], tmp_path: Path
+) -> None:
+    """delete_rate adds a delete after a share of the genuine lines, up to an hour after
+    the snapshot it follows, and lists each in the manifest; the other lines stay as
+    delete_rate 0 lands them."""
+    target = tmp_path / "deletes"
+    manifest = generate(
+        GeneratorConfig(landing=target, **{**SETTINGS, "delete_rate": 0.05}), progress=quiet
+    )
+    deletes = manifest["deletes"]
+    faults = fault_index(manifest)
+    plain, plain_manifest = landed["lines"][0], landed["manifests"][0]
+    genuine = sum(len(plain[e]) for e in CONTRACT) - len(plain_manifest["faults"])
+    assert 0.035 < len(deletes) / genuine < 0.065
+    for entity in CONTRACT:
+        key = CONTRACT[entity]["key"]
+        ours = [d for d in deletes if d["entity"] == entity]
+        assert ours and manifest["counts"][entity]["deletes"] == len(ours)
+        for d in ours:
+            lines = (target / d["file"]).read_text().splitlines()
+            record = json.loads(lines[d["line"] - 1])
+            n = d["line"] - 1  # the genuine line it follows: a fault may sit in between
+            while (
+                faults.get((d["file"], n), {}).get("kind", "early_line_item") != "early_line_item"
+            ):
+                n -= 1
+            before = json.loads(lines[n - 1])
+            assert record == {key: d["key"], "updated_at": d["updated_at"], "_deleted": True}
+            assert before[key] == d["key"]
+            gap = ts(d["updated_at"]) - ts(before["updated_at"])
+            assert timedelta(0) < gap <= timedelta(hours=1), d
+        # without its deletes, every file holds what delete_rate 0 landed, in that order
+        marked = {(d["file"], d["line"]) for d in ours}
+        for name in {d["file"] for d in ours}:
+            kept = [
+                line
+                for n, line in enumerate((target / name).read_text().splitlines(), 1)
+                if (name, n) not in marked
+            ]
+            assert kept == (landed["landing"] / name).read_text().splitlines()

@@ -1,5 +1,6 @@
-"""Any permutation and batch split of the same snapshots, valid and invalid, gives the same
-silver table: the latest valid snapshot per key, folded here in plain Python."""
+"""Any permutation and batch split of the same snapshots, valid and invalid, deletes among
+them, gives the same silver table: the latest valid snapshot per key unless it is a delete,
+folded here in plain Python; and the same tombstones: the newest valid delete per key."""
 
 from __future__ import annotations
 
@@ -50,12 +51,15 @@ snapshot = st.fixed_dictionaries(
         "updated_at": st.sampled_from(
             [datetime(2026, 5, 1), datetime(2026, 5, 2), datetime(2026, 5, 2), None]
         ),
+        # a tombstone of its key (its other fields play no part, a bad e-mail included)
+        "_deleted": st.sampled_from([False, False, True]),
     }
 )
 
 
 def is_valid(r: dict) -> bool:
-    return r["customer_id"] is not None and r["updated_at"] is not None and r["email"] in EMAIL_OK
+    identified = r["customer_id"] is not None and r["updated_at"] is not None
+    return identified and (r["_deleted"] or r["email"] in EMAIL_OK)
 
 
 def fold_latest(records: list[tuple[dict, str]]) -> set[tuple]:
@@ -63,12 +67,20 @@ def fold_latest(records: list[tuple[dict, str]]) -> set[tuple]:
     for r, file in records:
         if not is_valid(r):
             continue
-        rank = tuple(
-            (v is not None, v) for v in [r["updated_at"], *(r[c] for c in COLUMNS[1:-1]), file]
-        )
+        values = [r["updated_at"], r["_deleted"], *(r[c] for c in COLUMNS[1:-1]), file]
+        rank = tuple((v is not None, v) for v in values)
         if r["customer_id"] not in best or rank > best[r["customer_id"]][0]:
-            best[r["customer_id"]] = (rank, tuple(r[c] for c in COLUMNS))
-    return {v[1] for v in best.values()}
+            best[r["customer_id"]] = (rank, tuple(r[c] for c in COLUMNS), r["_deleted"])
+    return {row for _, row, deleted in best.values() if not deleted}
+
+
+def fold_tombstones(records: list[tuple[dict, str]]) -> set[tuple]:
+    newest: dict[str, datetime] = {}
+    for r, _ in records:
+        if is_valid(r) and r["_deleted"]:
+            key = r["customer_id"]
+            newest[key] = max(newest.get(key, r["updated_at"]), r["updated_at"])
+    return set(newest.items())
 
 
 @st.composite
@@ -145,3 +157,10 @@ def test_any_order_and_batch_split_gives_the_same_silver(
         )
     )
     assert actual == expected
+    tombstones = spark.table("tombstones_customers").select("customer_id", "updated_at")
+    assert {tuple(row) for row in tombstones.collect()} == set().union(
+        *(
+            fold_tombstones([s for batch in batches for s in keyed(i, batch)])
+            for i, batches in enumerate(scenarios)
+        )
+    )

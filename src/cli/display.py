@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TextIO
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+
+from order_pipeline.cli.progress import is_terminal
 
 
 def cell(value: Any, width: int = 48) -> str:
@@ -35,6 +38,40 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], width: i
 def show(df: DataFrame, limit: int = 50, width: int = 48) -> str:
     rows = df.limit(limit).collect()
     return format_table(df.columns, [tuple(r) for r in rows], width)
+
+
+def print_table(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    width: int = 48,
+    *,
+    console: Any = None,
+    out: TextIO | None = None,
+) -> None:
+    """A table for people at a terminal (rich: a ruled header, each column fitted to the
+    screen); the plain padded text of ``format_table`` anywhere else, where logs and scripts
+    read it line by line."""
+    out = out or sys.stdout
+    if console is None and not is_terminal(out):
+        print(format_table(columns, rows, width), file=out)
+        return
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    for name in columns:
+        table.add_column(name, max_width=width, overflow="ellipsis")
+    for row in rows:
+        table.add_row(*(cell(v, width) for v in row))
+    if not rows:
+        table.caption = "(no rows)"
+    (console or Console(file=out)).print(table)
+
+
+def print_df(df: DataFrame, limit: int = 50, width: int = 48, **where: Any) -> None:
+    rows = df.limit(limit).collect()
+    print_table(df.columns, [tuple(r) for r in rows], width, **where)
 
 
 # Timestamps as ISO 8601 in UTC without a zone suffix, as before (the session is UTC).

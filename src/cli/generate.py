@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from order_pipeline.synthetic.generator import (
     ENTITIES,
@@ -59,6 +60,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="share of lines that are deliberate faults (default %(default)s)",
     )
     parser.add_argument(
+        "--delete-rate",
+        type=float,
+        default=defaults.delete_rate,
+        help="share of lines followed by a delete of their key (default %(default)s)",
+    )
+    parser.add_argument(
         "--increment-ratio",
         type=float,
         default=defaults.increment_ratio,
@@ -91,7 +98,11 @@ def _end_date(args: argparse.Namespace, landing: Path) -> date | None:
     return end_date
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def run_cli(args: argparse.Namespace, console: Any = None) -> int:
+    """``generate``; ``console``: a rich Console to draw the progress bar on (default: a bar
+    when stdout is a terminal, plain lines otherwise)."""
+    from order_pipeline.cli.progress import progress
+
     landing = Path(args.landing) if args.landing else Path(args.data_root) / "landing"
     options = {
         "landing": landing,
@@ -103,6 +114,7 @@ def run_cli(args: argparse.Namespace) -> int:
         "orders": args.orders,
         "files_per_entity": args.files,
         "fault_rate": args.fault_rate,
+        "delete_rate": args.delete_rate,
         "increment_ratio": args.increment_ratio,
         "months": args.months,
     }
@@ -117,8 +129,12 @@ def run_cli(args: argparse.Namespace) -> int:
         f"(end date {config.end_date}, {config.count('orders'):,} orders in batch 0)"
     )
     started = time.perf_counter()
+    # the generator says what it did per entity once the batch is written: until then the
+    # bar pulses (it reports no finer progress)
     try:
-        manifest = generate(config, progress=print)
+        with progress(f"generate batch {config.batch}", None, console=console) as shown:
+            manifest = generate(config, progress=shown.log)
+            shown.advance(f"batch {config.batch} written")
     except FileExistsError as exc:
         print(f"generate: {exc}", file=sys.stderr)
         return 1

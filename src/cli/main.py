@@ -135,8 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--write", action="store_true", help="rewrite the tasks of resources/jobs.yml")
 
-    p = sub.add_parser("report", help="print the gold answers")
+    p = sub.add_parser(
+        "report", help="print the gold answers, or write the dashboards' picture as one HTML page"
+    )
     add_data_root(p)
+    p.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="write one self-contained HTML page (the dashboards' charts from their own queries, "
+        "the job graph, the latest quarantined rows with personal data masked) instead",
+    )
 
     p = sub.add_parser("demo", help="generate, run the whole workflow and report, in one process")
     generate.configure_parser(p)
@@ -238,7 +247,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def run_job_graph(args: argparse.Namespace, ctx) -> int:
     """`run`, once it holds the data root."""
-    from order_pipeline.cli.display import format_table
+    from order_pipeline.cli.display import print_table
+    from order_pipeline.cli.progress import progress as progress_of
     from order_pipeline.cli.runner import OK, bundle_variables, load_job_graph, run_graph
     from order_pipeline.jobs.task import collected_task_runs
 
@@ -261,7 +271,11 @@ def run_job_graph(args: argparse.Namespace, ctx) -> int:
     graph = load_job_graph()
     variables = bundle_variables(graph.source.parent.parent, ctx.profile)
     print(f"job {graph.name}: {len(graph.tasks)} tasks from {graph.source}, run {ctx.run_id}")
-    with collected_task_runs(ctx.profile):  # one ops_task_runs commit for the whole run
+    total = 1 if args.task else len(graph.tasks)
+    with (
+        progress_of("run", total) as shown,
+        collected_task_runs(ctx.profile),  # one ops_task_runs commit for the whole run
+    ):
         outcomes = run_graph(
             graph,
             variables,
@@ -270,15 +284,18 @@ def run_job_graph(args: argparse.Namespace, ctx) -> int:
             ["--data-root", args.data_root],
             only=args.task,
             parallel=args.parallel or ctx.profile.parallel_tasks,
+            # "[3/9] bronze_orders (order-pipeline-bronze)": the bar says the task's name
+            progress=lambda message: shown.log(message) or shown.doing(message.split(" (")[0]),
+            on_done=lambda o: shown.advance(f"{o.key}: {o.status} in {o.seconds:.1f}s"),
         )
     print()
-    print(format_table(["task", "status", "seconds", "error"],
-                       [(o.key, o.status, f"{o.seconds:.1f}", o.error or "") for o in outcomes], width=100))  # fmt: skip
+    print_table(["task", "status", "seconds", "error"],
+                [(o.key, o.status, f"{o.seconds:.1f}", o.error or "") for o in outcomes], width=100)  # fmt: skip
     return 0 if all(o.status in OK for o in outcomes) else 1
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from order_pipeline.cli.display import json_lines, show
+    from order_pipeline.cli.display import json_lines, print_df
 
     if bool(args.query) == bool(args.file):
         raise SystemExit("sql: give a query or --file, not both")
@@ -293,12 +310,12 @@ def cmd_sql(args: argparse.Namespace) -> int:
         for line in json_lines(df, args.limit):
             print(line)
     else:
-        print(show(df, args.limit, width=60))
+        print_df(df, args.limit, width=60)
     return 0
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    from order_pipeline.cli.display import json_lines, show
+    from order_pipeline.cli.display import json_lines, print_df
     from order_pipeline.cli.report import quarantine_rows, quarantine_summary
     from order_pipeline.transforms.personal import MaskKey
 
@@ -317,11 +334,12 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     if args.json:
         print("\n".join(json_lines(df, args.limit)))
     else:
-        print(show(df, args.limit, width=90))
+        print_df(df, args.limit, width=90)
     return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from order_pipeline.cli.progress import progress
     from order_pipeline.common.contract import OPEN
     from order_pipeline.common.runlock import RunLocked
     from order_pipeline.jobs import replay
@@ -331,10 +349,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     ctx.entity_spec()
     statuses = tuple(args.status or (OPEN,))
     try:
-        with hold_data_root(args, ctx, f"order-pipeline replay {args.entity}", ctx.run_id):
+        with (
+            hold_data_root(args, ctx, f"order-pipeline replay {args.entity}", ctx.run_id),
+            progress(f"replay {args.entity}", None) as shown,
+        ):
             run_task(
-                f"replay_{args.entity}", ctx, lambda s, c: replay.run(s, c, args.rule, statuses)
+                f"replay_{args.entity}",
+                ctx,
+                lambda s, c: replay.run(s, c, args.rule, statuses, progress=shown.log),
+                shown.log,
             )
+            shown.advance(f"replay_{args.entity} done")
     except RunLocked as exc:
         return refused(exc)
     return 0
@@ -401,6 +426,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from order_pipeline.cli.report import gold_report
 
     lake, ctx = open_lakehouse(args.data_root)
+    if getattr(args, "html", None):
+        from order_pipeline.cli.html_report import write_report
+
+        print(f"report written to {write_report(lake, ctx.entities, args.html)}")
+        return 0
     print(gold_report(lake, list(ctx.entities)))
     return 0
 
@@ -438,8 +468,14 @@ def demo_steps(args: argparse.Namespace) -> int:
     )
     status = cmd_run(run_args)
     print("\n== 3/3 report ==")
-    cmd_report(args)
+    from order_pipeline.cli.html_report import write_report
+    from order_pipeline.cli.report import gold_report
+
+    lake, ctx = open_lakehouse(args.data_root)
+    print(gold_report(lake, list(ctx.entities)))
+    page = write_report(lake, ctx.entities, Path(args.data_root) / "report.html")
     print(f"\ndemo finished in {time.monotonic() - started:.0f}s; data under {args.data_root}/")
+    print(f"HTML report (open it in a browser): {page}")
     return status
 
 

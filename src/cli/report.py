@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import reduce
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from order_pipeline.cli.display import show
@@ -61,25 +61,30 @@ def quarantine_rows(
         rows = rows.where(F.array_contains("reasons", rule))
     if status:
         rows = rows.where(F.col("status") == status)
-    raw, record = F.col("raw_record"), F.col("record")
-    if mask is None:
-        # raw text that is not valid UTF-8 is shown as its bytes, not as a lossy decoding
-        shown = F.when(
-            raw.isNotNull() & ~F.is_valid_utf8(raw),
-            F.concat(F.lit("(not UTF-8) hex:"), F.hex(raw.cast("binary"))),
-        ).otherwise(F.coalesce(raw, F.to_json(record)))
-    else:
-        shown = F.coalesce(
-            mask_raw_json(entity, mask, raw), F.to_json(mask_record(entity, mask, record))
-        )
     return rows.select(
         "status",
         "reasons",
-        shown.alias("record"),
+        shown_record(entity, mask).alias("record"),
         F.regexp_extract("source_file", r"[^/]+$", 0).alias("file"),
         "batch_id",
         "quarantined_at",
     ).orderBy("quarantined_at", "file")
+
+
+def shown_record(entity: Entity, mask: MaskKey | None) -> Column:
+    """A quarantine row's record as people see it: the raw text where there is one, else the
+    parsed record as JSON; with a ``mask`` key the personal fields are masked in both
+    (transforms/personal.py), with ``None`` they show in clear."""
+    raw, record = F.col("raw_record"), F.col("record")
+    if mask is None:
+        # raw text that is not valid UTF-8 is shown as its bytes, not as a lossy decoding
+        return F.when(
+            raw.isNotNull() & ~F.is_valid_utf8(raw),
+            F.concat(F.lit("(not UTF-8) hex:"), F.hex(raw.cast("binary"))),
+        ).otherwise(F.coalesce(raw, F.to_json(record)))
+    return F.coalesce(
+        mask_raw_json(entity, mask, raw), F.to_json(mask_record(entity, mask, record))
+    )
 
 
 def table_counts(lake: Lakehouse, entities: list[str]) -> DataFrame:

@@ -181,11 +181,13 @@ def run_graph(
     only: str | None = None,
     progress: Callable[[str], None] = print,
     parallel: int = 1,
+    on_done: Callable[[TaskOutcome], None] | None = None,
 ) -> list[TaskOutcome]:
     """Run the graph (or one task) in dependency order, up to ``parallel`` independent
     tasks at once (threads sharing the process's Spark session). A failed task marks its
     dependents UPSTREAM_FAILED, as Databricks does, and independent tasks still run.
-    Outcomes come back in the graph's order whatever order the tasks finished in."""
+    Outcomes come back in the graph's order whatever order the tasks finished in;
+    ``on_done`` hears of each as it is decided (a progress bar advances on it)."""
     job_parameters = {
         name: resolve(default, variables, {}, f"{graph.source}: parameters.{name}")
         for name, default in graph.parameters.items()
@@ -229,6 +231,8 @@ def run_graph(
                 if any(d in outcomes and outcomes[d].status not in OK for d in upstream):
                     pending.remove(task)
                     outcomes[task.key] = TaskOutcome(task.key, "UPSTREAM_FAILED")
+                    if on_done:
+                        on_done(outcomes[task.key])
                     progress(
                         f"[{position[task.key]}/{len(tasks)}] {task.key}: skipped, an upstream "
                         "task failed"
@@ -245,4 +249,6 @@ def run_graph(
                 outcome = future.result()
                 outcomes[outcome.key] = outcome
                 del running[future]
+                if on_done:
+                    on_done(outcome)
     return [outcomes[t.key] for t in tasks]

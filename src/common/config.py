@@ -89,6 +89,12 @@ class Entity:
     # the fields that hold personal data: the one statement of it (masked where people look,
     # e.g. `order-pipeline quarantine`, unless they ask to see them)
     personal: tuple[str, ...] = ()
+    # foreign-key column -> what a delete of its parent does to a child (ON_PARENT_DELETE)
+    on_parent_delete: dict[str, str] = field(default_factory=dict)
+    # the landed field that makes a record a tombstone of its key (``"_deleted": true``)
+    delete_marker: str = "_deleted"
+    # how long a tombstone is kept after its delete's sequence; None: for ever
+    tombstone_retention_seconds: int | None = None
 
     def __post_init__(self) -> None:
         if self.key not in self.fields:
@@ -101,6 +107,16 @@ class Entity:
         for column in self.parents:
             if column not in self.fields:
                 raise SettingError(f"parents.{column}", f"{column!r} is not one of the fields")
+        for column, rule in self.on_parent_delete.items():
+            if column not in self.parents:
+                raise SettingError(f"parents.{column}", f"{column!r} is not a foreign key")
+            if rule not in ON_PARENT_DELETE:
+                raise SettingError(
+                    f"parents.{column}.on_delete",
+                    f"must be one of {ON_PARENT_DELETE}, got {rule!r}",
+                )
+        if self.delete_marker in self.fields:
+            raise SettingError("deletes.marker", f"{self.delete_marker!r} is a contract field")
         for position, name in enumerate(self.personal):
             if name not in self.fields:
                 raise SettingError(f"personal[{position}]", f"{name!r} is not one of the fields")
@@ -116,12 +132,64 @@ class Entity:
 
 
 ENTITY_KEYS = {"key", "sequence", "fields", "parents", "personal"}
+# What a parent's delete does to its children, per relation (conf/pipeline.yml parents):
+# cascade: they are deleted as of the parent's delete; keep: they stay, pointing at a key that
+# is gone; quarantine: they leave silver for quarantine, reason <column>_parent_deleted.
+ON_PARENT_DELETE = ("cascade", "keep", "quarantine")
+RELATION_KEYS = {"entity", "on_delete"}
+DELETES_KEYS = {"marker", "tombstone_retention"}
+
+
+def load_deletes(data: dict[str, Any], path: Path) -> tuple[str, int | None]:
+    """The ``deletes`` section: the tombstone marker field and the tombstones' retention."""
+    spec = data.get("deletes") or {}
+    if not isinstance(spec, dict):
+        raise ConfigError(path, "deletes", "expected a mapping (marker, tombstone_retention)")
+    if unknown := sorted(set(map(str, spec)) - DELETES_KEYS):
+        raise ConfigError(
+            path, f"deletes.{unknown[0]}", f"unknown key; expected one of {sorted(DELETES_KEYS)}"
+        )
+    marker = spec.get("marker", "_deleted")
+    if not isinstance(marker, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", marker):
+        raise ConfigError(path, "deletes.marker", f"expected a field name, got {marker!r}")
+    retention = spec.get("tombstone_retention")
+    seconds = (
+        None
+        if retention is None
+        else parse_duration(retention, path, "deletes.tombstone_retention")
+    )
+    return marker, seconds
+
+
+def load_relations(raw: Any, path: Path, prefix: str) -> tuple[dict[str, str], dict[str, str]]:
+    """``parents``: column -> entity, or column -> {entity, on_delete}; returns the parents
+    and the on-delete rule of each relation (keep where not said)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            path, f"{prefix}parents", "expected a mapping of foreign-key column to parent entity"
+        )
+    parents, on_delete = {}, {}
+    for column, spec in raw.items():
+        if isinstance(spec, dict):
+            if unknown := sorted(set(map(str, spec)) - RELATION_KEYS):
+                raise ConfigError(
+                    path,
+                    f"{prefix}parents.{column}.{unknown[0]}",
+                    f"unknown key; expected one of {sorted(RELATION_KEYS)}",
+                )
+            parents[str(column)] = str(require(spec, "entity", path, f"{prefix}parents.{column}."))
+            on_delete[str(column)] = str(spec.get("on_delete", "keep"))
+        else:
+            parents[str(column)] = str(spec)
+            on_delete[str(column)] = "keep"
+    return parents, on_delete
 
 
 def load_entities(path: Path | None = None) -> dict[str, Entity]:
     path = path or conf_dir() / "pipeline.yml"
     data = read_yaml(path)
     raw = require(data, "entities", path)
+    marker, retention = load_deletes(data, path)
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(path, "entities", "expected a non-empty mapping of entity name to spec")
     entities: dict[str, Entity] = {}
@@ -137,13 +205,9 @@ def load_entities(path: Path | None = None) -> dict[str, Entity]:
         fields = require(spec, "fields", path, prefix)
         if not isinstance(fields, dict) or not fields:
             raise ConfigError(path, f"{prefix}fields", "expected a mapping of field to type")
-        parents = spec.get("parents") or {}
-        if not isinstance(parents, dict):
-            raise ConfigError(
-                path,
-                f"{prefix}parents",
-                "expected a mapping of foreign-key column to parent entity",
-            )
+        parents, on_delete = load_relations(spec.get("parents") or {}, path, prefix)
+        if marker in fields:
+            raise ConfigError(path, "deletes.marker", f"{marker!r} is a field of {name}")
         personal = spec.get("personal") or []
         if not isinstance(personal, list) or not all(isinstance(p, str) for p in personal):
             raise ConfigError(
@@ -155,8 +219,11 @@ def load_entities(path: Path | None = None) -> dict[str, Entity]:
                 key=require(spec, "key", path, prefix),
                 sequence=spec.get("sequence", "updated_at"),
                 fields={str(k): str(v) for k, v in fields.items()},
-                parents={str(k): str(v) for k, v in parents.items()},
+                parents=parents,
                 personal=tuple(personal),
+                on_parent_delete=on_delete,
+                delete_marker=marker,
+                tombstone_retention_seconds=retention,
             )
         except SettingError as exc:
             raise ConfigError(path, f"{prefix}{exc.key}", exc.problem) from exc

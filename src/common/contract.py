@@ -24,6 +24,11 @@ DEFERRED_AT = "_deferred_at"
 DEFERRED_ID = "_deferred_id"
 PARSE_ISSUES = "_parse_issues"  # what parsing a line found: "<issue>:<field>" (transforms/parse.py)
 RAW_LINE = "_raw_line"  # the landed line, kept where parsing found an issue
+# A landed record is a tombstone of its key when its marker field (conf/pipeline.yml deletes.marker)
+# is true; bronze keeps that in DELETED. DELETED_BY says why a row is a delete: "delete" (landed
+# as one) or "cascade:<column>" (its parent of that foreign key was deleted).
+DELETED = "_deleted"
+DELETED_BY = "_deleted_by"
 PARSE_ISSUE_CODES = (
     "timestamp_format", "timestamp_range", "decimal_scale", "duplicate_field", "extra_field",
 )  # fmt: skip
@@ -36,7 +41,7 @@ REASONS = "_reasons"
 BRONZE_METADATA_DDL = (
     f"`{CORRUPT_RECORD}` string, `{RESCUED_DATA}` string, `{PARSE_ISSUES}` array<string>, "
     f"`{RAW_LINE}` string, `{SOURCE_FILE}` string, `{INGESTED_AT}` timestamp, "
-    f"`{BATCH_ID}` bigint, `{RUN_ID}` string"
+    f"`{BATCH_ID}` bigint, `{RUN_ID}` string, `{DELETED}` boolean"
 )
 SILVER_METADATA_DDL = (
     f"`{QUALITY_WARNINGS}` array<string>, `{SOURCE_FILE}` string, `{MERGED_AT}` timestamp, "
@@ -63,6 +68,12 @@ def quarantine_table(entity: str) -> str:
 
 def deferred_table(entity: str) -> str:
     return f"deferred_{entity}"
+
+
+def tombstone_table(entity: str) -> str:
+    """The newest delete per key of silver_<entity>: what stops an older snapshot landing
+    after a delete from bringing the key back."""
+    return f"tombstones_{entity}"
 
 
 def bronze_checkpoint(entity: str) -> str:
@@ -158,6 +169,16 @@ def personal_properties(entity: Entity, ddl: str, extra: dict[str, str] | None =
 
 def silver_ddl(entity: Entity) -> str:
     return f"{entity.ddl()}, {SILVER_METADATA_DDL}"
+
+
+def tombstone_ddl(entity: Entity) -> str:
+    """Key and sequence of the newest delete per key; never the deleted record's other
+    fields (a tombstone outlives the data it removed)."""
+    return (
+        f"`{entity.key}` {entity.fields[entity.key]}, "
+        f"`{entity.sequence}` {entity.fields[entity.sequence]}, `{DELETED_BY}` string, "
+        f"`{SOURCE_FILE}` string, `{MERGED_AT}` timestamp, `{RUN_ID}` string"
+    )
 
 
 def quarantine_ddl(entity: Entity) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,8 +38,8 @@ from order_pipeline.common.checkpoint import (
     check_logs,
 )
 from order_pipeline.common.config import Profile
+from order_pipeline.common.delta_log import delta_log_version
 
-_COMMIT_FILE = re.compile(r"^(\d{20})\.json$")
 CONSUMED_FOLDER = "_consumed"  # under the checkpoint root: one <task>.json per task
 
 
@@ -81,18 +80,6 @@ class Versions:
             return int(spark.sql(f"DESCRIBE HISTORY {table} LIMIT 1").first()["version"])
 
         return cls(version)
-
-
-def delta_log_version(table_folder: Path) -> int | None:
-    """The newest version of the Delta table in ``table_folder`` from its commit files
-    (every commit writes ``_delta_log/<version, 20 digits>.json``; log clean-up removes old
-    ones only); None when there is no table there."""
-    try:
-        names = os.listdir(table_folder / "_delta_log")
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    versions = [int(m.group(1)) for n in names if (m := _COMMIT_FILE.match(n))]
-    return max(versions) if versions else None
 
 
 def checkpoint_due(checkpoint: Path, ran_before: bool) -> str | None:
@@ -149,6 +136,9 @@ class Inputs:
 
     values: dict[str, Any]
     due: str | None = None
+    # what a skipped task still judges without Spark (silver: freshness from the newest
+    # values its last run recorded): details for its run record; raises to fail the task
+    when_skipped: Callable[[], dict[str, object]] | None = field(default=None, compare=False)
 
     def unchanged_since(self, previous: dict[str, Any] | None) -> bool:
         return self.due is None and previous is not None and previous == _plain(self.values)

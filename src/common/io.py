@@ -41,6 +41,7 @@ from order_pipeline.common.contract import (
     SOURCE_FILE,
     quarantine_table,
 )
+from order_pipeline.common.delta_log import LogState, delta_log_version, read_log_state
 from order_pipeline.common.landing import (
     LAYOUT,
     LAYOUT_MARKER,
@@ -347,12 +348,38 @@ class Lakehouse:
         """DESCRIBE DETAIL: id, numFiles, properties, ..."""
         return self.spark.sql(f"DESCRIBE DETAIL {quote(table)}").first()
 
+    # Locally the table's id, properties, emptiness and version are read from its Delta log
+    # in plain Python (common/delta_log.py: milliseconds against a Spark job each); on
+    # Databricks, or where the log is not in a plain form, Spark answers.
+    def log_state(self, table: str) -> LogState | None:
+        if not self.profile.is_local:
+            return None
+        return read_log_state(Path(self.table_path(table)))
+
+    def table_id(self, table: str) -> str:
+        state = self.log_state(table)
+        return state.table_id if state else str(self.detail(table)["id"])
+
+    def properties(self, table: str) -> dict[str, str]:
+        state = self.log_state(table)
+        return state.properties if state else dict(self.detail(table)["properties"] or {})
+
+    def is_empty(self, table: str) -> bool:
+        """Whether the table has no data files (a table whose rows were all deleted by
+        rewriting files has none either; one with deletion vectors may still have some)."""
+        state = self.log_state(table)
+        return (state.live_files if state else self.detail(table)["numFiles"]) == 0
+
     def history(self, table: str, limit: int | None = None) -> list[Row]:
         """The table's commits, newest first."""
         text = f"DESCRIBE HISTORY {quote(table)}" + (f" LIMIT {int(limit)}" if limit else "")
         return self.spark.sql(text).select("version", "operation", "operationMetrics").collect()
 
     def version(self, table: str) -> int:
+        if self.profile.is_local:
+            version = delta_log_version(Path(self.table_path(table)))
+            if version is not None:
+                return version
         return int(self.history(table, 1)[0]["version"])
 
     def rows_written_since(self, table: str, version: int) -> int:
@@ -395,9 +422,6 @@ class Lakehouse:
         writer.saveAsTable(table)
 
     # -- erasure (jobs/erase.py) -----------------------------------------------------------
-    def properties(self, table: str) -> dict[str, str]:
-        return dict(self.detail(table)["properties"] or {})
-
     def set_properties(self, table: str, properties: dict[str, str]) -> None:
         pairs = ", ".join(f"{sql_literal(k)} = {sql_literal(v)}" for k, v in properties.items())
         self.spark.sql(f"ALTER TABLE {quote(table)} SET TBLPROPERTIES ({pairs})")
@@ -412,10 +436,6 @@ class Lakehouse:
         sets = ", ".join(f"{quote(c)} = {e}" for c, e in assignments.items())
         row = self.spark.sql(f"UPDATE {quote(table)} SET {sets} WHERE {condition}").first()
         return int(row[0]) if row is not None else 0
-
-    def delete_where(self, table: str, condition: str) -> None:
-        """DELETE FROM ``table`` WHERE ``condition`` (kept in the history: no personal data)."""
-        self.spark.sql(f"DELETE FROM {quote(table)} WHERE {condition}")
 
     def delete_rows(self, table: str, rows: DataFrame) -> None:
         """Delete every row of ``table`` equal (null-safe, every column) to a row of
@@ -456,9 +476,11 @@ class Lakehouse:
         clauses: list[WhenMatched | WhenNotMatched],
         txn: Txn | None = None,
         idempotent_by_content: bool = False,
-    ) -> None:
+    ) -> dict[str, int]:
         """MERGE ``source`` (aliased ``s``) into ``table`` (aliased ``t``), as SQL on the
-        source's own session (a micro-batch has its own).
+        source's own session (a micro-batch has its own); returns what the MERGE reports
+        (``num_inserted_rows``, ``num_updated_rows``, ``num_deleted_rows``, ...; empty when
+        it was skipped as already committed under ``txn``).
 
         With ``txn`` the MERGE commits under Delta's idempotent-write identity where the
         session may carry it (session settings, always reset). Serverless refuses those
@@ -482,12 +504,19 @@ class Lakehouse:
                 assert txn is not None
                 set_session_conf(session, TXN_APP_ID, txn.app_id)
                 set_session_conf(session, TXN_VERSION, str(txn.version))
-            session.sql(statement)
+            reported = session.sql(statement).first()
         finally:
             if carry_txn:
                 unset_session_conf(session, TXN_APP_ID)
                 unset_session_conf(session, TXN_VERSION)
             session.catalog.dropTempView(view)
+        return {k: int(v) for k, v in reported.asDict().items()} if reported is not None else {}
+
+    def delete_where(self, table: str, condition: str) -> None:
+        """DELETE the rows of ``table`` where the SQL ``condition`` holds. The condition is
+        kept in the table's history: never put personal data in it. A Delta streaming source
+        fails on a commit that removes rows unless it skips change commits."""
+        self.spark.sql(f"DELETE FROM {quote(table)} WHERE {condition}")
 
     def drop(self, table: str) -> None:
         """Drop a table and, locally, its files (a full refresh starts from nothing)."""
@@ -632,8 +661,8 @@ class Lakehouse:
             progress(f"  {recovered}")
         check_writes(log, app_id, writes, way_out)
         if source is not None:
-            check_source(log, source, str(self.detail(source)["id"]), way_out)
-        check_tables(log, {table: str(self.detail(table)["id"]) for table in own}, way_out)
+            check_source(log, source, self.table_id(source), way_out)
+        check_tables(log, {table: self.table_id(table) for table in own}, way_out)
         return app_id
 
     def stream_writes(

@@ -30,6 +30,7 @@ from order_pipeline.common.contract import (
 from order_pipeline.common.inputs import Consumed, Inputs, Versions
 from order_pipeline.common.io import Lakehouse, WhenMatched, WhenNotMatched
 from order_pipeline.common.timing import StepTimer
+from order_pipeline.jobs import checks
 from order_pipeline.jobs.task import (
     TaskContext,
     TaskResult,
@@ -38,6 +39,7 @@ from order_pipeline.jobs.task import (
     run_entry_point,
     task_parser,
 )
+from order_pipeline.quality.dataset_checks import load_gold_checks
 from order_pipeline.transforms import gold
 
 MAINTAINED = (
@@ -72,11 +74,10 @@ class IncrementalNotCheaper(RuntimeError):
 
 # -- reads ---------------------------------------------------------------------------------
 def silver_snapshot(lake: Lakehouse, table: str) -> gold.SilverSnapshot:
-    detail = lake.detail(table)
-    properties = detail["properties"] or {}
+    properties = lake.properties(table)
     return gold.SilverSnapshot(
         table=table,
-        table_id=detail["id"],
+        table_id=lake.table_id(table),
         version=lake.version(table),
         change_data_feed=properties.get("delta.enableChangeDataFeed", "").lower() == "true",
     )
@@ -160,8 +161,28 @@ def silver_changes(
 
 
 def merge_rows(lake: Lakehouse, table: str, rows: DataFrame, key: str) -> None:
-    """Upsert rows by key (silver never deletes, so neither does the gold build)."""
+    """Upsert rows by key."""
     lake.merge(rows, table, f"t.`{key}` = s.`{key}`", [WhenMatched(), WhenNotMatched()])
+
+
+def replace_rows(lake: Lakehouse, table: str, rows: DataFrame, gone: DataFrame, key: str) -> None:
+    """Upsert ``rows`` by key and delete the keys of ``gone`` (rows whose silver source was
+    deleted), in one MERGE. Repeating it changes nothing."""
+    values = {c: f"s.`{c}`" for c in rows.columns}
+    source = rows.withColumn(gold.VANISHED, F.lit(False)).unionByName(
+        gone.select(key).withColumn(gold.VANISHED, F.lit(True)), allowMissingColumns=True
+    )
+    vanished = f"s.`{gold.VANISHED}`"
+    lake.merge(
+        source,
+        table,
+        f"t.`{key}` = s.`{key}`",
+        [
+            WhenMatched(condition=vanished, delete=True),
+            WhenMatched(set=values),
+            WhenNotMatched(condition=f"NOT {vanished}", values=values),
+        ],
+    )
 
 
 def replace_sales_groups(lake: Lakehouse, groups: DataFrame) -> None:
@@ -208,14 +229,31 @@ def update_gold(
         )
         with steps("affected rows"):
             groups = small(lake, groups)
+        # gold rows of the affected orders that the recomputation no longer has: their line
+        # item, or their order, was deleted from silver (the change feed's delete rows)
+        gone = small(
+            lake, replaced.select("line_item_id").join(refreshed, "line_item_id", "left_anti")
+        )
         with steps("details"):
-            merge_rows(lake, contract.ORDER_DETAILS, refreshed, "line_item_id")
+            replace_rows(lake, contract.ORDER_DETAILS, refreshed, gone, "line_item_id")
         fault_hook("order_details_merged")
-        completion = gold.order_completion_status_for_orders(
-            order_ids, silver["orders"], silver["line_items"]
+        completion = small(
+            lake,
+            gold.order_completion_status_for_orders(
+                order_ids, silver["orders"], silver["line_items"]
+            ),
+        )
+        deleted_orders = small(
+            lake,
+            lake.read(contract.ORDER_COMPLETION_STATUS)
+            .join(order_ids, "order_id", "left_semi")
+            .select("order_id")
+            .join(completion, "order_id", "left_anti"),
         )
         with steps("completion"):
-            merge_rows(lake, contract.ORDER_COMPLETION_STATUS, small(lake, completion), "order_id")
+            replace_rows(
+                lake, contract.ORDER_COMPLETION_STATUS, completion, deleted_orders, "order_id"
+            )
         with steps("monthly sales"):
             replace_sales_groups(lake, groups)
     finally:
@@ -238,11 +276,13 @@ def build_incrementally(
     fault_hook: Callable[[str], None],
     max_share: float,
     steps: StepTimer,
-) -> int:
+) -> tuple[int, DataFrame | None]:
     """Bring the gold tables up to the pinned silver versions from the changes since the
-    watermarks; returns the number of affected orders. Raises IncrementalNotCheaper, before
-    any write, when more than ``max_share`` of all orders are affected."""
+    watermarks; returns the number of affected orders, and their ids as local rows when
+    they were few enough to hold so (else None). Raises IncrementalNotCheaper, before any
+    write, when more than ``max_share`` of all orders are affected."""
     order_ids: DataFrame | None = None
+    local_ids: DataFrame | None = None
     try:
         changes = silver_changes(lake, snapshots, watermarks)
         affected = 0
@@ -250,7 +290,8 @@ def build_incrementally(
             ids = gold.affected_orders(changes, silver["orders"], silver["line_items"])
             # reading them reads every change feed: an unreadable one shows here, before a write
             with steps("affected orders"):
-                order_ids = lake.materialize(ids) or lake.cache(ids)
+                local_ids = lake.materialize(ids)
+                order_ids = local_ids if local_ids is not None else lake.cache(ids)
                 affected = order_ids.count()
     except Exception as exc:
         if order_ids is not None:
@@ -272,9 +313,11 @@ def build_incrementally(
         if affected:  # a changed customer without orders, say, changes no gold row
             update_gold(lake, silver, changes, order_ids, fault_hook, steps)
     finally:
-        if order_ids is not None:
+        if order_ids is not None and local_ids is None:
             lake.release(order_ids)
-    return affected
+    if order_ids is None:  # nothing changed: no order rebuilt
+        local_ids = lake.spark.createDataFrame([], "order_id string")
+    return affected, local_ids
 
 
 # -- the task --------------------------------------------------------------------------------
@@ -293,6 +336,7 @@ def run(
         )
     lake.ensure(GOLD_WATERMARKS, WATERMARKS_DDL)
     as_of = ctx.as_of or datetime.now(UTC)
+    gold_checks = load_gold_checks(gold.GOLD_INPUTS)
 
     snapshots = {name: silver_snapshot(lake, silver_table(name)) for name in gold.GOLD_INPUTS}
     versions = {name: s.version for name, s in snapshots.items()}
@@ -305,10 +349,11 @@ def run(
         watermarks,
     )
     affected: int | None = None
+    rebuilt: DataFrame | None = None  # ids of the orders an incremental build rewrote
     steps = StepTimer()
     if reason is None:
         try:
-            affected = build_incrementally(
+            affected, rebuilt = build_incrementally(
                 lake,
                 silver,
                 snapshots,
@@ -332,6 +377,17 @@ def run(
         with steps("watermarks"):
             record_watermarks(lake, list(snapshots.values()), ctx.run_id)
 
+    details_table = lake.read(contract.ORDER_DETAILS)
+    if reason is None and rebuilt is not None:
+        details_table, scope = details_table.join(rebuilt, "order_id", "left_semi"), "rebuilt"
+    else:
+        scope = "every row"
+    with steps("checks"):
+        found = checks.gold_checks(
+            lake, gold_checks, ctx.run_id, details_table, silver,
+            ctx.entities,
+            "the orders this run rebuilt" if scope == "rebuilt" else scope, progress,
+        )  # fmt: skip
     with steps("counts"):
         rows_in = silver["line_items"].count()
         counts = {table: lake.read(table).count() for table in contract.GOLD_TABLES}
@@ -346,6 +402,7 @@ def run(
         "full_rebuild_reason": reason,
         "silver_versions": versions,
         "affected_orders": affected,
+        "checks": found,
         **counts,
     }
     return TaskResult(

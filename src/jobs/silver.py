@@ -29,15 +29,23 @@ from pyspark.sql import functions as F
 
 from order_pipeline.common.config import Entity, Profile
 from order_pipeline.common.contract import (
+    BATCH_ID,
     CHANGE_DATA_FEED,
+    CORRUPT_RECORD,
     DEFERRED_AT,
     DEFERRED_ID,
+    DELETED,
+    DELETED_BY,
     EXPIRED,
     GX_RESULTS,
     METRICS_DDL,
     OPEN,
+    PARSE_ISSUES,
     QUALITY_METRICS,
+    RAW_LINE,
     REPLAYED,
+    RESCUED_DATA,
+    SOURCE_FILE,
     bronze_ddl,
     bronze_table,
     deferred_ddl,
@@ -49,6 +57,8 @@ from order_pipeline.common.contract import (
     silver_ddl,
     silver_table,
     silver_task,
+    tombstone_ddl,
+    tombstone_table,
 )
 from order_pipeline.common.inputs import Consumed, Inputs, Versions, checkpoint_due
 from order_pipeline.common.io import (
@@ -60,6 +70,7 @@ from order_pipeline.common.io import (
     sql_literal,
 )
 from order_pipeline.common.timing import StepTimer
+from order_pipeline.jobs import checks
 from order_pipeline.jobs.task import (
     FaultHook,
     TaskContext,
@@ -70,6 +81,7 @@ from order_pipeline.jobs.task import (
     run_entry_point,
     task_parser,
 )
+from order_pipeline.quality.dataset_checks import Written, where_snapshots_go
 from order_pipeline.quality.gate import (
     GateOutcome,
     apply_quality_gate,
@@ -91,7 +103,17 @@ from order_pipeline.quality.quarantine import (
     to_quarantine_rows,
 )
 from order_pipeline.quality.rules import RuleSet, load_rules, rules_path
-from order_pipeline.transforms.latest import latest_rows, newer_condition
+from order_pipeline.transforms.latest import (
+    TOMB_KEY,
+    TOMB_SEQ,
+    cascade_parent_deletes,
+    latest_per_key,
+    newer_condition,
+    not_behind_tombstones,
+    silver_values,
+    tombstone_rows,
+    with_deletes,
+)
 from order_pipeline.transforms.parse import parse_lines
 
 
@@ -106,35 +128,124 @@ def merge_latest(
     entity: Entity,
     run_id: str,
     txn: Txn | None = None,
-) -> None:
-    """MERGE the latest snapshot per key into ``table``; a row only replaces an older one.
+    append: bool = False,
+    after_silver: Callable[[], None] | None = None,
+    reconcile: bool = False,
+) -> Written:
+    """MERGE the latest snapshot per key into ``table``; a row only replaces an older one,
+    a delete removes an older one, and the deletes become tombstones.
 
     The match condition also bounds the target key by the batch's smallest and largest key
     (``io.key_range_match``): silver is written in key ranges (``SilverBatch.in_key_ranges``),
-    so a batch of recent keys does not read the whole table's history.
+    so a batch of recent keys does not read the whole table's history. ``append``: silver is
+    empty, so the rows are appended instead (the first load).
 
-    Replaying this MERGE changes nothing, with or without ``txn``: a snapshot replaces a row
-    only when it is strictly newer under ``latest.ordering_columns``, so the second time every
-    key matches an equal row. That is what keeps silver exactly once where the platform
-    refuses the idempotent-write session settings (serverless); where it allows them, ``txn``
-    makes the replayed MERGE a skipped commit as well.
+    A snapshot a tombstone beats (its sequence not newer than the key's newest delete) is
+    dropped first: that is what stops an older upsert landing after a delete, a replayed
+    quarantine row or a promoted deferred row from bringing the key back. The tombstones
+    are written after silver: a crash between the two leaves the delete to be redone by
+    the replayed batch (silver no longer has the row, the tombstone is written then).
+
+    Replaying this changes nothing, with or without ``txn``: a snapshot replaces or deletes a
+    row only when it is strictly newer under ``latest.ordering_columns``, and a tombstone only
+    moves to a strictly newer delete, so the second time nothing matches. That is what keeps
+    silver exactly once where the platform refuses the idempotent-write session settings
+    (serverless); where it allows them, ``txn`` makes the replayed MERGE a skipped commit as
+    well.
+
+    ``reconcile``: also count where the newest snapshots went (``Written``), against silver
+    before the write, for the run's reconciliation check; without it only nothing is counted.
     """
+    tombstones = tombstone_table(entity.name)
+    lake.ensure(tombstones, tombstone_ddl(entity))
+    latest = updates.transform(latest_per_key(entity)).transform(
+        not_behind_tombstones(entity, lake.read(tombstones))
+    )
+    values = silver_values(entity, run_id)
+    source = latest.alias("s").select(
+        *[value.alias(name) for name, value in values.items()], DELETED, DELETED_BY
+    )
+    written = Written()
+    newer = newer_condition(entity)
+    if reconcile:
+        written = where_snapshots_go(
+            source, None if append else lake.read(table), entity.key, newer
+        )
+    if append:
+        lake.append(source.where(~F.col(DELETED)).select(*values), table, txn)
+    else:
+        columns = {c: f"s.`{c}`" for c in values}
+        reported = lake.merge(
+            source,
+            table,
+            key_range_match(updates, entity.key),
+            [
+                WhenMatched(condition=f"s.`{DELETED}` AND {newer}", delete=True),
+                WhenMatched(condition=newer, set=columns),
+                WhenNotMatched(condition=f"NOT s.`{DELETED}`", values=columns),
+            ],
+            txn=txn,
+            idempotent_by_content=True,
+        )
+        # a MERGE skipped as already committed (txn) reports nothing: its rows were then
+        # counted above as superseded by silver, which already held them
+        written.upserted = sum(
+            reported.get(f"num_{n}_rows", 0) for n in ("inserted", "updated", "deleted")
+        )
+    if after_silver is not None:
+        after_silver()
+    deletes = with_deletes(updates).where(F.col(DELETED))
+    if deletes.isEmpty():
+        return written
+    # the newest delete per key, winner or not: a delete that lost to a newer snapshot still
+    # dates the key's deletion, which a parent's children are judged by (on_delete)
+    key, sequence = entity.key, entity.sequence
     lake.merge(
-        updates.transform(latest_rows(entity, run_id)),
-        table,
-        key_range_match(updates, entity.key),
-        [WhenMatched(condition=newer_condition(entity)), WhenNotMatched()],
+        deletes.transform(latest_per_key(entity)).transform(tombstone_rows(entity, run_id)),
+        tombstones,
+        f"t.`{key}` = s.`{key}`",
+        [WhenMatched(condition=f"s.`{sequence}` > t.`{sequence}`"), WhenNotMatched()],
         txn=txn,
         idempotent_by_content=True,
     )
+    return written
+
+
+def parent_tombstones(
+    lake: Lakehouse, entity: Entity, entities: dict[str, Entity]
+) -> dict[str, DataFrame]:
+    """Every parent's tombstones as (TOMB_KEY, TOMB_SEQ) (empty before any delete)."""
+    tombs = {}
+    for parent in sorted(set(entity.parents.values())):
+        spec = entities[parent]
+        table = tombstone_table(parent)
+        if lake.exists(table):
+            tombs[parent] = lake.read(table).select(
+                F.col(spec.key).alias(TOMB_KEY), F.col(spec.sequence).alias(TOMB_SEQ)
+            )
+        else:
+            tombs[parent] = lake.spark.createDataFrame(
+                [],
+                f"`{TOMB_KEY}` {spec.fields[spec.key]}, `{TOMB_SEQ}` {spec.fields[spec.sequence]}",
+            )
+    return tombs
 
 
 def parent_keys(
-    lake: Lakehouse, rules: RuleSet, entities: dict[str, Entity]
+    lake: Lakehouse,
+    rules: RuleSet,
+    entities: dict[str, Entity],
+    tombstones: dict[str, DataFrame] | None = None,
 ) -> dict[str, DataFrame]:
-    """The silver keys of every parent a foreign-key rule names (empty before it exists)."""
+    """The silver keys of every parent a foreign-key rule names (empty before it exists),
+    and, for a relation whose on_delete is keep, the parent's deleted keys: a child of a
+    deleted parent is kept, not deferred."""
     keys = {}
-    for parent in {r.parent for r in rules.rules if r.kind == "foreign_key"}:
+    entity = entities[rules.entity]
+    for rule in rules.rules:
+        if rule.kind != "foreign_key":
+            continue
+        parent = rule.parent
         assert parent is not None
         key = entities[parent].key
         table = silver_table(parent)
@@ -142,11 +253,27 @@ def parent_keys(
             keys[parent] = lake.read(table).select(key)
         else:
             keys[parent] = lake.spark.createDataFrame([], f"`{key}` string")
+        if tombstones is not None and entity.on_parent_delete.get(rule.column) == "keep":
+            deleted = tombstones[parent].select(F.col(TOMB_KEY).alias(key))
+            keys[parent] = keys[parent].unionByName(deleted).distinct()
     return keys
 
 
 def check(lake: Lakehouse, rules: RuleSet, entities: dict[str, Entity], df: DataFrame) -> DataFrame:
-    return df.transform(apply_quality_gate(rules, parent_keys(lake, rules, entities)))
+    """The quality gate over ``df``, after the deletes of parents reached it: rows of a
+    deleted parent's cascade relation become deletes, those of a quarantine relation fail
+    its parent_deleted rule, those of a keep relation find their parent."""
+    entity = entities[rules.entity]
+    tombs = parent_tombstones(lake, entity, entities)
+    cascaded = df.transform(cascade_parent_deletes(entity, tombs))
+    return cascaded.transform(
+        apply_quality_gate(
+            rules,
+            parent_keys(lake, rules, entities, tombs),
+            tombs,
+            identity=(entity.key, entity.sequence),
+        )
+    )
 
 
 @dataclass
@@ -183,7 +310,7 @@ class SilverBatch:
         try:
             outcome = split_by_outcome(checked)
             with steps("check"):
-                counts = count_outcomes(self.rules, checked)
+                counts = count_outcomes(self.rules, checked, self.reconciled_key)
             if counts.failing:
                 raise_on_failing(self.rules, outcome.failing, self.entity.columns)
             self.fault_hook("checked", batch_id)
@@ -199,9 +326,15 @@ class SilverBatch:
         finally:
             lake.release(checked)
 
+    @property
+    def reconciled_key(self) -> str | None:
+        """The key, when the run is reconciled: its batches then count passing rows and
+        their keys (quality/dataset_checks.Reconciliation)."""
+        return self.entity.key if self.rules.checks("reconciliation") else None
+
     def silver_is_empty(self, lake: Lakehouse) -> bool:
         if self._silver_empty is None:
-            self._silver_empty = lake.detail(self.silver)["numFiles"] == 0
+            self._silver_empty = lake.is_empty(self.silver)
         return self._silver_empty
 
     def write(
@@ -215,13 +348,26 @@ class SilverBatch:
     ) -> None:
         if counts.passed:
             with steps("merge"):
-                if self.silver_is_empty(lake):
-                    rows = self.in_key_ranges(outcome.passed, counts.passed)
-                    lake.append(
-                        rows.transform(latest_rows(self.entity, self.run_id)), self.silver, txn
-                    )
-                else:
-                    merge_latest(lake, self.silver, outcome.passed, self.entity, self.run_id, txn)
+                empty = self.silver_is_empty(lake)
+                rows = (
+                    self.in_key_ranges(outcome.passed, counts.passed) if empty else outcome.passed
+                )
+                written = merge_latest(
+                    lake,
+                    self.silver,
+                    rows,
+                    self.entity,
+                    self.run_id,
+                    txn,
+                    append=empty,
+                    after_silver=lambda: self.fault_hook("silver_merged", batch_id),
+                    reconcile=self.reconciled_key is not None,
+                )
+                if self.reconciled_key is not None:
+                    counts.upserted = written.upserted
+                    counts.superseded_by_silver = written.superseded_by_silver
+                    counts.deletes_absent = written.deletes_absent
+                    counts.behind_tombstones = counts.merge_keys - written.rows
                 self._silver_empty = False
         self.fault_hook("merged", batch_id)
         if counts.quarantined:
@@ -286,6 +432,10 @@ class Silver:
     def deferred(self) -> str:
         return deferred_table(self.entity.name)
 
+    @property
+    def tombstones(self) -> str:
+        return tombstone_table(self.entity.name)
+
     def ensure_tables(self) -> None:
         # the gold build reads what changed from the change data feed
         # personal fields stay out of the statistics Delta keeps in its log (contract.py)
@@ -299,6 +449,7 @@ class Silver:
             self.quarantine, quarantine, properties=personal_properties(entity, quarantine)
         )
         self.lake.ensure(self.deferred, deferred, properties=personal_properties(entity, deferred))
+        self.lake.ensure(self.tombstones, tombstone_ddl(self.entity))
         self.lake.ensure(QUALITY_METRICS, METRICS_DDL)
 
     def batch_function(self, app_id: str) -> SilverBatch:
@@ -412,6 +563,77 @@ class Silver:
             [WhenNotMatched()],
         )
 
+    # -- deletes of parents and tombstones -------------------------------------------------
+    def apply_parent_deletes(self) -> tuple[int, int]:
+        """Silver rows whose parent was deleted at or after their sequence, under a cascade
+        or quarantine relation: cascaded ones are deleted (tombstones at the parent's delete),
+        the others move to quarantine (reason <column>_parent_deleted) and leave silver.
+        Returns (cascaded, quarantined). Safe to repeat: the quarantine insert is keyed, the
+        silver delete matches the row quarantined only, and a cascade is a newest-wins delete."""
+        relations = [c for c, r in self.entity.on_parent_delete.items() if r != "keep"]
+        if not relations:
+            return 0, 0
+        tombs = parent_tombstones(self.lake, self.entity, self.entities)
+        # pinned: the rows found must not change when the MERGEs below remove them (the
+        # frames are recomputed for each write where the batch is not cached)
+        current = self.lake.read(self.silver, self.lake.version(self.silver))
+        reached = [
+            current.join(
+                tombs[self.entity.parents[c]],
+                (F.col(c) == F.col(TOMB_KEY)) & (F.col(TOMB_SEQ) >= F.col(self.entity.sequence)),
+                "left_semi",
+            )
+            for c in relations
+        ]
+        rows = reached[0]
+        for more in reached[1:]:
+            rows = rows.unionByName(more)
+        candidates = rows.distinct().select(
+            *self.entity.columns,
+            F.lit(None).cast("string").alias(CORRUPT_RECORD),
+            F.lit(None).cast("string").alias(RESCUED_DATA),
+            F.array().cast("array<string>").alias(PARSE_ISSUES),
+            F.lit(None).cast("string").alias(RAW_LINE),
+            SOURCE_FILE,
+            F.lit(None).cast("bigint").alias(BATCH_ID),
+            F.lit(False).alias(DELETED),
+        )
+        checked = self.lake.cache(self.check(candidates))
+        try:
+            if checked.isEmpty():
+                return 0, 0
+            outcome = split_by_outcome(checked)
+            cascaded = outcome.passed.where(F.col(DELETED))
+            n_cascaded, n_quarantined = cascaded.count(), outcome.quarantined.count()
+            if n_cascaded:
+                merge_latest(self.lake, self.silver, cascaded, self.entity, self.run_id)
+            if n_quarantined:
+                self.insert_quarantine_once(
+                    outcome.quarantined.transform(
+                        to_quarantine_rows(self.entity, F.col(BATCH_ID), self.run_id, OPEN)
+                    )
+                )
+                self.fault_hook("parent_deleted_quarantined", None)
+                key, sequence = self.entity.key, self.entity.sequence
+                self.lake.merge(
+                    outcome.quarantined.select(key, sequence, SOURCE_FILE),
+                    self.silver,
+                    f"t.`{key}` = s.`{key}` AND t.`{sequence}` = s.`{sequence}` "
+                    f"AND t.`{SOURCE_FILE}` <=> s.`{SOURCE_FILE}`",
+                    [WhenMatched(delete=True)],
+                )
+        finally:
+            self.lake.release(checked)
+        return n_cascaded, n_quarantined
+
+    def purge_tombstones(self, now: datetime | None = None) -> None:
+        """Drop the tombstones older than conf/pipeline.yml's deletes.tombstone_retention."""
+        retention = self.entity.tombstone_retention_seconds
+        if retention is None:
+            return
+        cutoff = (now or datetime.now(UTC)) - timedelta(seconds=retention)
+        self.lake.delete_where(self.tombstones, f"`{self.entity.sequence}` < {sql_literal(cutoff)}")
+
     # -- replay -------------------------------------------------------------------------
     def replay(
         self, rule: str | None = None, statuses: tuple[str, ...] = (OPEN,)
@@ -502,7 +724,7 @@ def run(
     lake, name = silver.lake, silver.entity.name
     checkpoint = silver_checkpoint(name)
     if ctx.full_refresh:
-        for table in (silver.silver, silver.quarantine, silver.deferred):
+        for table in (silver.silver, silver.quarantine, silver.deferred, silver.tombstones):
             lake.drop(table)
         lake.reset_checkpoint(checkpoint)
     bronze = bronze_ddl(silver.entity)
@@ -523,9 +745,15 @@ def run(
     # The batches may have run in another process (Spark Connect): what they did is read
     # back from the metrics rows they wrote, not from Python state.
     counts, batches = silver.stream_counts()
-    parents = parent_versions(silver.entity, Versions.of(lake.profile, lake.spark))
-    why = deferred_pass_due(ctx, parents)
-    promoted = expired = 0
+    versions = Versions.of(lake.profile, lake.spark)
+    parents = parent_versions(silver.entity, versions)
+    tombstones = tombstone_versions(silver.entity, versions)
+    why = deferred_pass_due(ctx, parents, tombstones)
+    promoted = expired = cascaded = parent_quarantined = 0
+    before = ctx.previous.state.get("parent_tombstones") if ctx.previous is not None else None
+    if before != tombstones:  # a parent deleted a key since the last pass, or a first pass
+        cascaded, parent_quarantined = silver.apply_parent_deletes()
+    silver.purge_tombstones()
     if why is not None:
         promoted, expired = silver.resolve_deferred()
     else:
@@ -537,6 +765,12 @@ def run(
         f"{counts.quarantined}, deferred {counts.deferred}; earlier deferred rows promoted "
         f"{promoted}, expired {expired}"
     )
+    found = checks.silver_checks(
+        checks.SilverRun(lake, silver.entity, silver.rules, ctx.run_id, silver.silver, counts,
+                         bool(counts.checked or promoted or expired),
+                         ctx.previous.state if ctx.previous else None, ctx.full_refresh),
+        progress,
+    )  # fmt: skip
     alert = silver.check_quarantine_ratio(counts)
     return TaskResult(
         rows_in=counts.checked,
@@ -546,17 +780,31 @@ def run(
             "deferred": counts.deferred,
             "promoted": promoted,
             "expired": expired,
+            "cascaded": cascaded,
+            "parent_deleted_quarantined": parent_quarantined,
             "batches": batches,
             "ratio_warning": alert,
             "deferred_pass": why or "not needed",
+            "checks": found.details,
         },
-        state={"parents": parents, **silver.deferred_backlog()},
+        state={
+            "parents": parents,
+            "parent_tombstones": tombstones,
+            **silver.deferred_backlog(),
+            **found.state,
+        },
     )
 
 
 # -- what a silver task consumes ---------------------------------------------------------
 def parent_versions(entity: Entity, versions: Versions) -> dict[str, int | None]:
     return {p: versions(silver_table(p)) for p in sorted(set(entity.parents.values()))}
+
+
+def tombstone_versions(entity: Entity, versions: Versions) -> dict[str, int | None]:
+    """The Delta versions of the parents' tombstone tables: a parent's delete can reach this
+    entity's rows in silver and in deferred (``Silver.apply_parent_deletes``)."""
+    return {p: versions(tombstone_table(p)) for p in sorted(set(entity.parents.values()))}
 
 
 def deferral_expired(ctx: TaskContext, oldest: str | None) -> bool:
@@ -568,7 +816,11 @@ def deferral_expired(ctx: TaskContext, oldest: str | None) -> bool:
     return datetime.now(UTC) >= expires
 
 
-def deferred_pass_due(ctx: TaskContext, parents: dict[str, int | None]) -> str | None:
+def deferred_pass_due(
+    ctx: TaskContext,
+    parents: dict[str, int | None],
+    tombstones: dict[str, int | None] | None = None,
+) -> str | None:
     """Why the deferred rows must be re-checked now, or None: only a parent that moved or a
     deferral that expired can change their outcome (rows deferred by this run's batches were
     checked against the parents as they are)."""
@@ -579,6 +831,8 @@ def deferred_pass_due(ctx: TaskContext, parents: dict[str, int | None]) -> str |
         return None
     if previous.state.get("parents") != parents:
         return "a parent table moved"
+    if tombstones is not None and previous.state.get("parent_tombstones", {}) != tombstones:
+        return "a parent deleted a key"
     if deferral_expired(ctx, previous.state.get("oldest_deferred_at")):
         return "a deferral expired"
     return None
@@ -595,16 +849,27 @@ def inputs(ctx: TaskContext, versions: Versions, previous: Consumed | None) -> I
     quarantine = quarantine_table(name)
     if profile.quarantine_schema and profile.quarantine_schema != profile.schema:
         quarantine = f"{profile.quarantine_schema}.{quarantine}"
-    outputs = [silver_table(name), quarantine, deferred_table(name)]
+    outputs = [silver_table(name), quarantine, deferred_table(name), tombstone_table(name)]
     if missing := [t for t in outputs if versions(t) is None]:
         due = f"{missing[0]} does not exist"
     else:
         due = checkpoint_due(checkpoint, ran_before=previous is not None) or deferred_pass_due(
-            replace(ctx, previous=previous), parent_versions(entity, versions)
+            replace(ctx, previous=previous),
+            parent_versions(entity, versions),
+            tombstone_versions(entity, versions),
         )
     rules = hashlib.sha256(rules_path(entity).read_bytes()).hexdigest()
-    values = {"bronze": versions(bronze_table(name)), "rules": rules, "contract": entity.ddl()}
-    return Inputs(values, due)
+    values = {
+        "bronze": versions(bronze_table(name)),
+        "rules": rules,
+        "contract": entity.ddl(),
+        # a parent's delete reaches this entity's rows already in silver (apply_parent_deletes)
+        "parent_tombstones": tombstone_versions(entity, versions),
+    }
+    ruleset = load_rules(entity, ctx.entities)
+    return Inputs(
+        values, due, when_skipped=lambda: checks.silver_checks_when_skipped(ruleset, previous)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -188,7 +188,16 @@ def run_task(
                 and inputs.unchanged_since(previous.inputs)
             ):
                 result = TaskResult(details={"skipped": f"nothing new since run {previous.run_id}"})
-                _record(ctx, task, started, "SKIPPED", None, result, spark, progress)
+                status, error = "SKIPPED", None
+                try:
+                    if inputs.when_skipped is not None:
+                        result.details.update(inputs.when_skipped())
+                except BaseException as exc:
+                    status = "FAILED"
+                    error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]
+                    raise
+                finally:
+                    _record(ctx, task, started, status, error, result, spark, progress)
                 return result
         spark = spark or get_spark(ctx.profile, app_name=f"order-pipeline-{task}")
         status, error, result = "SUCCESS", None, TaskResult()

@@ -17,6 +17,17 @@ def fk_column(rule: Rule) -> str:
     return f"__fk_{rule.name}"
 
 
+def pd_column(rule: Rule) -> str:
+    """The helper column a parent_deleted lookup adds: the parent's delete sequence."""
+    return f"__pd_{rule.name}"
+
+
+def parent_deleted(rule: Rule) -> Column:
+    """The parent was deleted at or after this snapshot's sequence (its relation's
+    on_delete is quarantine, conf/pipeline.yml)."""
+    return F.col(pd_column(rule)).isNotNull()
+
+
 def malformed(rule: Rule) -> Column:
     """The line did not parse to the contract (kept as raw text in ``_corrupt_record``)."""
     return F.col(CORRUPT_RECORD).isNotNull()
@@ -77,6 +88,7 @@ CHECKS: dict[str, Callable[[Rule], Column]] = {
     "expression": expression,
     "parse_issue": parse_issue,
     "not_blank": not_blank,
+    "parent_deleted": parent_deleted,
 }
 
 

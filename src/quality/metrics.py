@@ -20,6 +20,13 @@ from order_pipeline.common.contract import (
 from order_pipeline.quality.rules import RuleSet
 
 OUTCOMES = ("quarantined", "deferred", "failing")
+# measured on the passing rows of a micro-batch, for the run's reconciliation
+# (quality/dataset_checks.Reconciliation): the rows, their distinct keys (the MERGE's source
+# rows), those of which silver already held a newer or equal snapshot, the silver rows
+# the batch's MERGE (or first-load append) wrote, those a tombstone beat and the deletes of
+# keys silver did not hold
+PASSING_OUTCOMES = ("passing", "merge_keys", "superseded_by_silver", "upserted",
+                    "behind_tombstones", "deletes_absent")  # fmt: skip
 OUTCOME_PREFIX = "outcome:"
 STREAM = "stream"  # metrics rows of micro-batches (other sources: replay, deferred passes)
 
@@ -31,6 +38,12 @@ class BatchCounts:
     deferred: int = 0
     failing: int = 0
     per_rule: dict[str, int] = field(default_factory=dict)
+    passing: int = 0
+    merge_keys: int = 0
+    superseded_by_silver: int = 0
+    upserted: int = 0
+    behind_tombstones: int = 0
+    deletes_absent: int = 0
 
     @property
     def passed(self) -> int:
@@ -41,11 +54,15 @@ class BatchCounts:
         self.quarantined += other.quarantined
         self.deferred += other.deferred
         self.failing += other.failing
+        for name in PASSING_OUTCOMES:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
         for rule, n in other.per_rule.items():
             self.per_rule[rule] = self.per_rule.get(rule, 0) + n
 
 
-def count_outcomes(ruleset: RuleSet, checked: DataFrame) -> BatchCounts:
+def count_outcomes(ruleset: RuleSet, checked: DataFrame, key: str | None = None) -> BatchCounts:
+    """The batch's outcomes in one aggregation; with the entity's ``key``, the passing rows
+    are also counted as such (not as the remainder) with their distinct keys."""
     has = {name: F.size(F.col(name)) > 0 for name in (FAILED_FAIL, FAILED_QUARANTINE, FAILED_DEFER)}
     aggregates = [
         F.count(F.lit(1)).alias("checked"),
@@ -59,6 +76,12 @@ def count_outcomes(ruleset: RuleSet, checked: DataFrame) -> BatchCounts:
         F.count_if(F.array_contains(REASONS, rule.name)).alias(f"rule_{i}")
         for i, rule in enumerate(ruleset.rules)
     ]
+    if key is not None:
+        passing = ~has[FAILED_FAIL] & ~has[FAILED_QUARANTINE] & ~has[FAILED_DEFER]
+        aggregates += [
+            F.count_if(passing).alias("passing"),
+            F.count_distinct(F.when(passing, F.col(key))).alias("merge_keys"),
+        ]
     row = checked.agg(*aggregates).first()
     return BatchCounts(
         checked=row["checked"],
@@ -66,6 +89,8 @@ def count_outcomes(ruleset: RuleSet, checked: DataFrame) -> BatchCounts:
         deferred=row["deferred"],
         failing=row["failing"],
         per_rule={rule.name: row[f"rule_{i}"] for i, rule in enumerate(ruleset.rules)},
+        passing=row["passing"] if key is not None else 0,
+        merge_keys=row["merge_keys"] if key is not None else 0,
     )
 
 
@@ -86,7 +111,7 @@ def metrics_rows(
     rows += [
         (ruleset.entity, run_id, batch_id, source, f"{OUTCOME_PREFIX}{outcome}", "outcome", counts.checked,
          getattr(counts, outcome), now)
-        for outcome in OUTCOMES
+        for outcome in (*OUTCOMES, *PASSING_OUTCOMES)
     ]  # fmt: skip
     return spark.createDataFrame(rows, METRICS_DDL)
 
@@ -100,7 +125,7 @@ def run_counts(ruleset: RuleSet, rows: Iterable[Row]) -> tuple[BatchCounts, int]
         rule = row["rule"]
         if rule.startswith(OUTCOME_PREFIX):
             outcome = rule.removeprefix(OUTCOME_PREFIX)
-            if outcome in OUTCOMES:
+            if outcome in (*OUTCOMES, *PASSING_OUTCOMES):
                 setattr(counts, outcome, row["rows_failed"])
         elif rule in {r.name for r in ruleset.rules}:
             counts.per_rule[rule] = row["rows_failed"]

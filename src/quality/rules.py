@@ -16,9 +16,10 @@ from order_pipeline.common.config import (
     require,
 )
 from order_pipeline.common.contract import PARSE_ISSUE_CODES
+from order_pipeline.quality.dataset_checks import ENTITY_KINDS, DatasetCheck, load_dataset_checks
 
 KINDS = ("malformed", "not_null", "regex", "in_set", "range", "foreign_key", "expression",
-         "parse_issue", "not_blank")  # fmt: skip
+         "parse_issue", "not_blank", "parent_deleted")  # fmt: skip
 SEVERITIES = ("quarantine", "warn", "fail", "defer")
 RATIO_ACTIONS = ("fail", "warn")
 
@@ -57,7 +58,7 @@ class Rule:
             raise SettingError("values", "an in_set rule needs a non-empty list of values")
         if self.kind == "range" and self.min is None and self.max is None:
             raise SettingError("min", "a range rule needs min, max or both")
-        if self.kind == "foreign_key" and not self.parent:
+        if self.kind in ("foreign_key", "parent_deleted") and not self.parent:
             raise SettingError("parent", "a foreign_key rule needs the parent entity")
         if self.kind == "foreign_key" and self.severity not in ("defer", "quarantine", "warn"):
             raise SettingError("severity", "a foreign_key rule is defer, quarantine or warn")
@@ -75,6 +76,7 @@ class RuleSet:
     rules: tuple[Rule, ...]
     max_quarantine_ratio: float = 1.0
     on_ratio_breach: str = "fail"
+    dataset_checks: tuple[DatasetCheck, ...] = ()  # quality/dataset_checks.py
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_quarantine_ratio <= 1.0:
@@ -88,6 +90,10 @@ class RuleSet:
 
     def of(self, *severities: str) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.severity in severities)
+
+    def checks(self, kind: str) -> bool:
+        """Whether a dataset check of ``kind`` is configured."""
+        return any(c.kind == kind for c in self.dataset_checks)
 
     def named(self, name: str) -> Rule:
         for rule in self.rules:
@@ -153,10 +159,27 @@ def load_rules(
                 f"no foreign_key rule checks {entity.name}.{column} -> {parent}, a parent "
                 f"declared in conf/pipeline.yml (entities.{entity.name}.parents)",
             )
+    # a relation whose on_delete is quarantine (conf/pipeline.yml) is a rule of its own,
+    # so its rows are counted per batch like any other rule's
+    for column, on_delete in entity.on_parent_delete.items():
+        if on_delete == "quarantine":
+            rules.append(
+                Rule(
+                    name=f"{column}_parent_deleted",
+                    kind="parent_deleted",
+                    severity="quarantine",
+                    column=column,
+                    parent=entity.parents[column],
+                    description=f"The {entity.parents[column]} this row refers to was deleted "
+                    f"(conf/pipeline.yml: {entity.name}.parents.{column}.on_delete quarantine).",
+                )
+            )
+    dataset_checks = load_dataset_checks(data, path, ENTITY_KINDS)
     try:
         return RuleSet(
             entity=entity.name,
             rules=tuple(rules),
+            dataset_checks=dataset_checks,
             max_quarantine_ratio=number(
                 data.get("max_quarantine_ratio", 1.0), "max_quarantine_ratio"
             ),

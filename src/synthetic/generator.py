@@ -222,6 +222,10 @@ class GeneratorConfig:
     orders: int | None = None
     files_per_entity: int = 4
     fault_rate: float = 0.02
+    # share of genuine lines followed by a delete of their key (conf/pipeline.yml deletes),
+    # dated up to an hour later: later snapshots of the key within that hour land after it
+    # (older upserts that must not bring the key back), later ones re-create it
+    delete_rate: float = 0.0
     increment_ratio: float = 0.01
     end_date: date = field(default_factory=_today_utc)
     months: int = 6
@@ -255,6 +259,9 @@ class GeneratorConfig:
         if not is_number(self.fault_rate) or not 0 <= self.fault_rate <= 0.5:
             fail("fault_rate", "must be a share of lines in [0, 0.5]")
         object.__setattr__(self, "fault_rate", float(self.fault_rate))
+        if not is_number(self.delete_rate) or not 0 <= self.delete_rate <= 0.5:
+            fail("delete_rate", "must be a share of lines in [0, 0.5]")
+        object.__setattr__(self, "delete_rate", float(self.delete_rate))
         if not is_number(self.increment_ratio) or not 0 < self.increment_ratio <= 1:
             fail("increment_ratio", "must be a share of batch 0 in (0, 1]")
         object.__setattr__(self, "increment_ratio", float(self.increment_ratio))
@@ -280,6 +287,7 @@ class GeneratorConfig:
             "orders": self.count("orders"),
             "files_per_entity": self.files_per_entity,
             "fault_rate": self.fault_rate,
+            **({"delete_rate": self.delete_rate} if self.delete_rate else {}),
             "increment_ratio": self.increment_ratio,
             "end_date": self.end_date.isoformat(),
             "months": self.months,
@@ -515,6 +523,10 @@ class _EntityWriter:
         self.lines: dict[int, int] = {}
         self.faults: list[dict[str, Any]] = []
         self.orphans = 0
+        # deletes draw from their own stream: delete_rate 0 lands exactly what it did before
+        self.delete_rate = config.delete_rate
+        self.delete_rng = random.Random(f"{config.seed}:{config.batch}:deletes:{entity}")
+        self.deletes: list[dict[str, Any]] = []
 
     # -- output
     def _offset(self) -> int:
@@ -559,6 +571,20 @@ class _EntityWriter:
             self._record(bucket, line, "early_line_item", record[0], parent_batch=1)
         elif self.probability and self.rng.random() < self.probability:
             self._inject(timeline, idx, bucket, text)
+        if self.delete_rate and self.delete_rng.random() < self.delete_rate:
+            self._delete(record, bucket)
+
+    def _delete(self, record: Record, bucket: int) -> None:
+        """A tombstone of the record's key, up to an hour after it (never earlier: the key
+        existed), in the same file."""
+        ts = record[-1] + self.delete_rng.randint(1, _HOUR)
+        stamp = self.render.timestamp(ts, 0)
+        text = json.dumps({self.key: record[0], "updated_at": stamp, "_deleted": True})
+        line = self._put(bucket, text)
+        self.deletes.append(
+            {"entity": self.entity, "bucket": bucket, "line": line, "key": record[0],
+             "updated_at": stamp}
+        )  # fmt: skip
 
     # -- faults
     def _inject(self, timeline: Timeline, idx: int, bucket: int, text: str) -> None:
@@ -1188,8 +1214,14 @@ def generate(config: GeneratorConfig, progress: Progress = print) -> dict[str, A
         counts[entity] = {
             "lines": sum(writer.lines.values()),
             "faults": dict(sorted(kinds.items())),
+            **({"deletes": len(writer.deletes)} if config.delete_rate else {}),
         }
     faults.sort(key=lambda f: (ENTITIES.index(f["entity"]), f["file"], f["line"]))
+    deletes = [
+        {**{k: v for k, v in d.items() if k != "bucket"}, "file": relative[(e, d["bucket"])]}
+        for e, writer in writers.items()
+        for d in writer.deletes
+    ]
     low, high = world.window(config.batch)
     manifest = {
         "seed": config.seed,
@@ -1200,6 +1232,7 @@ def generate(config: GeneratorConfig, progress: Progress = print) -> dict[str, A
         "files": files,
         "counts": counts,
         "faults": faults,
+        **({"deletes": deletes} if config.delete_rate else {}),
     }
     _write_manifest(config, manifest)
     return manifest

@@ -16,6 +16,10 @@ Per field type (conf/pipeline.yml):
 - An object that names a field twice is reported (``duplicate_field``), as is every field
   outside the contract (``extra_field``); extra fields are kept in ``_rescued_data``.
 
+- The delete marker (conf/pipeline.yml ``deletes.marker``, ``_deleted``): a JSON boolean;
+  ``true`` makes the record a tombstone of its key, kept in ``_deleted`` (false when absent).
+  Another JSON type makes the line unparsed, as for any field.
+
 What is reported lands in ``_parse_issues`` as ``<issue>:<field>``, and the quality rules of
 kind ``parse_issue`` (conf/quality/<entity>.yml) decide its severity. A line with any issue
 keeps its raw text in ``_raw_line``, so a replay parses the line itself again. A line that is
@@ -32,7 +36,13 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from order_pipeline.common.config import Entity
-from order_pipeline.common.contract import CORRUPT_RECORD, PARSE_ISSUES, RAW_LINE, RESCUED_DATA
+from order_pipeline.common.contract import (
+    CORRUPT_RECORD,
+    DELETED,
+    PARSE_ISSUES,
+    RAW_LINE,
+    RESCUED_DATA,
+)
 
 ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})$"
 EARLIEST, LATEST = "1900-01-01 00:00:00", "2200-01-01 00:00:00"  # the sane range, in UTC
@@ -53,7 +63,10 @@ def parse_lines(entity: Entity, line: str = "value") -> Callable[[DataFrame], Da
         utf8 = F.is_valid_utf8(raw)  # else the bytes would be read through a lossy decoding
         text = F.when(utf8, F.regexp_replace(raw, "^\ufeff", ""))  # a byte order mark is not data
         options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_RECORD}
-        typed = F.from_json(text, f"{entity.ddl()}, `{CORRUPT_RECORD}` string", options)
+        marker = entity.delete_marker
+        typed = F.from_json(
+            text, f"{entity.ddl()}, `{marker}` boolean, `{CORRUPT_RECORD}` string", options
+        )
         keys = F.json_object_keys(text)
         repeated = F.array_distinct(
             F.filter(keys, lambda k: F.size(F.filter(keys, lambda j: j == k)) > 1)
@@ -61,7 +74,7 @@ def parse_lines(entity: Entity, line: str = "value") -> Callable[[DataFrame], Da
         unique_keys = F.coalesce(F.size(repeated), F.lit(0)) == 0
         # every field's token as text (only where no field repeats: a map may not)
         tokens = F.when(unique_keys, F.from_json(text, "map<string,string>"))
-        contract = F.array(*[F.lit(c) for c in entity.columns])
+        contract = F.array(*[F.lit(c) for c in [*entity.columns, marker]])
         extras = F.array_except(F.coalesce(keys, F.array().cast("array<string>")), contract)
         issues = [
             F.transform(F.coalesce(repeated, F.array()), lambda k: F.concat(F.lit("duplicate_field:"), k)),
@@ -88,12 +101,16 @@ def parse_lines(entity: Entity, line: str = "value") -> Callable[[DataFrame], Da
                 # the fields that did parse are kept beside the raw text of a malformed line
                 **{c: F.when(utf8, typed[c]) for c in entity.columns},
                 CORRUPT_RECORD: F.when(~parsed, raw),
+                DELETED: F.coalesce(F.when(parsed, typed[marker]), F.lit(False)),
                 RESCUED_DATA: F.when(
                     parsed & (F.size(extras) > 0),
                     F.to_json(F.map_filter(tokens, lambda k, _: ~F.array_contains(contract, k))),
                 ),
                 PARSE_ISSUES: F.when(parsed, found).otherwise(F.array().cast("array<string>")),
-                RAW_LINE: F.when(parsed & (F.size(found) > 0), raw),
+                # and of every delete: a quarantined delete keeps its marker for replay
+                RAW_LINE: F.when(
+                    parsed & ((F.size(found) > 0) | F.coalesce(typed[marker], F.lit(False))), raw
+                ),
             }
         )
 

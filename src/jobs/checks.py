@@ -1,0 +1,224 @@
+"""The dataset checks' reads and their one write per task (quality/dataset_checks.py has
+the model, the verdicts and the aggregations).
+
+Cost: a task's results are appended to ops_quality_metrics in one commit, once per task run
+(never per micro-batch; a skipped task writes none: its freshness is judged in plain Python
+and goes to its run record). The reads are aggregations bounded by what the run wrote:
+freshness reads the rows at or after the newest value seen last time (Delta skips the
+older files by their statistics), uniqueness the key range of the rows the run wrote,
+reconciliation and volume the metrics rows of the entity's micro-batches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from order_pipeline.common.config import Entity
+from order_pipeline.common.contract import (
+    INGESTED_AT,
+    QUALITY_METRICS,
+    RUN_ID,
+    bronze_table,
+    tombstone_table,
+)
+from order_pipeline.common.inputs import Consumed
+from order_pipeline.common.io import Lakehouse, Txn
+from order_pipeline.quality import dataset_checks as dc
+from order_pipeline.quality.metrics import OUTCOME_PREFIX, STREAM, BatchCounts
+from order_pipeline.quality.rules import RuleSet
+
+NEWEST_UPDATED = "newest_updated_at"  # task state keys: what freshness is judged by when the
+NEWEST_INGESTED = "newest_ingested_at"  # task is skipped
+
+
+@dataclass
+class CheckOutcome:
+    """What a task's checks found: for its run record and for its next (skipped) run."""
+
+    details: list[dict[str, Any]] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def record(
+    lake: Lakehouse,
+    task: str,
+    run_id: str,
+    results: list[dc.CheckResult],
+    progress: Callable[[str], None],
+    write: bool = True,
+) -> list[dict[str, Any]]:
+    """Append the results in one commit (unless ``write`` is false: a run that wrote
+    nothing commits nothing), then warn or fail (quality/dataset_checks.enforce)."""
+    if not results:
+        return []
+    if write:
+        rows = dc.result_rows(lake.spark, results, run_id)
+        lake.append(rows, QUALITY_METRICS, Txn(dc.results_identity(task, run_id, results), 0))
+    return dc.enforce(results, progress)
+
+
+# -- silver ---------------------------------------------------------------------------------------
+def run_history(lake: Lakehouse, entity: str, run_id: str, runs: int) -> list[int]:
+    """Rows read from bronze by the entity's last ``runs`` earlier silver runs that read
+    any, newest first (from their micro-batches' ops_quality_metrics rows)."""
+    rows = (
+        lake.read(QUALITY_METRICS)
+        .where(
+            (F.col("entity") == entity)
+            & (F.col("source") == STREAM)
+            & (F.col("rule") == f"{OUTCOME_PREFIX}quarantined")
+            & (F.col("run_id") != run_id)
+        )
+        .groupBy("run_id")
+        .agg(F.sum("rows_checked").alias("rows"), F.max("measured_at").alias("at"))
+        .where(F.col("rows") > 0)
+        .orderBy(F.col("at").desc())
+        .limit(runs)
+        .collect()
+    )
+    return [int(r["rows"]) for r in rows]
+
+
+def newest(
+    df: DataFrame, column: str, previous: dict[str, Any] | None, state_key: str
+) -> datetime | None:
+    """The newest value of ``column``: at least what the last run saw (recorded in its
+    state), so only the rows at or after it are read."""
+    seen = dc.parse_instant((previous or {}).get(state_key))
+    found = dc.newest_value(df, column, since=seen)
+    return max((v for v in (seen, found) if v is not None), default=None)
+
+
+@dataclass(frozen=True)
+class SilverRun:
+    """What the silver task hands to its checks."""
+
+    lake: Lakehouse
+    entity: Entity
+    rules: RuleSet
+    run_id: str
+    silver: str
+    counts: BatchCounts  # the run's micro-batches, from their metrics rows
+    wrote: bool  # whether the run wrote anything (micro-batches, promoted or expired rows)
+    previous_state: dict[str, Any] | None
+    full_refresh: bool
+
+
+def silver_checks(run: SilverRun, progress: Callable[[str], None]) -> CheckOutcome:
+    lake, entity, name = run.lake, run.entity, run.entity.name
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    outcome = CheckOutcome()
+    results: list[dc.CheckResult] = []
+    newest_seen: dict[str, datetime | None] = {}
+    for check in run.rules.dataset_checks:
+        if check.kind == "freshness":
+            if check.of not in newest_seen:
+                if check.of == "silver":
+                    # a key's updated_at only grows: the newest is the last run's or one of
+                    # the rows this run wrote (Delta skips the other files by _run_id)
+                    table, column, key = run.silver, entity.sequence, NEWEST_UPDATED
+                    rows = lake.read(table).where(F.col(RUN_ID) == run.run_id)
+                else:
+                    table, column, key = bronze_table(name), INGESTED_AT, NEWEST_INGESTED
+                    rows = lake.read(table)
+                value = newest(rows, column, run.previous_state, key)
+                newest_seen[check.of] = value
+                outcome.state[key] = value and value.isoformat()
+            results.append(dc.freshness(check, name, newest_seen[check.of], now))
+        elif check.kind == "volume":
+            assert check.runs is not None
+            rows = 0 if run.full_refresh else run.counts.checked
+            history = run_history(lake, name, run.run_id, check.runs) if rows else []
+            results.append(dc.volume(check, name, rows, history))
+        elif check.kind == "unique_key":
+            table = lake.read(run.silver)
+            written, low, high = dc.touched_keys(table, entity.key, RUN_ID, run.run_id)
+            if written:
+                checked, duplicates = dc.duplicate_keys(
+                    table, entity.key, RUN_ID, run.run_id, low, high
+                )
+            else:
+                checked, duplicates = 0, dc.Duplicates(0, 0, None)
+            results.append(dc.unique_key(check, name, entity.key, checked, duplicates))
+        elif check.kind == "reconciliation":
+            results.append(dc.reconciliation(check, name, reconcile(run)))
+    outcome.details = record(lake, f"silver_{name}", run.run_id, results, progress, run.wrote)
+    progress(
+        f"  silver_{name}: {len(results)} dataset checks in {time.perf_counter() - started:.1f}s"
+    )
+    return outcome
+
+
+def reconcile(run: SilverRun) -> dc.Reconciliation:
+    """The terms, summed over the run's micro-batches from their metrics rows: each batch
+    counted them itself and recorded them in the commit that records it, so a batch
+    replayed after a crash is counted once, with what each attempt wrote."""
+    counts = run.counts
+    return dc.Reconciliation(
+        bronze_rows=counts.checked,
+        upserted=counts.upserted,
+        quarantined=counts.quarantined,
+        deferred=counts.deferred,
+        superseded_in_batch=counts.passing - counts.merge_keys,
+        superseded_by_silver=counts.superseded_by_silver,
+        behind_tombstones=counts.behind_tombstones,
+        deletes_absent=counts.deletes_absent,
+    )
+
+
+def silver_checks_when_skipped(
+    rules: RuleSet, previous: Consumed | None, progress: Callable[[str], None] = print
+) -> dict[str, object]:
+    """A skipped silver task's freshness, from the newest values its last run recorded
+    (nothing changed since, so they are still exact): no Spark, nothing written to
+    ops_quality_metrics; warn goes to the run record, fail fails the task."""
+    state = previous.state if previous is not None else {}
+    now = datetime.now(UTC)
+    results = []
+    for check in rules.dataset_checks:
+        if check.kind != "freshness":
+            continue
+        key = NEWEST_UPDATED if check.of == "silver" else NEWEST_INGESTED
+        if key not in state:
+            continue  # recorded by a version before these checks: judged at the next run
+        results.append(dc.freshness(check, rules.entity, dc.parse_instant(state[key]), now))
+    return {"checks": dc.enforce(results, progress)} if results else {}
+
+
+# -- gold -----------------------------------------------------------------------------------------
+def gold_checks(
+    lake: Lakehouse,
+    checks: tuple[dc.DatasetCheck, ...],
+    run_id: str,
+    details: DataFrame,
+    silver: dict[str, DataFrame],
+    entities: dict[str, Entity],
+    scope: str,
+    progress: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Referential integrity of ``details`` (gold_order_details, or the rows of the orders
+    this run rebuilt) against the silver tables gold was built from. A line item's parent
+    deleted under ``on_delete: keep`` (conf/pipeline.yml) is no orphan: its key is in the
+    parent's tombstones, and the line item outlives it by design."""
+    from order_pipeline.common.contract import ORDER_DETAILS
+
+    results = []
+    for check in checks:
+        assert check.parent is not None and check.column is not None
+        key = entities[check.parent].key
+        accepted = silver[check.parent].select(key)
+        if entities["line_items"].on_parent_delete.get(check.column) == "keep":
+            tombstones = tombstone_table(check.parent)
+            if lake.exists(tombstones):
+                accepted = accepted.unionByName(lake.read(tombstones).select(key))
+        checked, orphans, sample = dc.orphans(details, check.column, accepted, key)
+        results.append(dc.references(check, ORDER_DETAILS, checked, orphans, sample, scope))
+    return record(lake, "gold", run_id, results, progress)

@@ -1,0 +1,81 @@
+"""A local table's id, properties, file count and version read from its Delta log in plain
+Python (common/delta_log.py) agree with what Spark's DESCRIBE DETAIL and HISTORY say, through
+every kind of commit the pipeline makes, checkpoints and deletion vectors included; where
+the log is not in a form it reads, it says so (None) instead of guessing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from order_pipeline.common.delta_log import delta_log_version, read_log_state
+from order_pipeline.common.io import Lakehouse
+
+
+def assert_agrees(lake: Lakehouse, table: str) -> None:
+    state = read_log_state(Path(lake.table_path(table)))
+    assert state is not None
+    detail = lake.detail(table)
+    history = lake.history(table, 1)[0]
+    assert (state.table_id, state.properties, state.live_files, state.version) == (
+        detail["id"],
+        dict(detail["properties"] or {}),
+        detail["numFiles"],
+        history["version"],
+    )
+    assert lake.table_id(table) == detail["id"]
+    assert lake.is_empty(table) == (detail["numFiles"] == 0)
+    assert lake.version(table) == history["version"]
+
+
+def test_the_log_read_in_python_agrees_with_spark_through_every_kind_of_commit(spark, ctx):
+    lake = Lakehouse(spark, ctx.profile)
+    table = "log_state"
+    lake.ensure(
+        table,
+        "id int, v string",
+        properties={"delta.enableChangeDataFeed": "true", "delta.checkpointInterval": "3"},
+    )
+    assert_agrees(lake, table)  # created, empty
+    steps = [
+        "INSERT INTO log_state VALUES (1, 'a'), (2, 'b')",
+        "INSERT INTO log_state VALUES (3, 'c')",
+        "MERGE INTO log_state t USING (SELECT 2 AS id, 'B' AS v UNION ALL SELECT 4, 'd') s "
+        "ON t.id = s.id WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *",
+        "ALTER TABLE log_state SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')",
+        "DELETE FROM log_state WHERE id = 1",  # a deletion vector on a file
+        "UPDATE log_state SET v = 'x' WHERE id = 3",
+        "OPTIMIZE log_state",
+        "DELETE FROM log_state",
+    ]
+    for statement in steps:
+        spark.sql(statement)
+        assert_agrees(lake, table)
+    log = Path(lake.table_path(table)) / "_delta_log"
+    assert any(n.endswith(".checkpoint.parquet") for n in os.listdir(log))  # read through one
+    assert lake.is_empty(table)
+
+
+def test_a_log_it_cannot_read_plainly_is_left_to_spark(spark, ctx, tmp_path):
+    lake = Lakehouse(spark, ctx.profile)
+    table = "log_gap"
+    lake.ensure(table, "id int")
+    for i in range(3):
+        spark.sql(f"INSERT INTO {table} VALUES ({i})")
+    folder = Path(lake.table_path(table))
+    (folder / "_delta_log" / f"{1:020d}.json").unlink()  # a gap: the state is not knowable
+    assert read_log_state(folder) is None
+    assert delta_log_version(folder) == 3
+    assert read_log_state(tmp_path / "no_table") is None
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"add": {}}'])
+def test_a_damaged_commit_file_is_left_to_spark(spark, ctx, content):
+    lake = Lakehouse(spark, ctx.profile)
+    table = "log_damaged"
+    lake.ensure(table, "id int")
+    folder = Path(lake.table_path(table))
+    (folder / "_delta_log" / f"{1:020d}.json").write_text(content)
+    assert read_log_state(folder) is None

@@ -142,8 +142,13 @@ class Validation:
     @property
     def job(self) -> dict[str, Any]:
         jobs = self.config["resources"]["jobs"]
-        assert list(jobs) == ["order_pipeline"], "the design has exactly one job"
+        # the pipeline, and the erasure job started per request (resources/erasure_job.yml)
+        assert sorted(jobs) == ["erasure", "order_pipeline"]
         return jobs["order_pipeline"]
+
+    @property
+    def erasure_job(self) -> dict[str, Any]:
+        return self.config["resources"]["jobs"]["erasure"]
 
     @property
     def task_graph(self) -> dict[str, set[str]]:
@@ -751,3 +756,44 @@ def test_the_job_tasks_are_the_ones_conf_pipeline_generates() -> None:
         "resources/jobs.yml's tasks differ from conf/pipeline.yml; run "
         f"`order-pipeline job-graph --write` to apply:\n{difference}"
     )
+
+
+def test_the_erasure_job_runs_the_pipeline_then_erases_one_customer(target: Validation) -> None:
+    job = target.erasure_job
+    assert job["max_concurrent_runs"] == 1 and "schedule" not in job
+    defaults = {p["name"]: p["default"] for p in job["parameters"]}
+    assert defaults["customer_id"] == "" and defaults["reason"] == ""
+    pipeline = {p["name"]: p["default"] for p in target.job["parameters"]}
+    for name in ("catalog", "schema", "landing_root", "checkpoint_root"):
+        assert defaults[name] == pipeline[name], name
+    tasks = {t["task_key"]: t for t in job["tasks"]}
+    assert sorted(tasks) == ["erase_customer", "run_pipeline"]
+    run_pipeline, erase = tasks["run_pipeline"], tasks["erase_customer"]
+    # the pipeline job's own run (queued behind a running one) lets every stream catch up
+    assert run_pipeline["run_job_task"]["job_id"] == "${resources.jobs.order_pipeline.id}"
+    assert set(run_pipeline["run_job_task"]["job_parameters"]) <= set(pipeline)
+    assert erase["depends_on"] == [{"task_key": "run_pipeline"}]
+    wheel_task = erase["python_wheel_task"]
+    assert wheel_task["entry_point"] == "order-pipeline-erase"
+    arguments = wheel_task["parameters"]
+    assert arguments[:6] == [
+        "--entity", "customers", "--key", "{{job.parameters.customer_id}}",
+        "--reason", "{{job.parameters.reason}}",
+    ]  # fmt: skip
+    for argument in arguments:
+        for name in re.findall(r"\{\{\s*job\.parameters\.([^}\s]+)\s*\}\}", argument):
+            assert name in defaults, f"{{{{job.parameters.{name}}}}}"
+    if target.config["bundle"]["target"] == "prod":
+        assert job["run_as"] == {"service_principal_name": SERVICE_PRINCIPAL.user_name}
+
+
+def test_the_erase_entry_point_is_a_console_script_of_the_wheel(
+    dev: Validation,
+) -> None:
+    from order_pipeline.jobs import erase
+
+    distribution = importlib.metadata.distribution(DISTRIBUTION)
+    scripts = {ep.name: ep for ep in distribution.entry_points.select(group="console_scripts")}
+    (erase_task,) = [t for t in dev.erasure_job["tasks"] if "python_wheel_task" in t]
+    wheel_task = erase_task["python_wheel_task"]
+    assert scripts[wheel_task["entry_point"]].load() is erase.main

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from order_pipeline.cli.arguments import add_parameters
@@ -17,6 +18,7 @@ EPILOG = """examples:
   order-pipeline quarantine --entity orders --rule status_allowed
   order-pipeline replay orders --rule customer_exists
   order-pipeline report                         gold answers as tables
+  order-pipeline erase customer C-0000042 --reason "request 2026-117"
   order-pipeline trigger --param full_refresh=true   start the deployed job on Databricks
 """
 
@@ -107,6 +109,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("entity")
     add_replay_arguments(p)
     add_wait(p)
+
+    p = sub.add_parser(
+        "erase",
+        help="erase one person's personal data everywhere: landing, tables, Delta history",
+    )
+    add_data_root(p)
+    p.add_argument("entity", help="an entity with personal fields: customer")
+    p.add_argument("key", help="its key, e.g. the customer_id")
+    p.add_argument("--reason", default="", help="why (kept in ops_erasure_audit: no personal data)")
+    p.add_argument(
+        "--requested-by", default="", help="who asked for it (default: the session's user)"
+    )
+    add_wait(p)
+    p.epilog = (
+        "Runs the pending work of the job graph first (as `run`), so that no stream reads the "
+        "person's rows after their files are gone; then rewrites landing without their lines, "
+        "deletes their rows (masks silver's personal fields), purges old file versions and the "
+        "change data feed, and records an ops_erasure_audit row."
+    )
 
     p = sub.add_parser(
         "job-graph",
@@ -344,6 +365,45 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    from order_pipeline.common.runlock import RunLocked
+    from order_pipeline.jobs import erase
+    from order_pipeline.jobs.task import run_task
+
+    ctx = local_context(args.data_root)
+    try:
+        entity = erase.resolve_entity(args.entity, ctx.entities)
+    except erase.ErasureRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    request = erase.Erasure(entity.name, args.key, args.reason, args.requested_by)
+    try:
+        # the key is no personal data (conf/pipeline.yml); the lock file names the command
+        with hold_data_root(args, ctx, f"order-pipeline erase {entity.name}", ctx.run_id):
+            print("== 1/2 pending work of the job graph, so every stream has read its input ==")
+            if run_job_graph(pending_work_args(args), ctx) != 0:
+                print("error: the pipeline run failed: nothing was erased", file=sys.stderr)
+                return 1
+            print("\n== 2/2 erase ==")
+            run_task(
+                erase.task_name(entity.name), replace(ctx, entity=entity.name),
+                lambda s, c: erase.run(s, c, request),
+            )  # fmt: skip
+    except RunLocked as exc:
+        return refused(exc)
+    except erase.ErasureRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def pending_work_args(args: argparse.Namespace) -> argparse.Namespace:
+    return argparse.Namespace(
+        data_root=args.data_root, task=None, full_refresh=False, yes=False, as_of="", param=[],
+        parallel=None, wait=0.0,
+    )  # fmt: skip
+
+
 def cmd_job_graph(args: argparse.Namespace) -> int:
     from order_pipeline.cli import job_graph
     from order_pipeline.cli.runner import bundle_root
@@ -438,6 +498,7 @@ COMMANDS = {
     "sql": cmd_sql,
     "quarantine": cmd_quarantine,
     "replay": cmd_replay,
+    "erase": cmd_erase,
     "job-graph": cmd_job_graph,
     "report": cmd_report,
     "demo": cmd_demo,

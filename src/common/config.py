@@ -257,6 +257,7 @@ class QualitySettings:
 
 
 LANDING_CHOICES = ("ingest", "skip")
+RETENTION_CHOICES = ("off", "archive", "delete")
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,11 @@ class LandingSettings:
 
     subfolders: str = "ingest"
     compressed: str = "ingest"
+    # Landing retention: an ingested file older than ``retention_after`` (its modification
+    # time) is moved under ``archive_root`` (archive), removed (delete), or left (off).
+    retention: str = "off"
+    retention_after_seconds: float = 30 * 86400.0
+    archive_root: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("subfolders", "compressed"):
@@ -274,6 +280,15 @@ class LandingSettings:
                     f"landing.{name}",
                     f"must be one of {LANDING_CHOICES}, got {getattr(self, name)!r}",
                 )
+        if self.retention not in RETENTION_CHOICES:
+            raise SettingError(
+                "landing.retention",
+                f"must be one of {RETENTION_CHOICES}, got {self.retention!r}",
+            )
+        if self.retention == "archive" and not self.archive_root:
+            raise SettingError(
+                "landing.archive_root", "retention: archive needs a folder to move to"
+            )
 
 
 @dataclass(frozen=True)
@@ -334,6 +349,15 @@ class Profile:
         if not isinstance(self.skip_unchanged, bool):
             raise SettingError(
                 "skip_unchanged", f"must be true or false, got {self.skip_unchanged!r}"
+            )
+        if (
+            self.source_format == "cloudFiles"
+            and self.landing.retention == "delete"
+            and self.landing.retention_after_seconds <= 7 * 86400
+        ):
+            raise SettingError(
+                "landing.retention_after",
+                "Auto Loader deletes processed files only after more than 7 days",
             )
         if self.name == "local" and not self.warehouse_root:
             raise SettingError("warehouse_root", "the local profile needs one")
@@ -429,6 +453,16 @@ def load_profile(
             landing=LandingSettings(
                 subfolders=str(landing.get("subfolders", "ingest")),
                 compressed=str(landing.get("compressed", "ingest")),
+                # YAML reads a bare `off` as false
+                retention=str(landing.get("retention", "off") or "off"),
+                retention_after_seconds=parse_duration(
+                    landing.get("retention_after", "30 days"), path, "landing.retention_after"
+                ),
+                archive_root=(
+                    substitute(str(landing["archive_root"]), values)
+                    if landing.get("archive_root")
+                    else None
+                ),
             ),
             gold=GoldSettings(
                 max_incremental_share=number(

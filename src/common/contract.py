@@ -99,6 +99,7 @@ QUALITY_METRICS = "ops_quality_metrics"
 TASK_RUNS = "ops_task_runs"
 GOLD_WATERMARKS = "ops_gold_watermarks"  # silver versions the gold build has consumed
 GX_RESULTS = "ops_gx_results"
+ERASURE_AUDIT = "ops_erasure_audit"  # one row per erasure: who, when, which key; no personal data
 
 ORDER_DETAILS = "gold_order_details"
 PRODUCT_SALES_MONTHLY = "gold_product_sales_monthly"
@@ -109,10 +110,61 @@ GOLD_TABLES = (ORDER_DETAILS, PRODUCT_SALES_MONTHLY, ORDER_COMPLETION_STATUS, MO
 # Silver tables record their row changes so that gold can be rebuilt for what changed only.
 CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
 
+# Columns that hold a whole record as text (or struct): whatever the record says, personal data
+# included. Kept out of Delta's file statistics like the personal fields themselves.
+RAW_TEXT_COLUMNS = (CORRUPT_RECORD, RESCUED_DATA, RAW_LINE, "record", "raw_record", "rescued_data")
+# gold_order_details copies these customer attributes (transforms/gold.py order_details)
+ORDER_DETAILS_PERSONAL = ("customer_name", "customer_email", "customer_city")
+STATS_COLUMNS = "delta.dataSkippingStatsColumns"
+
+
+def statistics_properties(
+    columns: list[tuple[str, str]], personal: tuple[str, ...]
+) -> dict[str, str]:
+    """Table properties that keep ``personal`` columns (and raw record text) out of Delta's
+    per-file min/max statistics: those are written into the transaction log (JSON commits
+    and checkpoints), where DELETE, REORG and VACUUM never reach, so a personal value that
+    entered them would outlive an erasure. ``columns`` are (name, Spark SQL type); arrays
+    and maps have no statistics. Empty for a table without personal data."""
+    if not personal:
+        return {}
+    hidden = set(personal) | set(RAW_TEXT_COLUMNS)
+    kept = [
+        name
+        for name, kind in columns
+        if name not in hidden and not kind.lower().startswith(("array", "map"))
+    ]
+    return {STATS_COLUMNS: ",".join(kept)}
+
+
+def ddl_columns(ddl: str) -> list[tuple[str, str]]:
+    """(name, type) of the top-level columns of a DDL column list (``a string, `b` struct<...>``)."""
+    columns, depth, start = [], 0, 0
+    for position, char in enumerate(ddl + ","):
+        if char in "<(":
+            depth += 1
+        elif char in ">)":
+            depth -= 1
+        elif char == "," and depth == 0:
+            name, _, kind = ddl[start:position].strip().partition(" ")
+            columns.append((name.strip("`").rstrip(":"), kind.strip()))
+            start = position + 1
+    return columns
+
 
 # -- table shapes ----------------------------------------------------------------------------
+def bronze_ddl(entity: Entity) -> str:
+    return f"{entity.ddl()}, {BRONZE_METADATA_DDL}"
+
+
 def bronze_schema(entity: Entity) -> StructType:
-    return StructType.fromDDL(f"{entity.ddl()}, {BRONZE_METADATA_DDL}")
+    return StructType.fromDDL(bronze_ddl(entity))
+
+
+def personal_properties(entity: Entity, ddl: str, extra: dict[str, str] | None = None) -> dict:
+    """``extra`` and, for an entity with personal fields, the statistics exclusion of a table
+    of that entity with columns ``ddl`` (see ``statistics_properties``)."""
+    return {**(extra or {}), **statistics_properties(ddl_columns(ddl), entity.personal)}
 
 
 def silver_ddl(entity: Entity) -> str:
@@ -160,6 +212,12 @@ GX_RESULTS_DDL = (
     "entity string, run_id string, batch_id bigint, rule string, severity string, "
     "expectation string, success boolean, element_count bigint, unexpected_count bigint, "
     "validated_at timestamp"
+)
+ERASURE_AUDIT_DDL = (
+    "erasure_id string, entity string, key string, requested_by string, reason string, "
+    "started_at timestamp, ended_at timestamp, subject_hash string, hash_method string, "
+    "hash_salt string, tables string, rows_deleted bigint, rows_masked bigint, "
+    "landing_files_rewritten bigint, landing_lines_removed bigint, status string"
 )
 WATERMARKS_DDL = (
     "source_table string, table_id string, version bigint, run_id string, updated_at timestamp"

@@ -42,7 +42,13 @@ from order_pipeline.common.contract import (
     quarantine_table,
 )
 from order_pipeline.common.delta_log import LogState, delta_log_version, read_log_state
-from order_pipeline.common.landing import LAYOUT, LAYOUT_MARKER, Skipped, index_landing
+from order_pipeline.common.landing import (
+    LAYOUT,
+    LAYOUT_MARKER,
+    Skipped,
+    index_landing,
+    retire_ingested,
+)
 from order_pipeline.common.platform import (
     ConfigNotAvailable,
     capabilities,
@@ -381,7 +387,13 @@ class Lakehouse:
         return sum(rows_written(c) for c in self.history(table) if c["version"] > version)
 
     def read_stream(self, table: str) -> DataFrame:
-        reader = self.spark.readStream.format("delta")
+        """The table's appends as a stream. Commits that remove or rewrite rows (an erasure's
+        DELETE, ``order-pipeline erase``) are skipped, not failed on: the pipeline's own writes
+        to the tables it streams (bronze) are appends only, and an erasure changes the
+        downstream tables itself, having first let every stream catch up (jobs/erase.py), so
+        no appended row is lost by skipping them; ``ignoreChanges`` would instead emit the
+        rewritten files' other rows a second time."""
+        reader = self.spark.readStream.format("delta").option("skipChangeCommits", "true")
         if self.profile.max_files_per_trigger:
             reader = reader.option("maxFilesPerTrigger", self.profile.max_files_per_trigger)
         if self.profile.max_bytes_per_trigger:
@@ -396,11 +408,65 @@ class Lakehouse:
             writer = writer.option("txnAppId", txn.app_id).option("txnVersion", txn.version)
         writer.saveAsTable(table)
 
-    def overwrite(self, df: DataFrame, table: str) -> None:
+    def overwrite(
+        self, df: DataFrame, table: str, properties: dict[str, str] | None = None
+    ) -> None:
+        """Replace the table's rows (and schema) by ``df``; ``properties`` are Delta table
+        properties the table is created with."""
         writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-        if self.profile.is_local and not self.exists(table):
-            writer = writer.option("path", self.table_path(table))
+        if not self.exists(table):
+            if self.profile.is_local:
+                writer = writer.option("path", self.table_path(table))
+            for key, value in (properties or {}).items():
+                writer = writer.option(key, value)
         writer.saveAsTable(table)
+
+    # -- erasure (jobs/erase.py) -----------------------------------------------------------
+    def set_properties(self, table: str, properties: dict[str, str]) -> None:
+        pairs = ", ".join(f"{sql_literal(k)} = {sql_literal(v)}" for k, v in properties.items())
+        self.spark.sql(f"ALTER TABLE {quote(table)} SET TBLPROPERTIES ({pairs})")
+
+    def unset_properties(self, table: str, keys: list[str]) -> None:
+        names = ", ".join(sql_literal(k) for k in keys)
+        self.spark.sql(f"ALTER TABLE {quote(table)} UNSET TBLPROPERTIES IF EXISTS ({names})")
+
+    def update(self, table: str, assignments: dict[str, str], condition: str) -> int:
+        """UPDATE ``table`` SET column = SQL expression WHERE ``condition``; rows updated.
+        The condition is kept in the table's history: never put personal data in it."""
+        sets = ", ".join(f"{quote(c)} = {e}" for c, e in assignments.items())
+        row = self.spark.sql(f"UPDATE {quote(table)} SET {sets} WHERE {condition}").first()
+        return int(row[0]) if row is not None else 0
+
+    def delete_rows(self, table: str, rows: DataFrame) -> None:
+        """Delete every row of ``table`` equal (null-safe, every column) to a row of
+        ``rows``. A MERGE over a view of them: the rows are chosen by any DataFrame logic
+        (e.g. by a personal value found in raw text) while the statement the table's
+        history keeps names columns only, never a value."""
+        on = " AND ".join(f"t.{quote(c)} <=> s.{quote(c)}" for c in rows.columns)
+        self.merge(rows.distinct(), table, on, [WhenMatched(delete=True)])
+
+    def purge(self, table: str, properties: dict[str, str] | None = None) -> None:
+        """Remove the data files no current row needs, now: deletion vectors rewritten into
+        files without the deleted rows (REORG ... APPLY (PURGE)), then VACUUM with no
+        retention, which also removes the change data feed's files (``_change_data``).
+        ``properties`` are set on the table in the same commit as the retention below.
+
+        Delta refuses a VACUUM under its retention (7 days) unless a session setting turns
+        the check off, which serverless does not allow; the table's own retention is set to
+        0 hours for this VACUUM instead and put back right after. Time travel to versions
+        before the purge ends for this table, which is the point; a reader in the middle of
+        a query of an older version fails. The caller holds the pipeline's run lock."""
+        retention = "delta.deletedFileRetentionDuration"
+        previous = self.properties(table).get(retention)
+        self.set_properties(table, {**(properties or {}), retention: "interval 0 hours"})
+        try:
+            self.spark.sql(f"REORG TABLE {quote(table)} APPLY (PURGE)")
+            self.spark.sql(f"VACUUM {quote(table)} RETAIN 0 HOURS")
+        finally:
+            if previous is None:
+                self.unset_properties(table, [retention])
+            else:
+                self.set_properties(table, {retention: previous})
 
     def merge(
         self,
@@ -447,8 +513,9 @@ class Lakehouse:
         return {k: int(v) for k, v in reported.asDict().items()} if reported is not None else {}
 
     def delete_where(self, table: str, condition: str) -> None:
-        """DELETE the rows of ``table`` where the SQL ``condition`` holds (a table no stream
-        reads: a Delta streaming source fails on a commit that removes rows)."""
+        """DELETE the rows of ``table`` where the SQL ``condition`` holds. The condition is
+        kept in the table's history: never put personal data in it. A Delta streaming source
+        fails on a commit that removes rows unless it skips change commits."""
         self.spark.sql(f"DELETE FROM {quote(table)} WHERE {condition}")
 
     def drop(self, table: str) -> None:
@@ -502,6 +569,23 @@ class Lakehouse:
                 reader = reader.option(
                     "cloudFiles.maxFilesPerTrigger", self.profile.max_files_per_trigger
                 )
+            retention = self.profile.landing
+            if retention.retention != "off":  # Auto Loader moves or deletes them itself
+                days, rest = divmod(int(retention.retention_after_seconds), 86400)
+                reader = reader.option(
+                    "cloudFiles.cleanSource",
+                    "MOVE" if retention.retention == "archive" else "DELETE",
+                ).option(
+                    "cloudFiles.cleanSource.retentionDuration",
+                    f"{days} days"
+                    if not rest
+                    else f"{int(retention.retention_after_seconds)} seconds",
+                )
+                if retention.retention == "archive":
+                    reader = reader.option(
+                        "cloudFiles.cleanSource.moveDestination",
+                        f"{str(retention.archive_root).rstrip('/')}/{entity.name}",
+                    )
             stream = reader.load(self.landing(entity.name)).select(
                 "value", F.col("_metadata.file_path").alias(SOURCE_FILE)
             )
@@ -531,6 +615,22 @@ class Lakehouse:
             lines.where(F.trim("value") != ""),
             new_files=len(index.linked),
             skipped=index.skipped,
+        )
+
+    def retire_landed(self, entity: Entity, checkpoint_name: str) -> list[str]:
+        """Landing retention on the local file source, once its stream has drained (on
+        Databricks Auto Loader's ``cloudFiles.cleanSource`` does it, see landing_stream)."""
+        settings = self.profile.landing
+        if not self.profile.is_local or settings.retention == "off":
+            return []
+        archive = Path(settings.archive_root) / entity.name if settings.archive_root else None
+        return retire_ingested(
+            Path(self.landing(entity.name)),
+            Path(self.checkpoint(checkpoint_name)) / "_landing",
+            settings.retention,
+            settings.retention_after_seconds,
+            archive,
+            time.time(),
         )
 
     # -- streams -------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,3 +205,107 @@ def _not_ingested(path: Path, relative: str, name: str, subfolders: str, compres
     except OSError as exc:
         return f"unreadable: {exc.strerror or exc}"
     return ""
+
+
+# -- erasure (jobs/erase.py) ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rewritten:
+    file: Path
+    lines_removed: int
+    removed_whole: bool  # no line was left: the file is gone
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """The lines of a file with their own endings, so kept lines are written back byte-exact
+    (``\\r\\n`` or not, with or without a last newline)."""
+    return re.findall(rb"[^\n]*\n|[^\n]+$", data)
+
+
+def rewrite_without(path: Path, drop: Callable[[bytes], bool]) -> Rewritten | None:
+    """Write ``path`` again without the lines ``drop`` picks, every other byte as it was
+    (gzip files are decompressed and compressed again); None when no line was picked.
+    The new content is written beside it under a hidden name (never ingested meanwhile),
+    synced and renamed over it, so a reader sees the old file or the new one; the file keeps
+    its modification time (the landing retention counts from it). A file left without
+    lines is removed."""
+    import gzip
+
+    raw = path.read_bytes()
+    compressed = path.name.lower().endswith(GZIP_SUFFIX)
+    data = gzip.decompress(raw) if compressed else raw
+    lines = split_lines(data)
+    kept = [line for line in lines if not drop(line)]
+    if len(kept) == len(lines):
+        return None
+    if not any(line.strip() for line in kept):
+        path.unlink()
+        return Rewritten(path, len(lines) - len(kept), True)
+    content = b"".join(kept)
+    if compressed:
+        content = gzip.compress(content, mtime=0)
+    stat = path.stat()
+    staged = path.with_name(f".{path.name}.erasing")
+    with staged.open("wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.utime(staged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(staged, path)
+    return Rewritten(path, len(lines) - len(kept), False)
+
+
+def follow_rewrite(landing: Path, staging: Path, rewritten: Rewritten) -> None:
+    """After an erasure rewrote a landed file: the stream's link to it (a hard link would
+    keep the old content alive) points to the new file, or is gone with the file, and the
+    index records the new size, so the file is not reported as changed after ingestion. The
+    stream has already read it (the erasure lets every stream catch up first) and never
+    reads a link name twice."""
+    relative = rewritten.file.relative_to(landing).as_posix()
+    entry = _read_index(staging).get(relative) if staging.is_dir() else None
+    if entry is None:
+        return
+    link = staging / f"{entry['seq']:012d}{entry['suffix']}"
+    link.unlink(missing_ok=True)
+    if rewritten.removed_whole:
+        return
+    _append_index(staging, {**entry, "size": rewritten.file.stat().st_size})
+    _link(rewritten.file, link)
+
+
+# -- retention ------------------------------------------------------------------------------
+def retire_ingested(
+    landing: Path,
+    staging: Path,
+    mode: str,
+    older_than_seconds: float,
+    archive: Path | None,
+    now: float,
+) -> list[str]:
+    """Archive or delete the ingested files of ``landing`` last modified more than
+    ``older_than_seconds`` before ``now``, with the stream's link to each (a hard link would
+    keep a deleted file's content alive). Call it only once the stream has committed every
+    indexed file. A file changed since it was ingested is left (it is reported as such).
+    Returns the files moved or removed, relative to ``landing``."""
+    import shutil
+
+    if mode == "off" or not staging.is_dir():
+        return []
+    retired = []
+    for relative, entry in sorted(_read_index(staging).items()):
+        path = landing / relative
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        if stat.st_size != entry["size"] or now - stat.st_mtime < older_than_seconds:
+            continue
+        if mode == "archive":
+            assert archive is not None
+            target = archive / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, target)
+        else:
+            path.unlink()
+        (staging / f"{entry['seq']:012d}{entry['suffix']}").unlink(missing_ok=True)
+        retired.append(relative)
+    return retired

@@ -22,9 +22,11 @@ from order_pipeline.common.contract import (
     INGESTED_AT,
     RUN_ID,
     bronze_checkpoint,
+    bronze_ddl,
     bronze_schema,
     bronze_table,
     bronze_task,
+    personal_properties,
     silver_task,
 )
 from order_pipeline.common.inputs import (
@@ -113,7 +115,8 @@ def run(
     if ctx.full_refresh:
         lake.drop(table)
         lake.reset_checkpoint(checkpoint)
-    lake.ensure(table, bronze_schema(entity))
+    ddl = bronze_ddl(entity)  # personal fields stay out of the log's statistics (contract.py)
+    lake.ensure(table, ddl, properties=personal_properties(entity, ddl))
     missing = set(bronze_schema(entity).fieldNames()) - set(lake.read(table).columns)
     if missing:
         raise BronzeOutdated(
@@ -140,6 +143,11 @@ def run(
         progress(f"  {table}: not ingested: {skipped.file}: {skipped.reason}")
     records = source.stream.transform(parse_lines(entity))
     lake.run_stream(records, checkpoint, batch, table, progress)
+    retired = lake.retire_landed(entity, checkpoint)  # every indexed file is in bronze now
+    if retired:
+        progress(
+            f"  {table}: {len(retired)} landed files past retention: {ctx.profile.landing.retention}"
+        )
     # counted from the table's commits, not from the batches' Python state or the query's
     # bounded progress history
     commits = [c for c in lake.history(table) if c["version"] > before]
@@ -147,6 +155,8 @@ def run(
     details: dict[str, object] = {"batches": len(commits)}
     if source.new_files is not None:
         details["new_files"] = source.new_files
+    if retired:
+        details["retired"] = {ctx.profile.landing.retention: retired}
     if source.skipped:
         details["not_ingested"] = [{"file": s.file, "reason": s.reason} for s in source.skipped]
     return TaskResult(rows_in=rows, rows_out=rows, details=details)

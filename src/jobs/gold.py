@@ -23,6 +23,7 @@ from order_pipeline.common.contract import (
     GOLD_TASK,
     GOLD_WATERMARKS,
     WATERMARKS_DDL,
+    personal_properties,
     silver_ddl,
     silver_table,
 )
@@ -117,7 +118,14 @@ def write_gold(
         silver["line_items"], silver["orders"], silver["customers"], silver["products"]
     )
     with steps("details"):
-        lake.overwrite(details, contract.ORDER_DETAILS)
+        lake.overwrite(
+            details,
+            contract.ORDER_DETAILS,
+            properties=contract.statistics_properties(
+                [(f.name, f.dataType.simpleString()) for f in details.schema.fields],
+                contract.ORDER_DETAILS_PERSONAL,
+            ),
+        )
     with steps("monthly sales"):
         lake.overwrite(
             gold.product_sales_monthly(lake.read(contract.ORDER_DETAILS)),
@@ -322,7 +330,10 @@ def run(
     lake = Lakehouse(spark, ctx.profile)
     for name in gold.GOLD_INPUTS:
         entity = ctx.entities[name]
-        lake.ensure(silver_table(name), silver_ddl(entity), properties=CHANGE_DATA_FEED)
+        ddl = silver_ddl(entity)
+        lake.ensure(
+            silver_table(name), ddl, properties=personal_properties(entity, ddl, CHANGE_DATA_FEED)
+        )
     lake.ensure(GOLD_WATERMARKS, WATERMARKS_DDL)
     as_of = ctx.as_of or datetime.now(UTC)
     gold_checks = load_gold_checks(gold.GOLD_INPUTS)

@@ -46,10 +46,11 @@ from order_pipeline.common.contract import (
     REPLAYED,
     RESCUED_DATA,
     SOURCE_FILE,
-    bronze_schema,
+    bronze_ddl,
     bronze_table,
     deferred_ddl,
     deferred_table,
+    personal_properties,
     quarantine_ddl,
     quarantine_table,
     silver_checkpoint,
@@ -437,9 +438,17 @@ class Silver:
 
     def ensure_tables(self) -> None:
         # the gold build reads what changed from the change data feed
-        self.lake.ensure(self.silver, silver_ddl(self.entity), properties=CHANGE_DATA_FEED)
-        self.lake.ensure(self.quarantine, quarantine_ddl(self.entity))
-        self.lake.ensure(self.deferred, deferred_ddl(self.entity))
+        # personal fields stay out of the statistics Delta keeps in its log (contract.py)
+        entity = self.entity
+        silver = silver_ddl(entity)
+        self.lake.ensure(
+            self.silver, silver, properties=personal_properties(entity, silver, CHANGE_DATA_FEED)
+        )
+        quarantine, deferred = quarantine_ddl(entity), deferred_ddl(entity)
+        self.lake.ensure(
+            self.quarantine, quarantine, properties=personal_properties(entity, quarantine)
+        )
+        self.lake.ensure(self.deferred, deferred, properties=personal_properties(entity, deferred))
         self.lake.ensure(self.tombstones, tombstone_ddl(self.entity))
         self.lake.ensure(QUALITY_METRICS, METRICS_DDL)
 
@@ -718,7 +727,8 @@ def run(
         for table in (silver.silver, silver.quarantine, silver.deferred, silver.tombstones):
             lake.drop(table)
         lake.reset_checkpoint(checkpoint)
-    lake.ensure(bronze_table(name), bronze_schema(silver.entity))
+    bronze = bronze_ddl(silver.entity)
+    lake.ensure(bronze_table(name), bronze, properties=personal_properties(silver.entity, bronze))
     silver.ensure_tables()
     app_id = lake.open_checkpoint(
         checkpoint,

@@ -21,6 +21,7 @@ TEST_SPARK_SETTINGS = {
     "spark.default.parallelism": "2",
     "spark.databricks.delta.snapshotPartitions": "1",
     "spark.sql.sources.parallelPartitionDiscovery.threshold": "32",
+    "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2",  # VACUUM's listing job
     "spark.ui.enabled": "false",
     "spark.sql.adaptive.enabled": "false",
     "spark.databricks.delta.stalenessLimit": "0",

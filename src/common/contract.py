@@ -124,15 +124,16 @@ def statistics_properties(
     """Table properties that keep ``personal`` columns (and raw record text) out of Delta's
     per-file min/max statistics: those are written into the transaction log (JSON commits
     and checkpoints), where DELETE, REORG and VACUUM never reach, so a personal value that
-    entered them would outlive an erasure. ``columns`` are (name, Spark SQL type); arrays
-    and maps have no statistics. Empty for a table without personal data."""
+    entered them would outlive an erasure. ``columns`` are (name, Spark SQL type); arrays,
+    maps, booleans and binary have no statistics (Delta refuses to list them). Empty for a
+    table without personal data."""
     if not personal:
         return {}
     hidden = set(personal) | set(RAW_TEXT_COLUMNS)
     kept = [
         name
         for name, kind in columns
-        if name not in hidden and not kind.lower().startswith(("array", "map"))
+        if name not in hidden and not kind.lower().startswith(("array", "map", "boolean", "binary"))
     ]
     return {STATS_COLUMNS: ",".join(kept)}
 

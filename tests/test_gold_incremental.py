@@ -244,9 +244,8 @@ def scenario(spark, tmp_path_factory):
     story["incremental_versions"] = gold_versions(lake)
     story["unchanged"] = run()
     story["unchanged_versions"] = gold_versions(lake)
-    story["full_refresh"] = run(full_refresh=True)
-    story["rebuilt_versions"] = gold_versions(lake)
-    # one changed order of five is above a 10% share: a full rebuild is chosen instead
+    # one changed order of five is above a 10% share: a full rebuild is chosen instead (a
+    # requested full refresh takes the same full build: test_full_rebuild_reason)
     merge_silver(spark, ctx, "line_items", [line_item("L90", "O4", "P1", quantity=1, unit_price=2.0, status="shipped", updated_at=LATEST)])  # fmt: skip
     story["above_share"] = run(profile=replace(ctx.profile, gold=GoldSettings(0.1)))
 
@@ -376,15 +375,7 @@ def test_more_affected_orders_than_the_incremental_share_rebuild_in_full(scenari
         "1 affected orders of 5 are more than the gold.max_incremental_share of 0.1: "
         "a full rebuild is cheaper"
     )
-    assert (
-        details[contract.ORDER_DETAILS] == story["full_refresh"].details[contract.ORDER_DETAILS] + 1
-    )
-
-
-def test_full_refresh_rebuilds_everything(scenario) -> None:
-    _, story = scenario
-    details = story["full_refresh"].details
-    assert (details["mode"], details["full_rebuild_reason"]) == ("full", "full refresh requested")
+    assert details[contract.ORDER_DETAILS] == story["unchanged"].details[contract.ORDER_DETAILS] + 1
 
 
 def test_a_change_feed_that_cannot_be_read_falls_back_to_a_full_rebuild(spark, scenario) -> None:

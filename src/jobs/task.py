@@ -194,7 +194,7 @@ def run_task(
                         result.details.update(inputs.when_skipped())
                 except BaseException as exc:
                     status = "FAILED"
-                    error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]
+                    error = failure_text(exc)
                     raise
                 finally:
                     _record(ctx, task, started, status, error, result, spark, progress)
@@ -211,10 +211,15 @@ def run_task(
             return result
         except BaseException as exc:
             status = "FAILED"
-            error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]
+            error = failure_text(exc)
             raise
         finally:
             _record(ctx, task, started, status, error, result, spark, progress)
+
+
+def failure_text(exc: BaseException) -> str:
+    """The run record's error: the exception's own line(s), at most 4,000 characters."""
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]
 
 
 def _record(

@@ -138,6 +138,13 @@ def statistics_properties(
     return {STATS_COLUMNS: ",".join(kept)}
 
 
+def schema_statistics_properties(schema: StructType, personal: tuple[str, ...]) -> dict[str, str]:
+    """``statistics_properties`` of a table (or DataFrame) with this schema."""
+    return statistics_properties(
+        [(f.name, f.dataType.simpleString()) for f in schema.fields], personal
+    )
+
+
 def ddl_columns(ddl: str) -> list[tuple[str, str]]:
     """(name, type) of the top-level columns of a DDL column list (``a string, `b` struct<...>``)."""
     columns, depth, start = [], 0, 0

@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 from order_pipeline.common.config import Entity
 from order_pipeline.common.contract import (
     INGESTED_AT,
+    ORDER_DETAILS,
     QUALITY_METRICS,
     RUN_ID,
     bronze_table,
@@ -208,8 +209,6 @@ def gold_checks(
     this run rebuilt) against the silver tables gold was built from. A line item's parent
     deleted under ``on_delete: keep`` (conf/pipeline.yml) is no orphan: its key is in the
     parent's tombstones, and the line item outlives it by design."""
-    from order_pipeline.common.contract import ORDER_DETAILS
-
     results = []
     for check in checks:
         assert check.parent is not None and check.column is not None

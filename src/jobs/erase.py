@@ -249,10 +249,7 @@ def missing_statistics_exclusion(
 ) -> dict[str, str]:
     """The statistics exclusion a table made before this version lacks (its older log
     entries may still carry personal values in their statistics: README), else nothing."""
-    schema = lake.read(table).schema
-    wanted = contract.statistics_properties(
-        [(f.name, f.dataType.simpleString()) for f in schema.fields], personal
-    )
+    wanted = contract.schema_statistics_properties(lake.read(table).schema, personal)
     current = lake.properties(table).get(contract.STATS_COLUMNS)
     return {} if not wanted or current == wanted[contract.STATS_COLUMNS] else wanted
 

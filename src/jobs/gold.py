@@ -121,9 +121,8 @@ def write_gold(
         lake.overwrite(
             details,
             contract.ORDER_DETAILS,
-            properties=contract.statistics_properties(
-                [(f.name, f.dataType.simpleString()) for f in details.schema.fields],
-                contract.ORDER_DETAILS_PERSONAL,
+            properties=contract.schema_statistics_properties(
+                details.schema, contract.ORDER_DETAILS_PERSONAL
             ),
         )
     with steps("monthly sales"):
@@ -379,15 +378,14 @@ def run(
 
     details_table = lake.read(contract.ORDER_DETAILS)
     if reason is None and rebuilt is not None:
-        details_table, scope = details_table.join(rebuilt, "order_id", "left_semi"), "rebuilt"
+        details_table = details_table.join(rebuilt, "order_id", "left_semi")
+        scope = "the orders this run rebuilt"
     else:
         scope = "every row"
     with steps("checks"):
         found = checks.gold_checks(
-            lake, gold_checks, ctx.run_id, details_table, silver,
-            ctx.entities,
-            "the orders this run rebuilt" if scope == "rebuilt" else scope, progress,
-        )  # fmt: skip
+            lake, gold_checks, ctx.run_id, details_table, silver, ctx.entities, scope, progress
+        )
     with steps("counts"):
         rows_in = silver["line_items"].count()
         counts = {table: lake.read(table).count() for table in contract.GOLD_TABLES}

@@ -37,6 +37,54 @@ TEST_SPARK_SETTINGS = {
 }
 
 
+# Dataset checks a test conf keeps (tests/conftest.py test_conf): reconciliation costs a batch
+# nothing it does not count anyway, and at severity fail it guards every crash and replay test;
+# the others (freshness, volume, unique keys, gold references: ~2 s of reads and one append per
+# silver or gold task) are judged in the modules that use the repository's conf unchanged
+# (`pytestmark = pytest.mark.usefixtures("repository_conf")`).
+TEST_DATASET_CHECKS = {"reconciliation"}
+REPOSITORY_CONF = (
+    None if os.environ.get("ORDER_PIPELINE_CONF") else Path(__file__).parents[1] / "conf"
+)
+
+
+def trimmed_conf(source: Path, target: Path) -> Path:
+    """A copy of ``source`` whose quality files keep only TEST_DATASET_CHECKS."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(source, target)
+    for rules in sorted((target / "quality").glob("*.yml")):
+        data = yaml.safe_load(rules.read_text(encoding="utf-8"))
+        checks = data.get("dataset_checks") or []
+        data["dataset_checks"] = [c for c in checks if c.get("kind") in TEST_DATASET_CHECKS]
+        rules.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return target
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_conf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]:
+    """Every test reads a trimmed copy of conf/ (TEST_DATASET_CHECKS) unless its module asks
+    for ``repository_conf``; a run with ORDER_PIPELINE_CONF set keeps that conf throughout."""
+    if REPOSITORY_CONF is None:
+        yield None
+        return
+    conf = trimmed_conf(REPOSITORY_CONF, tmp_path_factory.mktemp("test-conf") / "conf")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ORDER_PIPELINE_CONF", str(conf))
+        yield conf
+
+
+@pytest.fixture(scope="module")
+def repository_conf(test_conf) -> Iterator[None]:
+    """The module's tests read conf/ as the repository has it (every dataset check)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if REPOSITORY_CONF is not None:
+            patch.setenv("ORDER_PIPELINE_CONF", str(REPOSITORY_CONF))
+        yield
+
+
 def make_context(root: Path, **overrides):
     from order_pipeline.common.config import GoldSettings, load_entities, load_profile
     from order_pipeline.jobs.task import TaskContext

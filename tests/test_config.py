@@ -18,6 +18,8 @@ from order_pipeline.common.config import (
 )
 from order_pipeline.quality.rules import load_rules
 
+pytestmark = pytest.mark.usefixtures("repository_conf")  # every dataset check
+
 
 @pytest.fixture
 def conf_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -2,9 +2,11 @@
 an unreadable landing folder. Each either resumes exactly once (what Spark recovers from) or
 stops with a message naming what is damaged and the way out: never silent loss or doubling.
 
-Every case lands the same three files, runs bronze and silver (one file, one bronze commit, per
-micro-batch: batches 0, 1 and 2), damages the state, lands a fourth file and runs again; tables
-are compared with an uninterrupted run of the same.
+Every case starts from the same state: three files landed, bronze and silver run (one file, one
+bronze commit, per micro-batch: batches 0, 1 and 2). It is built once per module and put back
+at the same paths before each case (absolute paths are in the checkpoints), then the case
+damages it, lands a fourth file and runs again; tables are compared with an uninterrupted run
+of the same.
 """
 
 from __future__ import annotations
@@ -16,18 +18,19 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 from builders import customer, land
-from conftest import make_context
+from conftest import data_root_of, make_context
 from pipeline_helpers import quiet
 
 from order_pipeline.common.checkpoint import APP_ID_FILE, CheckpointDamaged
 from order_pipeline.common.io import Lakehouse
 from order_pipeline.common.landing import LandingUnreadable
 from order_pipeline.jobs import bronze, silver
+from order_pipeline.jobs.task import TaskContext
 
 ROUNDS = [
     [customer("C0"), customer("C1", email="not-an-address")],
@@ -84,24 +87,56 @@ def snapshot(spark, ctx) -> dict[str, list[tuple]]:
     }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class ThreeBatches:
+    """Rounds 0-2 run once into ``ctx``'s data root (kept in ``pristine``), and the tables
+    of the uninterrupted run that lands round 3 on top of them."""
+
+    ctx: TaskContext
+    pristine: Path
+    uninterrupted: dict[str, list[tuple]]
+
+    def restore(self, spark) -> TaskContext:
+        """The three batches' state back at its own paths, as a new process would find it."""
+        root = data_root_of(self.ctx)
+        shutil.rmtree(root)
+        shutil.copytree(self.pristine, root, symlinks=True)
+        spark._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()  # its snapshots are gone
+        spark.catalog.clearCache()
+        Lakehouse(spark, self.ctx.profile)  # registers a table a case dropped
+        schema = self.ctx.profile.schema
+        for table in spark.sql(f"SHOW TABLES IN {schema}").collect():
+            spark.sql(f"REFRESH TABLE {schema}.{table.tableName}")
+        return self.ctx
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(spark, tmp_path_factory) -> dict[str, list[tuple]]:
-    ctx = one_file_per_batch(make_context(tmp_path_factory.mktemp("uninterrupted")))
-    three_batches(spark, ctx)
+def three_batches_run(spark, tmp_path_factory) -> ThreeBatches:
+    ctx = one_file_per_batch(make_context(tmp_path_factory.mktemp("damaged")))
+    for number in range(3):
+        land_round(ctx, number)
+    run_streams(spark, ctx)
+    pristine = tmp_path_factory.mktemp("pristine") / "root"
+    shutil.copytree(data_root_of(ctx), pristine, symlinks=True)
     land_round(ctx, 3)
     run_streams(spark, ctx)
-    return snapshot(spark, ctx)
+    return ThreeBatches(ctx, pristine, snapshot(spark, ctx))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(three_batches_run) -> dict[str, list[tuple]]:
+    return three_batches_run.uninterrupted
+
+
+@pytest.fixture
+def restored(spark, three_batches_run) -> TaskContext:
+    """The state after batches 0-2 of rounds 0-2, restored for this case."""
+    return three_batches_run.restore(spark)
 
 
 @pytest.fixture
 def customers(ctx):
     return one_file_per_batch(ctx)
-
-
-def three_batches(spark, ctx) -> None:
-    for number in range(3):
-        land_round(ctx, number)
-    run_streams(spark, ctx)
 
 
 def remove(path: Path) -> None:
@@ -116,80 +151,75 @@ def remove(path: Path) -> None:
     "stream, batch", [("bronze", 2), ("silver", 1)], ids=["bronze-newest", "silver-middle"]
 )
 def test_a_lost_commit_file_reruns_the_batch_exactly_once(
-    spark, customers, uninterrupted, stream, batch
+    spark, restored, uninterrupted, stream, batch
 ) -> None:
     # Spark's own recovery: without commits/2 batch 2 runs again, and its writes are skipped
     # by their Delta txn identity; without commits/1, offsets/2 proves batch 1 ran
-    three_batches(spark, customers)
-    remove(checkpoint(customers, stream) / "commits" / str(batch))
-    land_round(customers, 3)
-    run_streams(spark, customers)
-    assert snapshot(spark, customers) == uninterrupted
+    remove(checkpoint(restored, stream) / "commits" / str(batch))
+    land_round(restored, 3)
+    run_streams(spark, restored)
+    assert snapshot(spark, restored) == uninterrupted
 
 
 @pytest.mark.parametrize(
     "stream, batch", [("bronze", 1), ("silver", 2)], ids=["bronze-middle", "silver-newest"]
 )
 def test_a_lost_offsets_file_stops_the_stream_naming_the_checkpoint_and_the_way_out(
-    spark, customers, stream, batch
+    spark, restored, stream, batch
 ) -> None:
-    three_batches(spark, customers)
-    before = snapshot(spark, customers)
-    folder = checkpoint(customers, stream)
+    before = snapshot(spark, restored)
+    folder = checkpoint(restored, stream)
     remove(folder / "offsets" / str(batch))
-    land_round(customers, 3)
+    land_round(restored, 3)
     job = {"bronze": bronze, "silver": silver}[stream]
     with pytest.raises(CheckpointDamaged) as refused:
-        job.run(spark, customers, progress=quiet)
+        job.run(spark, restored, progress=quiet)
     message = str(refused.value)
     assert message.startswith(f"checkpoint {folder}: offsets/{batch} is missing")
     assert WAY_OUT[stream] in message
-    assert snapshot(spark, customers) == before  # nothing was written
+    assert snapshot(spark, restored) == before  # nothing was written
 
 
 @pytest.mark.parametrize("stream, lost", [("silver", "newest"), ("bronze", "all")])
 def test_a_checkpoint_rolled_back_is_refused_not_silently_skipped(
-    spark, customers, stream, lost
+    spark, restored, stream, lost
 ) -> None:
     # without offsets/2 and commits/2 (or any of them) Spark plans batch 2 again over the new
     # rows, and Delta skips it as written: round 3 would vanish without a word
-    three_batches(spark, customers)
-    folder = checkpoint(customers, stream)
+    folder = checkpoint(restored, stream)
     for log in ("offsets", "commits"):
         for batch in [2] if lost == "newest" else [0, 1, 2]:
             remove(folder / log / str(batch))
-    land_round(customers, 3)
+    land_round(restored, 3)
     job = {"bronze": bronze, "silver": silver}[stream]
     with pytest.raises(
         CheckpointDamaged, match="the tables hold batch 2 of this stream"
     ) as refused:
-        job.run(spark, customers, progress=quiet)
+        job.run(spark, restored, progress=quiet)
     assert str(refused.value).startswith(f"checkpoint {folder}: ")
     assert WAY_OUT[stream] in str(refused.value)
 
 
-def test_a_deleted_bronze_checkpoint_is_refused_not_ingested_twice(spark, customers) -> None:
-    three_batches(spark, customers)
-    shutil.rmtree(checkpoint(customers, "bronze"))
+def test_a_deleted_bronze_checkpoint_is_refused_not_ingested_twice(spark, restored) -> None:
+    shutil.rmtree(checkpoint(restored, "bronze"))
     with pytest.raises(CheckpointDamaged, match="the checkpoint is empty or gone, but its tables"):
-        bronze.run(spark, customers, progress=quiet)
+        bronze.run(spark, restored, progress=quiet)
     assert [r.n for r in spark.sql("select count(*) as n from bronze_customers").collect()] == [5]
 
 
 # -- the stream's id -------------------------------------------------------------------------
 @pytest.mark.parametrize("stream", ["bronze", "silver"])
 def test_a_lost_stream_id_is_recovered_from_the_delta_log_and_a_rerun_stays_exactly_once(
-    spark, customers, uninterrupted, stream
+    spark, restored, uninterrupted, stream
 ) -> None:
-    three_batches(spark, customers)
-    folder = checkpoint(customers, stream)
+    folder = checkpoint(restored, stream)
     app_id = (folder / APP_ID_FILE).read_text()
     remove(folder / APP_ID_FILE)
     remove(folder / "commits" / "2")  # so batch 2 runs again: under a new id it would double
-    land_round(customers, 3)
-    run_streams(spark, customers)
+    land_round(restored, 3)
+    run_streams(spark, restored)
     assert (folder / APP_ID_FILE).read_text() == app_id
-    assert snapshot(spark, customers) == uninterrupted
+    assert snapshot(spark, restored) == uninterrupted
 
 
 def test_a_lost_stream_id_that_the_logs_cannot_tell_is_refused(spark, customers) -> None:
@@ -213,29 +243,28 @@ def test_a_lost_stream_id_that_the_logs_cannot_tell_is_refused(spark, customers)
     [("quarantine_customers", "silver"), ("bronze_customers", "bronze")],
 )  # fmt: skip
 def test_a_deleted_table_folder_stops_its_stream_and_the_way_out_rebuilds_it(
-    spark, customers, uninterrupted, table, stream
+    spark, restored, uninterrupted, table, stream
 ) -> None:
-    three_batches(spark, customers)
     # the folder removed, and the table forgotten by this session as a new process would
-    Lakehouse(spark, customers.profile).drop(table)
-    land_round(customers, 3)
+    Lakehouse(spark, restored.profile).drop(table)
+    land_round(restored, 3)
     if stream == "silver":
-        bronze.run(spark, customers, progress=quiet)
+        bronze.run(spark, restored, progress=quiet)
     job = {"bronze": bronze, "silver": silver}[stream]
     with pytest.raises(CheckpointDamaged) as refused:
-        job.run(spark, customers, progress=quiet)
+        job.run(spark, restored, progress=quiet)
     message = str(refused.value)
-    assert message.startswith(f"checkpoint {checkpoint(customers, stream)}: the stream has run")
+    assert message.startswith(f"checkpoint {checkpoint(restored, stream)}: the stream has run")
     assert f"{table} is not the table it wrote" in message
     assert WAY_OUT[stream] in message
     if stream == "bronze":
         # the silver stream that read the old bronze stops too, once bronze is rebuilt
-        bronze.run(spark, replace(customers, full_refresh=True), progress=quiet)
+        bronze.run(spark, replace(restored, full_refresh=True), progress=quiet)
         with pytest.raises(CheckpointDamaged, match="the stream read bronze_customers as Delta"):
-            silver.run(spark, customers, progress=quiet)
+            silver.run(spark, restored, progress=quiet)
     # the way out, the full refreshes the message names, gives what an uninterrupted run gives
-    silver.run(spark, replace(customers, full_refresh=True), progress=quiet)
-    rebuilt = snapshot(spark, customers)
+    silver.run(spark, replace(restored, full_refresh=True), progress=quiet)
+    rebuilt = snapshot(spark, restored)
     assert rebuilt["silver"] == uninterrupted["silver"]
     assert [r[:3] for r in rebuilt["quarantine"]] == [r[:3] for r in uninterrupted["quarantine"]]
 

@@ -42,6 +42,8 @@ from order_pipeline.jobs import bronze, silver
 from order_pipeline.jobs.task import run_task
 from order_pipeline.synthetic.generator import GeneratorConfig, generate
 
+pytestmark = pytest.mark.usefixtures("repository_conf")  # every dataset check
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD_FILES = {
     # bundle resource key -> the schema its dataset_schema names (resources/dashboards.yml)

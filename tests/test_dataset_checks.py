@@ -31,6 +31,8 @@ from order_pipeline.quality.dataset_checks import (
     volume,
 )
 
+pytestmark = pytest.mark.usefixtures("repository_conf")  # every dataset check
+
 CUSTOMER_CHECKS = """
 dataset_checks:
   - {name: silver_fresh, kind: freshness, of: silver, max_age: 30 days, severity: warn}

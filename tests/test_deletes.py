@@ -34,6 +34,8 @@ from order_pipeline.jobs.silver import build_silver, merge_latest
 from order_pipeline.quality.rules import RuleSet
 from order_pipeline.transforms.parse import parse_lines
 
+pytestmark = pytest.mark.usefixtures("repository_conf")  # every dataset check
+
 TS = datetime.fromisoformat
 
 

@@ -30,6 +30,8 @@ from order_pipeline.common.io import Lakehouse
 from order_pipeline.jobs.task import TaskContext
 from order_pipeline.synthetic.generator import GeneratorConfig, generate
 
+pytestmark = pytest.mark.usefixtures("repository_conf")  # every dataset check
+
 ENTITIES = ("customers", "products", "orders", "line_items")
 AS_OF = datetime(2026, 10, 20)
 SCALE = {"seed": 7, "customers": 60, "products": 12, "orders": 240, "files_per_entity": 3,

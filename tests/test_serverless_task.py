@@ -51,6 +51,8 @@ from order_pipeline.common.config import conf_dir, load_profile
 from order_pipeline.common.contract import TASK_RUNS
 from order_pipeline.common.io import Lakehouse
 
+pytestmark = pytest.mark.usefixtures("repository_conf")  # every dataset check
+
 __all__ = [  # the shared end-to-end tests, collected again here against this module's runs
     "test_bronze_holds_every_landed_line",
     "test_each_injected_fault_is_quarantined_with_the_right_rule",

@@ -72,3 +72,13 @@ def line_bytes(record: dict[str, Any] | str | bytes) -> bytes:
     if isinstance(record, bytes):
         return record
     return (record if isinstance(record, str) else json.dumps(record)).encode("utf-8")
+
+
+def edit_text(path: Path, *changes: tuple[str, str]) -> None:
+    """Replace each ``old`` by ``new`` in a (conf) file: every ``old`` must be there, so a
+    conf change that moves the text fails the test instead of leaving the file as it was."""
+    text = path.read_text(encoding="utf-8")
+    for old, new in changes:
+        assert old in text, f"{path}: {old!r} not found"
+        text = text.replace(old, new)
+    path.write_text(text, encoding="utf-8")

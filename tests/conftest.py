@@ -49,17 +49,20 @@ REPOSITORY_CONF = (
 
 
 def trimmed_conf(source: Path, target: Path) -> Path:
-    """A copy of ``source`` whose quality files keep only TEST_DATASET_CHECKS."""
+    """A copy of ``source`` whose quality files keep only TEST_DATASET_CHECKS; everything
+    above their ``dataset_checks:`` list (the last key of each) keeps its text, so tests that
+    edit a copy by text find what the repository's file has."""
     import shutil
 
     import yaml
 
     shutil.copytree(source, target)
     for rules in sorted((target / "quality").glob("*.yml")):
-        data = yaml.safe_load(rules.read_text(encoding="utf-8"))
-        checks = data.get("dataset_checks") or []
-        data["dataset_checks"] = [c for c in checks if c.get("kind") in TEST_DATASET_CHECKS]
-        rules.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        text = rules.read_text(encoding="utf-8")
+        checks = yaml.safe_load(text).get("dataset_checks") or []
+        kept = [c for c in checks if c.get("kind") in TEST_DATASET_CHECKS]
+        head = text[: text.index("\ndataset_checks:") + 1]
+        rules.write_text(head + yaml.safe_dump({"dataset_checks": kept}, sort_keys=False))
     return target
 
 

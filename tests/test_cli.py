@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from builders import customer, land, order
+from builders import customer, edit_text, land, order
 
 from order_pipeline.cli import main as cli
 from order_pipeline.common.config import conf_dir
@@ -22,8 +22,8 @@ def data_root(spark, tmp_path_factory):
     conf = root / "conf"
     shutil.copytree(conf_dir(), conf)
     local = conf / "local.yml"
-    local.write_text(local.read_text().replace("defer_max_age: 7 days", "defer_max_age: 0 seconds")
-                     .replace("schema: lakehouse", "schema: cli_test"))  # fmt: skip
+    edit_text(local, ("defer_max_age: 7 days", "defer_max_age: 0 seconds"),
+              ("schema: lakehouse", "schema: cli_test"))  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ORDER_PIPELINE_CONF", str(conf))
         landing = root / "landing"
@@ -139,7 +139,7 @@ def test_replay_after_the_parent_lands_and_after_a_rule_fix(capsys, data_root, m
     assert after == before  # a second replay commits nothing
 
     rules = conf / "quality" / "customers.yml"
-    rules.write_text(rules.read_text().replace(r"\.[A-Za-z]{2,}\z", r"\.[A-Za-z0-9]{2,}\z"))
+    edit_text(rules, (r"\.[A-Za-z]{2,}\z", r"\.[A-Za-z0-9]{2,}\z"))
     assert (
         cli.main(["replay", "customers", "--rule", "email_valid", "--data-root", str(data_root)])
         == 0

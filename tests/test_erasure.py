@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from builders import customer, land, line_bytes, line_item, order, product
+from builders import customer, edit_text, land, line_bytes, line_item, order, product
 from pipeline_helpers import assert_gold_equals, typed_silver
 
 from order_pipeline.cli import main as cli
@@ -70,7 +70,7 @@ def erased(spark, tmp_path_factory):
     conf = root.parent / f"{root.name}-conf"
     shutil.copytree(conf_dir(), conf)
     local = conf / "local.yml"
-    local.write_text(local.read_text().replace("schema: lakehouse", f"schema: {SCHEMA}"))
+    edit_text(local, ("schema: lakehouse", f"schema: {SCHEMA}"))
     landing = root / "landing"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ORDER_PIPELINE_CONF", str(conf))

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from builders import customer, land, line_bytes
+from builders import customer, edit_text, land, line_bytes
 from pyspark.sql import functions as F
 
 from order_pipeline.cli import main as cli
@@ -170,9 +170,9 @@ def data_root(spark, tmp_path_factory):
     conf = root / "conf"
     shutil.copytree(conf_dir(), conf)
     local = conf / "local.yml"
-    local.write_text(local.read_text().replace("schema: lakehouse", "schema: personal_test"))
+    edit_text(local, ("schema: lakehouse", "schema: personal_test"))
     rules = conf / "quality" / "customers.yml"
-    rules.write_text(rules.read_text().replace("max_quarantine_ratio: 0.5", "max_quarantine_ratio: 1.0"))  # fmt: skip
+    edit_text(rules, ("max_quarantine_ratio: 0.5", "max_quarantine_ratio: 1.0"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ORDER_PIPELINE_CONF", str(conf))
         land(root / "landing", "customers", LANDED)

@@ -10,7 +10,7 @@ from itertools import pairwise
 from urllib.parse import urlparse
 
 import pytest
-from builders import customer, land, line_item, order, product
+from builders import customer, edit_text, land, line_item, order, product
 from pipeline_helpers import quarantine_rows, run_all, run_entity, silver_rows, versions
 from pyspark.sql import functions as F
 
@@ -139,7 +139,7 @@ def test_fail_rule_stops_the_run_naming_the_rule_and_a_sample(
     conf = tmp_path / "conf"
     shutil.copytree(conf_dir(), conf)
     rules = conf / "quality" / "products.yml"
-    rules.write_text(rules.read_text().replace(
+    edit_text(rules, (
         "  - name: price_positive\n    kind: range\n    column: price\n    min: 0\n    strict_min: true\n    severity: quarantine",
         "  - name: price_positive\n    kind: range\n    column: price\n    min: 0\n    strict_min: true\n    severity: fail",
     ))  # fmt: skip

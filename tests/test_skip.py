@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from builders import customer, land, line_item, order, product
+from builders import customer, edit_text, land, line_item, order, product
 
 from order_pipeline.cli import main as cli
 from order_pipeline.common.config import conf_dir, load_profile
@@ -37,7 +37,7 @@ def root(spark, tmp_path_factory) -> Path:
     conf = root / "conf"
     shutil.copytree(conf_dir(), conf)
     local = conf / "local.yml"
-    local.write_text(local.read_text().replace("schema: lakehouse", f"schema: {SCHEMA}"))
+    edit_text(local, ("schema: lakehouse", f"schema: {SCHEMA}"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ORDER_PIPELINE_CONF", str(conf))
         landing = root / "landing"
@@ -152,7 +152,7 @@ def test_a_due_deferral_or_window_makes_the_task_run_again(spark, root, monkeypa
     monkeypatch.setenv("ORDER_PIPELINE_CONF", str(root / "conf"))
     local = root / "conf" / "local.yml"
     original = local.read_text()
-    local.write_text(original.replace("defer_max_age: 7 days", "defer_max_age: 3 seconds"))
+    edit_text(local, ("defer_max_age: 7 days", "defer_max_age: 3 seconds"))
     try:
         land(root / "landing", "line_items", [line_item("L3", order_id="O3")])
         assert run(root) == 0

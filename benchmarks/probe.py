@@ -5,7 +5,10 @@ stream-level figures in a scratch lakehouse with the project's real task bodies.
   silver tables (MERGE operationMetrics: rows copied per source row);
 * fixed overhead per micro-batch: the project's bronze and silver tasks run over a 1-row
   increment, several times; each micro-batch's durationMs comes from a listener;
-* file listing against files already seen: no-new-data bronze runs with N files landed.
+* file listing against files already seen: no-new-data bronze runs with N files landed;
+* Delta commits per silver micro-batch (the table versions each 1-row silver run added);
+* gold for a tiny change: five orders changed in silver, gold built incrementally, then
+  rebuilt in full over the same silver (each timed).
 
     python -m benchmarks.probe --data-root D --out probe.json [--listing-files N]
 """
@@ -29,12 +32,21 @@ from pyspark.sql import functions as F
 from benchmarks.common import ENTITY_ORDER, utc_now, write_json
 from benchmarks.listener import ProgressListener
 from order_pipeline.common import contract
-from order_pipeline.common.config import Profile, load_entities, load_profile
-from order_pipeline.common.contract import TASK_RUNS, deferred_table, quarantine_table, silver_table
+from order_pipeline.common.config import GoldSettings, Profile, load_entities, load_profile
+from order_pipeline.common.contract import (
+    QUALITY_METRICS,
+    QUALITY_WARNINGS,
+    SOURCE_FILE,
+    TASK_RUNS,
+    deferred_table,
+    quarantine_table,
+    silver_table,
+)
 from order_pipeline.common.io import Lakehouse, quote
 from order_pipeline.common.platform import profile_name
 from order_pipeline.common.spark import get_spark
 from order_pipeline.jobs import bronze as bronze_job
+from order_pipeline.jobs import gold as gold_job
 from order_pipeline.jobs import silver as silver_job
 from order_pipeline.jobs.task import TaskContext, flush_task_runs
 
@@ -233,15 +245,64 @@ def probe_overhead(
         bronze = timed_task(
             collector, "bronze_customers", lambda: bronze_job.run(spark, bronze_ctx, quiet)
         )
+        written = silver_commit_tables("customers")
+        before = {t: Lakehouse(spark, profile, register=False).version(t) for t in written}
         silver = timed_task(
             collector, "silver_customers", lambda: silver_job.run(spark, silver_ctx, quiet)
         )
+        lake = Lakehouse(spark, profile, register=False)
+        silver["commits"] = {t: (lake.version(t) or -1) - (before[t] or -1) for t in written}
         results.append({"run": i, "bronze": bronze, "silver": silver})
         print(
             f"  1-row micro-batch {i + 1}/{runs}: bronze task {bronze['wall_seconds']:.2f}s, silver task {silver['wall_seconds']:.2f}s",
             flush=True,
         )
     return results
+
+
+def silver_commit_tables(entity: str) -> list[str]:
+    """The tables a silver task of ``entity`` commits to (ops_task_runs aside: the probe
+    calls the task body, which records no run)."""
+    return [
+        silver_table(entity), quarantine_table(entity), deferred_table(entity), QUALITY_METRICS,
+        contract.tombstone_table(entity),
+    ]  # fmt: skip
+
+
+def probe_gold_tiny_change(spark: SparkSession, profile: Profile, orders: int) -> dict[str, Any]:
+    """``orders`` orders of silver re-dated by a second (a new snapshot each), then gold
+    built incrementally (whatever the share) and rebuilt in full over the same silver."""
+    lake = Lakehouse(spark, profile)
+    entities = load_entities()
+    entity = entities["orders"]
+    table = silver_table("orders")
+    changed = (
+        lake.read(table)
+        .orderBy(F.col(entity.key).desc())
+        .limit(orders)
+        .withColumn(entity.sequence, F.col(entity.sequence) + F.expr("INTERVAL 1 SECOND"))
+        .select(*entity.columns, QUALITY_WARNINGS, SOURCE_FILE)
+    )
+    run_id = f"bench-probe-gold-{int(time.time())}"
+    silver_job.merge_latest(lake, table, changed, entity, run_id)
+    incremental_profile = replace(profile, gold=GoldSettings(max_incremental_share=1.0))
+    ctx = TaskContext(profile=incremental_profile, entities=entities, run_id=run_id)
+    out: dict[str, Any] = {"orders_changed": orders}
+    for label, task_ctx in (("incremental", ctx), ("rebuild", replace(ctx, full_refresh=True))):
+        started = time.perf_counter()
+        result = gold_job.run(spark, task_ctx, quiet)
+        out[label] = {
+            "wall_seconds": round(time.perf_counter() - started, 3),
+            "mode": result.details.get("mode"),
+            "affected_orders": result.details.get("affected_orders"),
+        }
+    print(
+        f"  gold for {orders} changed orders: {out['incremental']['mode']} "
+        f"{out['incremental']['wall_seconds']:.1f}s ({out['incremental']['affected_orders']} "
+        f"affected), full rebuild {out['rebuild']['wall_seconds']:.1f}s",
+        flush=True,
+    )
+    return out
 
 
 def probe_listing(
@@ -289,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--overhead-runs", type=int, default=3)
     parser.add_argument("--listing-files", type=int, default=500, help="0: skip the listing probe")
+    parser.add_argument("--gold-orders", type=int, default=5, help="0: skip the gold probe")
     args = parser.parse_args(argv)
     profile = load_profile(profile_name(), args.data_root)
     spark = get_spark(profile, app_name="benchmark-probe")
@@ -315,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         levels = sorted({max(1, args.listing_files // 20), args.listing_files})
         print(f"file listing: no-new-data bronze runs with {levels} files seen", flush=True)
         out["listing"] = probe_listing(spark, scratch, args.scratch, levels, collector)
+    if args.gold_orders > 0:
+        print(f"gold for a tiny change: {args.gold_orders} orders", flush=True)
+        out["gold_tiny_change"] = probe_gold_tiny_change(spark, profile, args.gold_orders)
     write_json(args.out, out)
     return 0
 

@@ -176,6 +176,12 @@ def overhead_figures(probe: list[dict[str, Any]]) -> dict[str, Any]:
             ),
             "median_task_wall_seconds": median([run[task]["wall_seconds"] for run in warm]),
         }
+    commits = [run["silver"]["commits"] for run in warm if "commits" in run["silver"]]
+    if commits:  # Delta commits of a silver run of one micro-batch, per table (median)
+        tables = sorted({t for c in commits for t in c})
+        per_table = {t: median([c.get(t, 0) for c in commits]) for t in tables}
+        out["silver"]["median_commits"] = {t: n for t, n in per_table.items() if n}
+        out["silver"]["median_commits_total"] = median([sum(c.values()) for c in commits])
     return out
 
 
@@ -381,6 +387,20 @@ def stream_table(report: dict[str, Any]) -> str:
                 f"(engine outside foreachBatch {fmt_int(figures['median_engine_overhead_ms'])} ms, "
                 f"foreachBatch {fmt_int(figures['median_add_batch_ms'])} ms); whole task {fmt_seconds(figures['median_task_wall_seconds'])} s"
             )
+        commits = overhead["silver"].get("median_commits")
+        if commits is not None:
+            lines.append(
+                f"  Delta commits of a 1-batch silver run: {fmt_int(overhead['silver']['median_commits_total'])} "
+                f"({', '.join(f'{t} {fmt_int(n)}' for t, n in commits.items())})"
+            )
+    gold_tiny = report.get("gold_tiny_change")
+    if gold_tiny:
+        incremental, rebuild = gold_tiny["incremental"], gold_tiny["rebuild"]
+        lines.append(
+            f"Gold for {gold_tiny['orders_changed']} changed orders: {incremental['mode']} "
+            f"{fmt_seconds(incremental['wall_seconds'])} s ({fmt_int(incremental['affected_orders'])} "
+            f"affected orders), full rebuild {fmt_seconds(rebuild['wall_seconds'])} s"
+        )
     streams = report.get("incremental_streams") or {}
     if streams:
         lines.append("Pipeline streams in the incremental run (from their progress events):")

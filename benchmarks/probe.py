@@ -211,10 +211,10 @@ def product_line(i: int) -> str:
     )  # fmt: skip
 
 
-def context(profile: Profile, entity: str, data_root: Path) -> TaskContext:
+def context(profile: Profile, entity: str) -> TaskContext:
     return TaskContext(
         profile=profile, entities=load_entities(), run_id=f"bench-probe-{int(time.time())}",
-        entity=entity, data_root=data_root,
+        entity=entity,
     )  # fmt: skip
 
 
@@ -235,8 +235,8 @@ def probe_overhead(
     """The project's bronze and silver tasks over a 1-row increment, ``runs`` times."""
     Lakehouse(spark, profile)
     bronze_ctx, silver_ctx = (
-        context(profile, "customers", root),
-        context(profile, "customers", root),
+        context(profile, "customers"),
+        context(profile, "customers"),
     )
     landing = Path(profile.landing_root) / "customers"
     results = []
@@ -245,13 +245,12 @@ def probe_overhead(
         bronze = timed_task(
             collector, "bronze_customers", lambda: bronze_job.run(spark, bronze_ctx, quiet)
         )
-        written = silver_commit_tables("customers")
-        before = {t: Lakehouse(spark, profile, register=False).version(t) for t in written}
+        before = table_versions(spark, profile, silver_commit_tables("customers"))
         silver = timed_task(
             collector, "silver_customers", lambda: silver_job.run(spark, silver_ctx, quiet)
         )
-        lake = Lakehouse(spark, profile, register=False)
-        silver["commits"] = {t: (lake.version(t) or -1) - (before[t] or -1) for t in written}
+        after = table_versions(spark, profile, silver_commit_tables("customers"))
+        silver["commits"] = {t: after[t] - before[t] for t in after}
         results.append({"run": i, "bronze": bronze, "silver": silver})
         print(
             f"  1-row micro-batch {i + 1}/{runs}: bronze task {bronze['wall_seconds']:.2f}s, silver task {silver['wall_seconds']:.2f}s",
@@ -267,6 +266,12 @@ def silver_commit_tables(entity: str) -> list[str]:
         silver_table(entity), quarantine_table(entity), deferred_table(entity), QUALITY_METRICS,
         contract.tombstone_table(entity),
     ]  # fmt: skip
+
+
+def table_versions(spark: SparkSession, profile: Profile, tables: list[str]) -> dict[str, int]:
+    """Each table's Delta version, -1 for a table not created yet."""
+    lake = Lakehouse(spark, profile, register=False)
+    return {t: lake.version(t) if lake.exists(t) else -1 for t in tables}
 
 
 def probe_gold_tiny_change(spark: SparkSession, profile: Profile, orders: int) -> dict[str, Any]:
@@ -315,7 +320,7 @@ def probe_listing(
     """For each level N: land files up to N, ingest them, then time a bronze run with no
     new file (pure listing against N seen files) and one with a single new file."""
     Lakehouse(spark, profile)
-    ctx = context(profile, "products", root)
+    ctx = context(profile, "products")
     landing = Path(profile.landing_root) / "products"
     landed, results = 0, []
 

@@ -142,6 +142,12 @@ def test_databricks_profile_uses_volumes_and_auto_loader(tmp_path: Path) -> None
             "max_incremental_share: some",
             "gold.max_incremental_share",
         ),
+        (
+            "local.yml",
+            "min_orders_for_incremental: 150000",
+            "min_orders_for_incremental: -1",
+            "gold.min_orders_for_incremental",
+        ),
         ("local.yml", "defer_max_age: 7 days", "defer_max_age: a week", "quality.defer_max_age"),
         ("local.yml", "profile: local", "profile: local\nwarehouse: x", "warehouse"),
     ],

@@ -296,12 +296,21 @@ class GoldSettings:
     # An incremental gold build MERGEs the rows of the affected orders; above this share of
     # all orders, overwriting gold from silver is the cheaper way to the same tables.
     max_incremental_share: float = 1.0
+    # The incremental build's MERGEs cost about the same whatever the change (a few seconds
+    # each); below this many orders in silver a rebuild costs less even for one changed order.
+    min_orders_for_incremental: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_incremental_share <= 1.0:
             raise SettingError(
                 "gold.max_incremental_share",
                 f"must be between 0 and 1, got {self.max_incremental_share!r}",
+            )
+        value = self.min_orders_for_incremental
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SettingError(
+                "gold.min_orders_for_incremental",
+                f"must be a whole number of 0 or more, got {value!r}",
             )
 
 
@@ -468,6 +477,7 @@ def load_profile(
                 max_incremental_share=number(
                     gold.get("max_incremental_share", 1.0), "gold.max_incremental_share"
                 ),
+                min_orders_for_incremental=gold.get("min_orders_for_incremental", 0),
             ),
         )
     except SettingError as exc:

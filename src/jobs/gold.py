@@ -18,6 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from order_pipeline.common import contract
+from order_pipeline.common.config import GoldSettings
 from order_pipeline.common.contract import (
     CHANGE_DATA_FEED,
     GOLD_TASK,
@@ -273,13 +274,20 @@ def build_incrementally(
     watermarks: dict[str, gold.Watermark],
     progress: Callable[[str], None],
     fault_hook: Callable[[str], None],
-    max_share: float,
+    settings: GoldSettings,
     steps: StepTimer,
 ) -> tuple[int, DataFrame | None]:
     """Bring the gold tables up to the pinned silver versions from the changes since the
     watermarks; returns the number of affected orders, and their ids as local rows when
     they were few enough to hold so (else None). Raises IncrementalNotCheaper, before any
-    write, when more than ``max_share`` of all orders are affected."""
+    write, when silver holds fewer orders than ``min_orders_for_incremental`` (before the
+    change feed is read) or more than ``max_incremental_share`` of them are affected."""
+    max_share, min_orders = settings.max_incremental_share, settings.min_orders_for_incremental
+    if min_orders and (all_orders := silver["orders"].count()) < min_orders:
+        raise IncrementalNotCheaper(
+            f"{all_orders} orders are fewer than the gold.min_orders_for_incremental of "
+            f"{min_orders}: a full rebuild is cheaper"
+        )
     order_ids: DataFrame | None = None
     local_ids: DataFrame | None = None
     try:
@@ -359,7 +367,7 @@ def run(
                 watermarks,
                 progress,
                 fault_hook,
-                ctx.profile.gold.max_incremental_share,
+                ctx.profile.gold,
                 steps,
             )
         except (ChangeFeedUnavailable, IncrementalNotCheaper) as exc:

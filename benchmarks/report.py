@@ -487,7 +487,9 @@ def stream_table(report: dict[str, Any]) -> str:
 
 def targets_table(targets: list[dict[str, Any]]) -> str:
     rows = [[t["target"], t["figure"], t["status"]] for t in targets]
-    return table(["target (issues 5 and 12)", "figure here", "status"], rows, right=[False, True, False])
+    return table(
+        ["target (issues 5 and 12)", "figure here", "status"], rows, right=[False, True, False]
+    )
 
 
 def indent(text: str, prefix: str = "  ") -> str:

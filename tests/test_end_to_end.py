@@ -281,3 +281,10 @@ def test_each_silver_run_reconciles_exactly_with_the_landed_files(spark, first_r
     assert absent > 0  # the generated deletes reached the reconciliation
     for rule in ("line_item_order_exists", "line_item_product_exists"):
         assert metrics[("gold", rule)] == ("fail", len(silver["line_items"]), 0)
+
+
+def test_ops_tables_write_a_log_checkpoint_every_50_commits(spark, first_run) -> None:
+    lake = Lakehouse(spark, first_run.ctx.profile)
+    for table in ("ops_task_runs", "ops_quality_metrics", "ops_gold_watermarks"):
+        assert lake.properties(table).get("delta.checkpointInterval") == "50", table
+    assert "delta.checkpointInterval" not in lake.properties("silver_orders")

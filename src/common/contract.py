@@ -110,6 +110,11 @@ GOLD_TABLES = (ORDER_DETAILS, PRODUCT_SALES_MONTHLY, ORDER_COMPLETION_STATUS, MO
 # Silver tables record their row changes so that gold can be rebuilt for what changed only.
 CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
 
+# The ops tables take many tiny commits (a run record, a batch's metrics rows): Delta writes a
+# checkpoint of the log every 10 commits by default, ~1.2 s each here; every 50 halves the time
+# of 60 small appends (16.5-18.9 s -> 11 s), and reading the table fresh costs the same (0.4 s).
+OPS_TABLE_PROPERTIES = {"delta.checkpointInterval": "50"}
+
 # Columns that hold a whole record as text (or struct): whatever the record says, personal data
 # included. Kept out of Delta's file statistics like the personal fields themselves.
 RAW_TEXT_COLUMNS = (CORRUPT_RECORD, RESCUED_DATA, RAW_LINE, "record", "raw_record", "rescued_data")

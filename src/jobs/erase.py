@@ -52,6 +52,7 @@ from order_pipeline.common.contract import (
     CORRUPT_RECORD,
     ERASURE_AUDIT,
     ERASURE_AUDIT_DDL,
+    OPS_TABLE_PROPERTIES,
     RAW_LINE,
     RESCUED_DATA,
     bronze_checkpoint,
@@ -407,7 +408,7 @@ def write_audit(
         sum(t.rows_deleted for t in tables), sum(t.rows_masked for t in tables),
         len(landing.files_rewritten) + len(landing.files_removed), landing.lines_removed, "DONE",
     )  # fmt: skip
-    lake.ensure(ERASURE_AUDIT, ERASURE_AUDIT_DDL)
+    lake.ensure(ERASURE_AUDIT, ERASURE_AUDIT_DDL, properties=OPS_TABLE_PROPERTIES)
     lake.append(lake.spark.createDataFrame([row], ERASURE_AUDIT_DDL), ERASURE_AUDIT)
 
 

@@ -23,6 +23,7 @@ from order_pipeline.common.contract import (
     CHANGE_DATA_FEED,
     GOLD_TASK,
     GOLD_WATERMARKS,
+    OPS_TABLE_PROPERTIES,
     WATERMARKS_DDL,
     personal_properties,
     silver_ddl,
@@ -341,7 +342,7 @@ def run(
         lake.ensure(
             silver_table(name), ddl, properties=personal_properties(entity, ddl, CHANGE_DATA_FEED)
         )
-    lake.ensure(GOLD_WATERMARKS, WATERMARKS_DDL)
+    lake.ensure(GOLD_WATERMARKS, WATERMARKS_DDL, properties=OPS_TABLE_PROPERTIES)
     as_of = ctx.as_of or datetime.now(UTC)
     gold_checks = load_gold_checks(gold.GOLD_INPUTS)
 

@@ -40,6 +40,7 @@ from order_pipeline.common.contract import (
     GX_RESULTS,
     METRICS_DDL,
     OPEN,
+    OPS_TABLE_PROPERTIES,
     PARSE_ISSUES,
     QUALITY_METRICS,
     RAW_LINE,
@@ -399,7 +400,7 @@ class SilverBatch:
 
         result = validate_batch(self.rules, batch, lake.caches)
         rows = gx_result_rows(lake.spark, self.rules, result, self.run_id, batch_id)
-        lake.ensure(GX_RESULTS, rows.schema)
+        lake.ensure(GX_RESULTS, rows.schema, properties=OPS_TABLE_PROPERTIES)
         lake.append(rows, GX_RESULTS, txn)
 
 
@@ -450,7 +451,7 @@ class Silver:
         )
         self.lake.ensure(self.deferred, deferred, properties=personal_properties(entity, deferred))
         self.lake.ensure(self.tombstones, tombstone_ddl(self.entity))
-        self.lake.ensure(QUALITY_METRICS, METRICS_DDL)
+        self.lake.ensure(QUALITY_METRICS, METRICS_DDL, properties=OPS_TABLE_PROPERTIES)
 
     def batch_function(self, app_id: str) -> SilverBatch:
         return SilverBatch(

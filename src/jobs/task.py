@@ -30,7 +30,7 @@ from order_pipeline.common.config import (
     load_entities,
     load_profile,
 )
-from order_pipeline.common.contract import TASK_RUNS, TASK_RUNS_DDL
+from order_pipeline.common.contract import OPS_TABLE_PROPERTIES, TASK_RUNS, TASK_RUNS_DDL
 from order_pipeline.common.inputs import Consumed, Inputs, Versions
 from order_pipeline.common.io import Lakehouse, Txn
 from order_pipeline.common.platform import profile_name
@@ -328,7 +328,7 @@ def flush_task_runs(spark: SparkSession, profile: Profile) -> int:
 
 def _append_task_runs(spark: SparkSession, profile: Profile, rows: list[dict[str, object]]) -> None:
     lake = Lakehouse(spark, profile)
-    lake.ensure(TASK_RUNS, TASK_RUNS_DDL)
+    lake.ensure(TASK_RUNS, TASK_RUNS_DDL, properties=OPS_TABLE_PROPERTIES)
     digest = hashlib.sha256(json.dumps(rows, default=_iso, sort_keys=True).encode()).hexdigest()
     columns = [c.split()[0] for c in TASK_RUNS_DDL.split(", ")]
     values = [[_from_iso(c, r.get(c)) for c in columns] for r in rows]

@@ -182,7 +182,7 @@ def test_the_process_holding_the_lock_reenters_it_from_task_threads(tmp_path, mo
         def __init__(self, spark, profile) -> None:
             pass
 
-        def ensure(self, *args) -> None:
+        def ensure(self, *args, **options) -> None:
             pass
 
         def append(self, *args) -> None:

@@ -240,16 +240,17 @@ def probe_overhead(
     )
     landing = Path(profile.landing_root) / "customers"
     results = []
+    committed = silver_commit_tables("customers")
     for i in range(runs):
         land_line(landing, f"probe-{i:05d}.json", customer_line(i))
         bronze = timed_task(
             collector, "bronze_customers", lambda: bronze_job.run(spark, bronze_ctx, quiet)
         )
-        before = table_versions(spark, profile, silver_commit_tables("customers"))
+        before = table_versions(spark, profile, committed)
         silver = timed_task(
             collector, "silver_customers", lambda: silver_job.run(spark, silver_ctx, quiet)
         )
-        after = table_versions(spark, profile, silver_commit_tables("customers"))
+        after = table_versions(spark, profile, committed)
         silver["commits"] = {t: after[t] - before[t] for t in after}
         results.append({"run": i, "bronze": bronze, "silver": silver})
         print(

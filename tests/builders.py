@@ -75,10 +75,11 @@ def line_bytes(record: dict[str, Any] | str | bytes) -> bytes:
 
 
 def edit_text(path: Path, *changes: tuple[str, str]) -> None:
-    """Replace each ``old`` by ``new`` in a (conf) file: every ``old`` must be there, so a
-    conf change that moves the text fails the test instead of leaving the file as it was."""
+    """Replace the first ``old`` by ``new`` in a (conf) file, for each change: every ``old``
+    must be there, so a conf change that moves the text fails the test instead of leaving the
+    file as it was."""
     text = path.read_text(encoding="utf-8")
     for old, new in changes:
         assert old in text, f"{path}: {old!r} not found"
-        text = text.replace(old, new)
+        text = text.replace(old, new, 1)
     path.write_text(text, encoding="utf-8")

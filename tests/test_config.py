@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from builders import edit_text
 
 from order_pipeline.common.config import (
     ConfigError,
@@ -27,12 +28,6 @@ def conf_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(conf_dir(), target)
     monkeypatch.setenv("ORDER_PIPELINE_CONF", str(target))
     return target
-
-
-def replace_in(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1))
 
 
 def test_contract_entities_load_with_keys_and_types() -> None:
@@ -155,7 +150,7 @@ def test_databricks_profile_uses_volumes_and_auto_loader(tmp_path: Path) -> None
 def test_bad_setting_names_file_and_key(
     conf_copy: Path, file: str, old: str, new: str, key: str
 ) -> None:
-    replace_in(conf_copy / file, old, new)
+    edit_text(conf_copy / file, (old, new))
     with pytest.raises(ConfigError) as error:
         load_entities() if file == "pipeline.yml" else load_profile("local")
     assert error.value.file.endswith(file)
@@ -179,7 +174,7 @@ def test_bad_setting_names_file_and_key(
 )
 def test_bad_rule_names_file_and_key(conf_copy: Path, old: str, new: str, key_part: str) -> None:
     path = conf_copy / "quality" / "line_items.yml"
-    replace_in(path, old, new)
+    edit_text(path, (old, new))
     entities = load_entities()
     with pytest.raises(ConfigError) as error:
         load_rules(entities["line_items"], entities)
@@ -275,7 +270,7 @@ def test_bad_dataset_check_names_file_and_key(
     from order_pipeline.quality.dataset_checks import load_gold_checks
     from order_pipeline.transforms.gold import GOLD_INPUTS
 
-    replace_in(conf_copy / "quality" / file, old, new)
+    edit_text(conf_copy / "quality" / file, (old, new))
     entities = load_entities()
     with pytest.raises(ConfigError) as error:
         if file == "gold.yml":

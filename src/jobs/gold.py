@@ -284,7 +284,8 @@ def build_incrementally(
     write, when silver holds fewer orders than ``min_orders_for_incremental`` (before the
     change feed is read) or more than ``max_incremental_share`` of them are affected."""
     max_share, min_orders = settings.max_incremental_share, settings.min_orders_for_incremental
-    if min_orders and (all_orders := silver["orders"].count()) < min_orders:
+    all_orders = silver["orders"].count() if min_orders else None  # counted once, if at all
+    if all_orders is not None and all_orders < min_orders:
         raise IncrementalNotCheaper(
             f"{all_orders} orders are fewer than the gold.min_orders_for_incremental of "
             f"{min_orders}: a full rebuild is cheaper"
@@ -311,7 +312,9 @@ def build_incrementally(
             f"the silver change feed cannot serve the versions since the watermarks ({condition})"
         ) from exc
     try:
-        if affected and affected > max_share * (all_orders := silver["orders"].count()):
+        if affected and all_orders is None:
+            all_orders = silver["orders"].count()
+        if affected and affected > max_share * all_orders:
             raise IncrementalNotCheaper(
                 f"{affected} affected orders of {all_orders} are more than the "
                 f"gold.max_incremental_share of {max_share:g}: a full rebuild is cheaper"

@@ -19,9 +19,10 @@ silver), moves those of a ``quarantine`` relation to quarantine, and leaves thos
 Simplifications: foreign keys are "parent present in silver": a row whose parent is
 missing waits in ``deferred_<entity>`` and is re-checked on every run (no expiry). Only
 ``<entity>/*.json`` files are read (the pipeline also takes sub-folders and ``*.json.gz``).
-A value whose text DuckDB and Spark's JSON reader judge differently (an exotic timestamp
-or number spelling, a repeated field) may be quarantined for another reason
-(malformed_record instead of a parse issue, or the other way round), never let through.
+A value whose spelling DuckDB's JSON and cast rules and Spark's JSON reader judge
+differently (an exotic number or timestamp spelling) may be quarantined under another reason
+(malformed_record instead of a parse issue, or the other way round), or by one of them only;
+the generator writes none.
 
     python -m benchmarks.duckdb_pipeline --landing L --state DIR --as-of TS --result R.json
 """

@@ -57,11 +57,16 @@ def conf_dir() -> Path:
     raise ConfigError("conf/", "pipeline.yml", "no conf/ folder found; set ORDER_PIPELINE_CONF")
 
 
+# libyaml's parser when PyYAML has it (the wheels do): the same documents, ~8x faster, and
+# every task entry point reads several of these files (a `run --watch` poll reads 22)
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(path, "<file>", "file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)
     except yaml.YAMLError as exc:
         raise ConfigError(path, "<file>", f"not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

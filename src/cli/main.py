@@ -14,6 +14,7 @@ EPILOG = """examples:
   order-pipeline generate --scale 0.01          land synthetic JSON under .local/landing
   order-pipeline run                            run the whole job graph of resources/jobs.yml
   order-pipeline run --task silver_orders       run one task
+  order-pipeline run --watch                    keep running: a run whenever new files land
   order-pipeline sql --json "select count(*) as n from bronze_orders"
   order-pipeline quarantine --entity orders --rule status_allowed
   order-pipeline replay orders --rule customer_exists
@@ -67,6 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_parameters(p, "job parameter")
     add_wait(p)
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep running: poll the tasks' inputs every --interval seconds and run the "
+        "graph when one would not be skipped, in this process (Spark stays warm)",
+    )
+    p.add_argument(
+        "--interval",
+        type=seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="with --watch: seconds between polls (default 5; a poll reads no data)",
+    )
+    p.add_argument(
+        "--max-runs",
+        type=positive_int,
+        help="with --watch: stop after this many runs (default: until Ctrl-C or SIGTERM)",
+    )
 
     p = sub.add_parser(
         "sql", help="run a query against the local tables (results as they are, personal data too)"
@@ -236,6 +255,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from order_pipeline.common.runlock import RunLocked
 
+    if args.watch:
+        return watch_data_root(args)
     ctx = local_context(args.data_root)
     command = "order-pipeline run" + (f" --task {args.task}" if args.task else "")
     try:
@@ -245,6 +266,47 @@ def cmd_run(args: argparse.Namespace) -> int:
         return refused(exc)
 
 
+def watch_data_root(args: argparse.Namespace) -> int:
+    """`run --watch` (cli/watch.py): poll, and run the graph when a task has work."""
+    from order_pipeline.cli.runner import bundle_variables, load_job_graph, pending_tasks
+    from order_pipeline.cli.watch import watch
+    from order_pipeline.common.runlock import RunLocked, run_lock
+
+    if args.full_refresh:
+        raise SystemExit("--watch and --full-refresh do not go together: refresh once, then watch")
+    ctx = local_context(args.data_root)
+    graph = load_job_graph()
+    variables = bundle_variables(graph.source.parent.parent, ctx.profile)
+    task_args = ["--data-root", args.data_root]
+    print(
+        f"watching {ctx.profile.landing_root} and the tables of {args.data_root} every "
+        f"{args.interval:g}s for {args.task or graph.name} (Ctrl-C stops)"
+    )
+
+    def poll():
+        with run_lock(ctx.profile, command="order-pipeline run --watch (poll)", run_id=ctx.run_id):
+            return pending_tasks(graph, variables, job_parameters(args), task_args, args.task)
+
+    def run_once() -> int:
+        run_ctx = local_context(args.data_root)  # each run its own run id
+        try:
+            with hold_data_root(args, run_ctx, "order-pipeline run --watch", run_ctx.run_id):
+                return run_job_graph(args, run_ctx)
+        except RunLocked as exc:
+            return refused(exc)
+
+    status, _ = watch(poll, run_once, max(args.interval, 0.1), args.max_runs)
+    return status
+
+
+def job_parameters(args: argparse.Namespace) -> dict[str, str]:
+    """`run`'s job parameters: --param KEY=VALUE and --as-of."""
+    parameters = dict(args.param)
+    if args.as_of:
+        parameters["as_of"] = args.as_of
+    return parameters
+
+
 def run_job_graph(args: argparse.Namespace, ctx) -> int:
     """`run`, once it holds the data root."""
     from order_pipeline.cli.display import print_table
@@ -252,9 +314,7 @@ def run_job_graph(args: argparse.Namespace, ctx) -> int:
     from order_pipeline.cli.runner import OK, bundle_variables, load_job_graph, run_graph
     from order_pipeline.jobs.task import collected_task_runs
 
-    parameters = dict(args.param)
-    if args.as_of:
-        parameters["as_of"] = args.as_of
+    parameters = job_parameters(args)
     if args.full_refresh:
         if not args.yes:
             if not sys.stdin.isatty():

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from order_pipeline.common.config import ConfigError, Profile
-from order_pipeline.jobs.task import task_status
+from order_pipeline.jobs.task import PendingTask, pending_work, task_status
 
 VAR_REF = re.compile(r"\$\{var\.([A-Za-z0-9_]+)\}")
 DYNAMIC_REF = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
@@ -172,6 +172,55 @@ def load_entry_point(name: str) -> Callable[[list[str]], Any]:
     return next(iter(found)).load()
 
 
+def plan(
+    graph: JobGraph,
+    variables: dict[str, str],
+    parameters: dict[str, str],
+    run_id: str,
+    extra_args: list[str],
+    only: str | None = None,
+) -> tuple[list[Task], Callable[[Task], list[str]]]:
+    """The tasks to run (the graph, or one task), in dependency order, and how to build a
+    task's arguments: its parameters with ``${var.*}`` and ``{{...}}`` resolved, resolved
+    when asked so that a reference error stops a run just before the task that has it."""
+    job_parameters = {
+        name: resolve(default, variables, {}, f"{graph.source}: parameters.{name}")
+        for name, default in graph.parameters.items()
+    }
+    job_parameters.update({k: v for k, v in parameters.items() if v is not None})
+    unknown = set(parameters) - set(graph.parameters)
+    if unknown:
+        raise ConfigError(graph.source, "parameters", f"unknown job parameter(s) {sorted(unknown)}")
+    if only is not None and only not in graph.tasks:
+        raise ConfigError(graph.source, "tasks", f"no task {only!r}; tasks: {list(graph.tasks)}")
+    dynamic = {f"job.parameters.{k}": v for k, v in job_parameters.items()}
+    dynamic.update({"job.run_id": run_id, "job.name": graph.name})
+
+    def argv_of(task: Task) -> list[str]:
+        where = f"{graph.source}: tasks.{task.key}.parameters"
+        values = {**dynamic, "task.name": task.key}
+        return [resolve(p, variables, values, where) for p in task.parameters] + extra_args
+
+    return [t for t in graph.ordered() if only is None or t.key == only], argv_of
+
+
+def pending_tasks(
+    graph: JobGraph,
+    variables: dict[str, str],
+    parameters: dict[str, str],
+    extra_args: list[str],
+    only: str | None = None,
+) -> list[PendingTask]:
+    """The tasks a run started now would not skip, with why, decided by each task's own
+    entry point (``jobs.task.pending_work``): nothing runs, nothing is recorded, and on the
+    local profile no Spark session is needed."""
+    tasks, argv_of = plan(graph, variables, parameters, "{{job.run_id}}", extra_args, only)
+    with pending_work() as found:
+        for task in tasks:
+            load_entry_point(task.entry_point)(argv_of(task))
+    return list(found)
+
+
 def run_graph(
     graph: JobGraph,
     variables: dict[str, str],
@@ -188,26 +237,9 @@ def run_graph(
     dependents UPSTREAM_FAILED, as Databricks does, and independent tasks still run.
     Outcomes come back in the graph's order whatever order the tasks finished in;
     ``on_done`` hears of each as it is decided (a progress bar advances on it)."""
-    job_parameters = {
-        name: resolve(default, variables, {}, f"{graph.source}: parameters.{name}")
-        for name, default in graph.parameters.items()
-    }
-    job_parameters.update({k: v for k, v in parameters.items() if v is not None})
-    unknown = set(parameters) - set(graph.parameters)
-    if unknown:
-        raise ConfigError(graph.source, "parameters", f"unknown job parameter(s) {sorted(unknown)}")
-    if only is not None and only not in graph.tasks:
-        raise ConfigError(graph.source, "tasks", f"no task {only!r}; tasks: {list(graph.tasks)}")
-    tasks = [t for t in graph.ordered() if only is None or t.key == only]
+    tasks, argv_of = plan(graph, variables, parameters, run_id, extra_args, only)
     selected = {t.key for t in tasks}
     position = {t.key: i for i, t in enumerate(tasks, start=1)}
-    dynamic = {f"job.parameters.{k}": v for k, v in job_parameters.items()}
-    dynamic.update({"job.run_id": run_id, "job.name": graph.name})
-
-    def argv_of(task: Task) -> list[str]:
-        where = f"{graph.source}: tasks.{task.key}.parameters"
-        values = {**dynamic, "task.name": task.key}
-        return [resolve(p, variables, values, where) for p in task.parameters] + extra_args
 
     def execute(task: Task, argv: list[str]) -> TaskOutcome:
         started = time.monotonic()

@@ -143,6 +143,16 @@ class Inputs:
     def unchanged_since(self, previous: dict[str, Any] | None) -> bool:
         return self.due is None and previous is not None and previous == _plain(self.values)
 
+    def change_from(self, previous: dict[str, Any] | None) -> str:
+        """Why the task must run, in words: what is due, or which inputs moved."""
+        if self.due is not None:
+            return self.due
+        if previous is None:
+            return "has not succeeded before"
+        now = _plain(self.values)
+        moved = sorted(k for k in now.keys() | previous.keys() if now.get(k) != previous.get(k))
+        return f"moved: {', '.join(moved)}" if moved else "skip_unchanged is off"
+
 
 @dataclass(frozen=True)
 class Consumed:

@@ -17,6 +17,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -147,6 +148,32 @@ def context_from_args(args: argparse.Namespace) -> TaskContext:
 InputsOf = Callable[["TaskContext", Versions, Consumed | None], Inputs]
 
 
+@dataclass(frozen=True)
+class PendingTask:
+    """A task that would run now, and why (``pending_work``)."""
+
+    task: str
+    reason: str
+    inputs: dict[str, object]
+
+
+_probe: ContextVar[list[PendingTask] | None] = ContextVar("task_probe", default=None)
+
+
+@contextmanager
+def pending_work() -> Iterator[list[PendingTask]]:
+    """Inside, ``run_task`` only decides: a task that would run is noted in the yielded
+    list with its reason, a task that would be skipped is not, and neither runs nor writes
+    a run record. The decision is run_task's own (inputs, due, ``skip_unchanged``), read
+    without Spark on the local profile: ``order-pipeline run --watch`` polls with it."""
+    found: list[PendingTask] = []
+    token = _probe.set(found)
+    try:
+        yield found
+    finally:
+        _probe.reset(token)
+
+
 def run_task(
     task: str,
     ctx: TaskContext,
@@ -181,12 +208,18 @@ def run_task(
                 Consumed.forget(ctx.profile, [task])
             previous = Consumed.load(ctx.profile, task)
             inputs = inputs_of(ctx, versions, previous)
-            if (
+            skip = (
                 ctx.profile.skip_unchanged
                 and not ctx.full_refresh
                 and previous is not None
                 and inputs.unchanged_since(previous.inputs)
-            ):
+            )
+            if (probe := _probe.get()) is not None:
+                if not skip:
+                    reason = inputs.change_from(previous.inputs if previous else None)
+                    probe.append(PendingTask(task, reason, inputs.values))
+                return TaskResult()
+            if skip:
                 result = TaskResult(details={"skipped": f"nothing new since run {previous.run_id}"})
                 status, error = "SKIPPED", None
                 try:
@@ -199,6 +232,9 @@ def run_task(
                 finally:
                     _record(ctx, task, started, status, error, result, spark, progress)
                 return result
+        if (probe := _probe.get()) is not None:
+            probe.append(PendingTask(task, "has no inputs to compare: always runs", {}))
+            return TaskResult()
         spark = spark or get_spark(ctx.profile, app_name=f"order-pipeline-{task}")
         status, error, result = "SUCCESS", None, TaskResult()
         try:
@@ -359,6 +395,8 @@ def run_entry_point(
     try:
         run_task(task, ctx, body, inputs_of=inputs_of)
     except RunLocked as exc:
+        if _probe.get() is not None:
+            raise  # the poller says it is busy its own way
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUN_LOCKED
     return 0

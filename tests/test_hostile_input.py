@@ -134,6 +134,11 @@ def test_values_outside_the_contract_are_quarantined_with_their_reason(spark, ct
         customer("C8", nickname="Ada"),  # a field outside the contract: kept, warned
         b"\xef\xbb\xbf" + line_bytes(customer("C9")),  # a byte order mark
         *(customer(f"C{i}") for i in range(10, 14)),  # under max_quarantine_ratio 0.5
+        # a string field holds a JSON string: Spark alone would keep these as their JSON text
+        customer("C14", phone=4915112345678),
+        customer("C15", first_name={"given": "Ada"}),
+        customer("C16", city=["London"]),
+        *(customer(f"C{i}") for i in range(17, 21)),
     ])  # fmt: skip
     (Path(ctx.profile.landing_root) / "products").mkdir(parents=True)
     crlf = b"\r\n".join(line_bytes(p) for p in (product("P2"), product("P3", price=0.5))) + b"\r\n"
@@ -150,6 +155,7 @@ def test_values_outside_the_contract_are_quarantined_with_their_reason(spark, ct
         "C5": ("timestamp_range",),
         " \t ": ("customer_id_not_blank",),
         "C7": ("duplicate_field",),
+        **dict.fromkeys(("C14", "C15", "C16"), ("malformed_record",)),
     }
     assert [k for k, *_ in quarantine_rows(spark, "products")] == ["P1"]
     assert {r[0] for r in silver_rows(spark, "customers")} == {
@@ -160,6 +166,7 @@ def test_values_outside_the_contract_are_quarantined_with_their_reason(spark, ct
         "C11",
         "C12",
         "C13",
+        *(f"C{i}" for i in range(17, 21)),
     }
     assert {r[0] for r in silver_rows(spark, "products")} == {"P2", "P3"}
     (c8,) = spark.table("bronze_customers").where("customer_id = 'C8'").collect()
@@ -174,11 +181,11 @@ def test_values_outside_the_contract_are_quarantined_with_their_reason(spark, ct
     extra = spark.table("ops_quality_metrics").where(
         "entity = 'customers' and rule = 'extra_field'"
     )
-    assert [(r.rows_checked, r.rows_failed) for r in extra.collect()] == [(13, 1)]
+    assert [(r.rows_checked, r.rows_failed) for r in extra.collect()] == [(20, 1)]
 
     # a replay parses the landed line again under the same contract: nothing passes
     result = replay.run(spark, replace(ctx, entity="customers"), progress=quiet)
-    assert (result.rows_in, result.rows_out) == (6, 0)
+    assert (result.rows_in, result.rows_out) == (9, 0)
     # and any value a table can hold prints as JSON, year 57890 included
     lines = json_lines(
         spark.table("quarantine_customers").select("record.customer_id", "record.updated_at")

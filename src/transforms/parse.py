@@ -2,7 +2,9 @@
 transform that bronze applies on every platform and replay applies to quarantined raw text.
 
 Per field type (conf/pipeline.yml):
-- string: a JSON string. int, bigint, long, ...: a JSON integer that fits the type.
+- string: a JSON string (a number, object, array or boolean there makes the line unparsed:
+  Spark alone would keep its JSON text; a string over 16 MiB, Spark's variant limit, too).
+  int, bigint, long, ...: a JSON integer that fits the type.
   double, float: a JSON number. decimal(p,s): a JSON number with at most p digits.
   boolean: true/false. array<T>: a JSON array of T. A value of another JSON type makes the
   whole line unparsed (``_corrupt_record``), as does a line that is not a JSON object.
@@ -29,8 +31,10 @@ is kept as it landed in ``_corrupt_record``.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable
+from functools import reduce
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -64,9 +68,24 @@ def parse_lines(entity: Entity, line: str = "value") -> Callable[[DataFrame], Da
         text = F.when(utf8, F.regexp_replace(raw, "^\ufeff", ""))  # a byte order mark is not data
         options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_RECORD}
         marker = entity.delete_marker
-        typed = F.from_json(
-            text, f"{entity.ddl()}, `{marker}` boolean, `{CORRUPT_RECORD}` string", options
+        # Spark reads any JSON value into a string field as its JSON text (12345 as "12345",
+        # an object as '{"given":"Ada"}'): string fields are read as variants, whose type
+        # says whether the value was a JSON string
+        strings = [f for f, t in entity.fields.items() if t.strip().lower() == "string"]
+        schema = ", ".join(
+            f"`{f}` {'variant' if f in strings else t}" for f, t in entity.fields.items()
         )
+        typed = F.from_json(
+            text, f"{schema}, `{marker}` boolean, `{CORRUPT_RECORD}` string", options
+        )
+        kinds = {f: F.schema_of_variant(typed[f]) for f in strings}  # NULL when absent
+        values = {
+            f: F.when(kinds[f] == "STRING", F.variant_get(typed[f], "$", "string"))
+            if f in strings
+            else typed[f]
+            for f in entity.fields
+        }
+        not_a_string = [~kinds[f].isin("STRING", "VOID") for f in strings]  # VOID: a JSON null
         keys = F.json_object_keys(text)
         repeated = F.array_distinct(
             F.filter(keys, lambda k: F.size(F.filter(keys, lambda j: j == k)) > 1)
@@ -81,7 +100,7 @@ def parse_lines(entity: Entity, line: str = "value") -> Callable[[DataFrame], Da
             F.transform(extras, lambda k: F.concat(F.lit("extra_field:"), k)),
         ]  # fmt: skip
         for field, spark_type in entity.fields.items():
-            token, value = tokens[field], typed[field]
+            token, value = tokens[field], values[field]
             if spark_type.lower() == "timestamp":
                 issues.append(
                     _issue(
@@ -95,11 +114,12 @@ def parse_lines(entity: Entity, line: str = "value") -> Callable[[DataFrame], Da
                 fraction = F.regexp_extract(token, r"^-?\d*\.(\d+)$", 1)
                 issues.append(_issue("decimal_scale", field, token.isNotNull() & (F.length(fraction) > scale)))  # fmt: skip
         found = F.flatten(F.array(*issues))
-        parsed = utf8 & typed[CORRUPT_RECORD].isNull() & keys.isNotNull()
+        wrong_type = F.coalesce(reduce(operator.or_, not_a_string, F.lit(False)), F.lit(False))
+        parsed = utf8 & typed[CORRUPT_RECORD].isNull() & keys.isNotNull() & ~wrong_type
         return df.withColumns(
             {
                 # the fields that did parse are kept beside the raw text of a malformed line
-                **{c: F.when(utf8, typed[c]) for c in entity.columns},
+                **{c: F.when(utf8, values[c]) for c in entity.columns},
                 CORRUPT_RECORD: F.when(~parsed, raw),
                 DELETED: F.coalesce(F.when(parsed, typed[marker]), F.lit(False)),
                 RESCUED_DATA: F.when(

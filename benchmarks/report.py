@@ -390,7 +390,7 @@ def stream_table(report: dict[str, Any]) -> str:
         commits = overhead["silver"].get("median_commits")
         if commits is not None:
             lines.append(
-                f"  Delta commits of a 1-batch silver run: {fmt_int(overhead['silver']['median_commits_total'])} "
+                f"  Delta commits of a 1-batch silver run (its run's ops rows aside, one commit per table for all tasks): {fmt_int(overhead['silver']['median_commits_total'])} "
                 f"({', '.join(f'{t} {fmt_int(n)}' for t, n in commits.items())})"
             )
     gold_tiny = report.get("gold_tiny_change")

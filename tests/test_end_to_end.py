@@ -27,7 +27,7 @@ from pipeline_helpers import assert_gold_equals, quiet
 
 from order_pipeline.cli.runner import bundle_variables, load_job_graph, run_graph
 from order_pipeline.common.io import Lakehouse
-from order_pipeline.jobs.task import TaskContext
+from order_pipeline.jobs.task import TaskContext, collected_task_runs
 from order_pipeline.synthetic.generator import GeneratorConfig, generate
 
 pytestmark = pytest.mark.usefixtures("repository_conf")  # every dataset check
@@ -43,14 +43,15 @@ def run_workflow(ctx):
     graph = load_job_graph()
     variables = bundle_variables(graph.source.parent.parent, ctx.profile)
     params = {"as_of": AS_OF.isoformat() + "Z"}
-    return run_graph(
-        graph,
-        variables,
-        params,
-        ctx.run_id,
-        ["--data-root", str(data_root_of(ctx))],
-        progress=quiet,
-    )
+    with collected_task_runs(ctx.profile):  # as `order-pipeline run` does
+        return run_graph(
+            graph,
+            variables,
+            params,
+            ctx.run_id,
+            ["--data-root", str(data_root_of(ctx))],
+            progress=quiet,
+        )
 
 
 @dataclass(frozen=True)
@@ -288,3 +289,28 @@ def test_ops_tables_write_a_log_checkpoint_every_50_commits(spark, first_run) ->
     for table in ("ops_task_runs", "ops_quality_metrics", "ops_gold_watermarks"):
         assert lake.properties(table).get("delta.checkpointInterval") == "50", table
     assert "delta.checkpointInterval" not in lake.properties("silver_orders")
+
+
+def test_a_run_writes_its_run_records_and_dataset_check_rows_in_one_commit_each(
+    spark, first_run
+) -> None:
+    warehouse = Path(first_run.ctx.profile.warehouse_root) / first_run.ctx.profile.schema
+
+    def writers(table: str) -> list[str]:
+        """The idempotent-write identity of each commit of ``table``, oldest first."""
+        commits = sorted((warehouse / table / "_delta_log").glob("*.json"))
+        actions = [[json.loads(line) for line in c.read_text().splitlines()] for c in commits]
+        return [next((a["txn"]["appId"] for a in c if "txn" in a), "") for c in actions]
+
+    checks = [w for w in writers("ops_quality_metrics") if w.startswith("dataset-checks-")]
+    schema = first_run.ctx.profile.schema
+    per_run = spark.sql(
+        f"SELECT run_id, count(DISTINCT entity) AS tasks FROM {schema}.ops_quality_metrics "
+        "WHERE source = 'dataset' GROUP BY run_id"
+    ).collect()
+    # one commit per run (this module's runs so far), holding the rows of all five checked
+    # tasks: the four silver tasks and gold
+    assert len(checks) == len(per_run) >= 1, (checks, per_run)
+    assert {r.tasks for r in per_run} == {5}
+    runs = [w for w in writers("ops_task_runs") if w]
+    assert len(runs) == len(per_run) and all(w.startswith("task-runs-") for w in runs)

@@ -18,7 +18,7 @@ from builders import customer, edit_text, land, line_item, order, product
 from order_pipeline.cli import main as cli
 from order_pipeline.common.config import conf_dir, load_profile
 from order_pipeline.common.inputs import CONSUMED_FOLDER, Versions, delta_log_version
-from order_pipeline.jobs.task import PENDING_RUNS, flush_task_runs
+from order_pipeline.jobs.task import PENDING_RUNS, flush_ops_rows
 
 SCHEMA = "skip_test"
 TASKS = [f"{layer}_{e}" for layer in ("bronze", "silver")
@@ -196,9 +196,9 @@ def test_pending_run_records_reach_the_table_once_even_when_flushed_twice(spark,
     text = "".join(json.dumps(r) + "\n" for r in rows)
     pending.parent.mkdir(parents=True, exist_ok=True)
     pending.write_text(text)
-    assert flush_task_runs(spark, profile) == 1
+    assert flush_ops_rows(spark, profile) == 1
     pending.write_text(text)  # as if the process died after the commit, before the unlink
-    assert flush_task_runs(spark, profile) == 1
+    assert flush_ops_rows(spark, profile) == 1
     assert statuses(spark, "flush-twice") == {"gold": "SKIPPED"}
     n = spark.sql(f"SELECT count(*) FROM {SCHEMA}.ops_task_runs WHERE run_id = 'flush-twice'")
     assert n.first()[0] == 1

@@ -30,7 +30,8 @@ from order_pipeline.common.contract import (
     tombstone_table,
 )
 from order_pipeline.common.inputs import Consumed
-from order_pipeline.common.io import Lakehouse, Txn
+from order_pipeline.common.io import Lakehouse
+from order_pipeline.jobs.task import CHECK_ROWS, record_rows
 from order_pipeline.quality import dataset_checks as dc
 from order_pipeline.quality.metrics import OUTCOME_PREFIX, STREAM, BatchCounts
 from order_pipeline.quality.rules import RuleSet
@@ -60,8 +61,11 @@ def record(
     if not results:
         return []
     if write:
-        rows = dc.result_rows(lake.spark, results, run_id)
-        lake.append(rows, QUALITY_METRICS, Txn(dc.results_identity(task, run_id, results), 0))
+        # locally with the run's other ops rows, in one commit at its end (jobs/task.py)
+        identity = dc.results_identity(task, run_id, results)
+        record_rows(
+            CHECK_ROWS, lake.profile, lake.spark, dc.result_records(results, run_id), identity
+        )
     return dc.enforce(results, progress)
 
 

@@ -31,7 +31,13 @@ from order_pipeline.common.config import (
     load_entities,
     load_profile,
 )
-from order_pipeline.common.contract import OPS_TABLE_PROPERTIES, TASK_RUNS, TASK_RUNS_DDL
+from order_pipeline.common.contract import (
+    METRICS_DDL,
+    OPS_TABLE_PROPERTIES,
+    QUALITY_METRICS,
+    TASK_RUNS,
+    TASK_RUNS_DDL,
+)
 from order_pipeline.common.inputs import Consumed, Inputs, Versions
 from order_pipeline.common.io import Lakehouse, Txn
 from order_pipeline.common.platform import profile_name
@@ -289,16 +295,39 @@ def _record(
         _STATUSES[(ctx.run_id, task)] = status
 
 
-# -- run records ------------------------------------------------------------------------------
-# Locally a task's ops_task_runs row goes to a pending file first, and the rows of a whole
-# `order-pipeline run` reach the table in one commit at its end (a commit costs seconds here,
-# a run has a dozen tasks); a run that started no Spark session leaves them pending for the
-# next one that does. On Databricks each task is its own process: it appends its row.
+# -- run records and dataset-check results --------------------------------------------------
+# Locally a task's ops_task_runs row and its dataset checks' ops_quality_metrics rows go to a
+# pending file per table first, and the rows of a whole `order-pipeline run` reach each table
+# in one commit at its end (a commit costs seconds here, a run has a dozen tasks); a run that
+# started no Spark session leaves them pending for the next one that does. On Databricks each
+# task is its own process: it appends its rows.
 _RECORDS_LOCK = threading.RLock()
 _collecting = 0  # > 0 while `order-pipeline run` collects the rows of its tasks
 _STATUSES: dict[tuple[str, str], str] = {}
-PENDING_RUNS = "_task_runs/pending.jsonl"  # under the checkpoint root
-SCHEMA_KEY = "_schema"  # of a pending row: the schema whose ops_task_runs it belongs to
+SCHEMA_KEY = "_schema"  # of a pending row: the schema whose table it belongs to
+
+
+@dataclass(frozen=True)
+class OpsRows:
+    """An ops table whose rows a local run collects and appends in one commit at its end."""
+
+    table: str
+    ddl: str
+    pending: str  # the pending file, under the checkpoint root
+    identity: str  # prefix of the commit's idempotent-write identity
+    timestamps: tuple[str, ...]  # columns kept as ISO text in the pending file
+
+    @property
+    def columns(self) -> list[str]:
+        return [c.split()[0] for c in self.ddl.split(", ")]
+
+
+TASK_RUN_ROWS = OpsRows(TASK_RUNS, TASK_RUNS_DDL, "_task_runs/pending.jsonl", "task-runs",
+                        ("started_at", "ended_at"))  # fmt: skip
+CHECK_ROWS = OpsRows(QUALITY_METRICS, METRICS_DDL, "_quality_metrics/pending.jsonl",
+                     "dataset-checks", ("measured_at",))  # fmt: skip
+COLLECTED = (TASK_RUN_ROWS, CHECK_ROWS)
+PENDING_RUNS = TASK_RUN_ROWS.pending
 
 
 def task_status(run_id: str, task: str) -> str | None:
@@ -308,27 +337,42 @@ def task_status(run_id: str, task: str) -> str | None:
 
 
 def record_task_run(profile: Profile, spark: SparkSession | None, row: dict[str, object]) -> None:
+    record_rows(TASK_RUN_ROWS, profile, spark, [row])
+
+
+def record_rows(
+    ops: OpsRows,
+    profile: Profile,
+    spark: SparkSession | None,
+    rows: list[dict[str, object]],
+    identity: str | None = None,
+) -> None:
+    """Append ``rows`` to ``ops.table``: on Databricks at once (with ``identity``, else the
+    rows' digest, as the commit's identity); locally through the pending file, written at
+    the end of the `order-pipeline run` collecting them, or at once by a task run alone."""
     if not profile.is_local:
         assert spark is not None
-        _append_task_runs(spark, profile, [row])
+        _append_rows(ops, spark, profile, rows, identity)
         return
-    path = Path(profile.checkpoint_root) / PENDING_RUNS
+    path = Path(profile.checkpoint_root) / ops.pending
     with _RECORDS_LOCK:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as pending:
-            # the schema goes with the row: a run's tasks may write another schema than the
-            # runner's profile (`--param schema=...`)
-            pending.write(json.dumps({**row, SCHEMA_KEY: profile.schema}, default=_iso) + "\n")
+            for row in rows:
+                # the schema goes with the row: a run's tasks may write another schema than
+                # the runner's profile (`--param schema=...`)
+                pending.write(json.dumps({**row, SCHEMA_KEY: profile.schema}, default=_iso) + "\n")
             pending.flush()
             os.fsync(pending.fileno())
         if not _collecting and spark is not None:
-            flush_task_runs(spark, profile)
+            flush_ops_rows(spark, profile)
 
 
 @contextmanager
 def collected_task_runs(profile: Profile) -> Iterator[None]:
-    """Collect the ops_task_runs rows of the tasks run inside, and write them in one commit
-    at the end if a Spark session is running (else they wait for the next run)."""
+    """Collect the run records and dataset-check rows of the tasks run inside, and write
+    them in one commit per table at the end if a Spark session is running (else they wait
+    for the next run)."""
     global _collecting
     with _RECORDS_LOCK:
         _collecting += 1
@@ -339,48 +383,57 @@ def collected_task_runs(profile: Profile) -> Iterator[None]:
             _collecting -= 1
             spark = running_spark()
             if not _collecting and spark is not None and profile.is_local:
-                flush_task_runs(spark, profile)
+                flush_ops_rows(spark, profile)
 
 
-def flush_task_runs(spark: SparkSession, profile: Profile) -> int:
-    """Append the pending rows to ops_task_runs in one commit; returns how many. Safe to
-    repeat after a crash: the commit's identity is the rows' digest, so rows already
-    appended are skipped by Delta."""
-    path = Path(profile.checkpoint_root) / PENDING_RUNS
+def flush_ops_rows(spark: SparkSession, profile: Profile) -> int:
+    """Append the pending rows of each collected ops table in one commit per table (and
+    schema); returns how many rows. Safe to repeat after a crash: a commit's identity is
+    its rows' digest, so rows already appended are skipped by Delta."""
+    flushed = 0
     with _RECORDS_LOCK:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return 0
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        by_schema: dict[str, list[dict[str, object]]] = {}
-        for row in rows:
-            by_schema.setdefault(str(row.pop(SCHEMA_KEY, profile.schema)), []).append(row)
-        for schema, schema_rows in by_schema.items():
-            _append_task_runs(spark, replace(profile, schema=schema), schema_rows)
-        path.unlink()
-        return len(rows)
+        for ops in COLLECTED:
+            path = Path(profile.checkpoint_root) / ops.pending
+            try:
+                text = path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                continue
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            by_schema: dict[str, list[dict[str, object]]] = {}
+            for row in rows:
+                by_schema.setdefault(str(row.pop(SCHEMA_KEY, profile.schema)), []).append(row)
+            for schema, schema_rows in by_schema.items():
+                _append_rows(ops, spark, replace(profile, schema=schema), schema_rows)
+            path.unlink()
+            flushed += len(rows)
+    return flushed
 
 
-def _append_task_runs(spark: SparkSession, profile: Profile, rows: list[dict[str, object]]) -> None:
+def _append_rows(
+    ops: OpsRows,
+    spark: SparkSession,
+    profile: Profile,
+    rows: list[dict[str, object]],
+    identity: str | None = None,
+) -> None:
     lake = Lakehouse(spark, profile)
-    lake.ensure(TASK_RUNS, TASK_RUNS_DDL, properties=OPS_TABLE_PROPERTIES)
-    digest = hashlib.sha256(json.dumps(rows, default=_iso, sort_keys=True).encode()).hexdigest()
-    columns = [c.split()[0] for c in TASK_RUNS_DDL.split(", ")]
-    values = [[_from_iso(c, r.get(c)) for c in columns] for r in rows]
-    lake.append(
-        spark.createDataFrame(values, TASK_RUNS_DDL), TASK_RUNS, Txn(f"task-runs-{digest}", 0)
-    )
+    lake.ensure(ops.table, ops.ddl, properties=OPS_TABLE_PROPERTIES)
+    if identity is None:
+        digest = json.dumps(rows, default=_iso, sort_keys=True).encode()
+        identity = f"{ops.identity}-{hashlib.sha256(digest).hexdigest()}"
+    values = [
+        [_from_iso(r.get(c)) if c in ops.timestamps else r.get(c) for c in ops.columns]
+        for r in rows
+    ]
+    lake.append(spark.createDataFrame(values, ops.ddl), ops.table, Txn(identity, 0))
 
 
 def _iso(value: object) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
-def _from_iso(column: str, value: object) -> object:
-    if column in ("started_at", "ended_at") and isinstance(value, str):
-        return datetime.fromisoformat(value)
-    return value
+def _from_iso(value: object) -> object:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 def run_entry_point(

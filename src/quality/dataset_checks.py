@@ -35,11 +35,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from order_pipeline.common.config import ConfigError, SettingError, conf_dir, parse_duration
-from order_pipeline.common.contract import DELETED, METRICS_DDL
+from order_pipeline.common.contract import DELETED
 
 DATASET = "dataset"  # ops_quality_metrics.source of dataset checks' rows
 SEVERITIES = ("warn", "fail")
@@ -420,14 +420,16 @@ def orphans(
 
 
 # -- recording and enforcing ----------------------------------------------------------------------
-def result_rows(spark: SparkSession, results: list[CheckResult], run_id: str) -> DataFrame:
+def result_records(results: list[CheckResult], run_id: str) -> list[dict[str, object]]:
+    """The ops_quality_metrics rows of a task's check results (batch_id null, source
+    ``dataset``)."""
     now = datetime.now(UTC)
-    rows = [
-        (r.entity, run_id, None, DATASET, r.check.name, r.check.severity, r.rows_checked,
-         r.rows_failed, now)
+    return [
+        {"entity": r.entity, "run_id": run_id, "batch_id": None, "source": DATASET,
+         "rule": r.check.name, "severity": r.check.severity, "rows_checked": r.rows_checked,
+         "rows_failed": r.rows_failed, "measured_at": now}
         for r in results
     ]  # fmt: skip
-    return spark.createDataFrame(rows, METRICS_DDL)
 
 
 def results_identity(task: str, run_id: str, results: list[CheckResult]) -> str:

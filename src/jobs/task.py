@@ -316,6 +316,9 @@ class OpsRows:
     pending: str  # the pending file, under the checkpoint root
     identity: str  # prefix of the commit's idempotent-write identity
     timestamps: tuple[str, ...]  # columns kept as ISO text in the pending file
+    # columns left out of the identity: a task rerun in the same run that finds the same
+    # (checks measured again, other times) appends nothing, as on Databricks
+    volatile: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -325,7 +328,7 @@ class OpsRows:
 TASK_RUN_ROWS = OpsRows(TASK_RUNS, TASK_RUNS_DDL, "_task_runs/pending.jsonl", "task-runs",
                         ("started_at", "ended_at"))  # fmt: skip
 CHECK_ROWS = OpsRows(QUALITY_METRICS, METRICS_DDL, "_quality_metrics/pending.jsonl",
-                     "dataset-checks", ("measured_at",))  # fmt: skip
+                     "dataset-checks", ("measured_at",), volatile=("measured_at",))  # fmt: skip
 COLLECTED = (TASK_RUN_ROWS, CHECK_ROWS)
 PENDING_RUNS = TASK_RUN_ROWS.pending
 
@@ -419,7 +422,8 @@ def _append_rows(
     lake = Lakehouse(spark, profile)
     lake.ensure(ops.table, ops.ddl, properties=OPS_TABLE_PROPERTIES)
     if identity is None:
-        digest = json.dumps(rows, default=_iso, sort_keys=True).encode()
+        content = [{k: v for k, v in r.items() if k not in ops.volatile} for r in rows]
+        digest = json.dumps(content, default=_iso, sort_keys=True).encode()
         identity = f"{ops.identity}-{hashlib.sha256(digest).hexdigest()}"
     values = [
         [_from_iso(r.get(c)) if c in ops.timestamps else r.get(c) for c in ops.columns]

@@ -441,7 +441,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
         # the key is no personal data (conf/pipeline.yml); the lock file names the command
         with hold_data_root(args, ctx, f"order-pipeline erase {entity.name}", ctx.run_id):
             print("== 1/2 pending work of the job graph, so every stream has read its input ==")
-            if run_job_graph(pending_work_args(args), ctx) != 0:
+            if run_job_graph(run_arguments(args.data_root), ctx) != 0:
                 print("error: the pipeline run failed: nothing was erased", file=sys.stderr)
                 return 1
             print("\n== 2/2 erase ==")
@@ -457,11 +457,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
-def pending_work_args(args: argparse.Namespace) -> argparse.Namespace:
-    return argparse.Namespace(
-        data_root=args.data_root, task=None, full_refresh=False, yes=False, as_of="", param=[],
-        parallel=None, wait=0.0,
-    )  # fmt: skip
+def run_arguments(data_root: str) -> argparse.Namespace:
+    """`order-pipeline run --data-root D` as the parser reads it: every option at its
+    default, for the commands that run the graph themselves (demo, erase)."""
+    return build_parser().parse_args(["run", "--data-root", data_root])
 
 
 def cmd_job_graph(args: argparse.Namespace) -> int:
@@ -516,17 +515,7 @@ def demo_steps(args: argparse.Namespace) -> int:
     if (status := cmd_generate(args)) != 0:
         return status
     print("\n== 2/3 run the workflow (resources/jobs.yml) ==")
-    run_args = argparse.Namespace(
-        data_root=args.data_root,
-        task=None,
-        full_refresh=False,
-        yes=False,
-        as_of="",
-        param=[],
-        parallel=None,
-        wait=0.0,
-    )
-    status = cmd_run(run_args)
+    status = cmd_run(run_arguments(args.data_root))
     print("\n== 3/3 report ==")
     from order_pipeline.cli.html_report import write_report
     from order_pipeline.cli.report import gold_report

@@ -85,7 +85,7 @@ class StopRequest:
     def wait(self, seconds: float) -> bool:
         return self._event.wait(seconds)
 
-    def __bool__(self) -> bool:
+    def is_set(self) -> bool:
         return self._event.is_set()
 
 
@@ -108,9 +108,9 @@ def watch(
 
     stats, status = WatchStats(), 0
     failed_with: list[tuple[str, str]] | None = None  # what was pending when a run failed
-    stop = StopRequest() if stop is None else stop  # not `or`: an unset request is falsy
+    stop = StopRequest() if stop is None else stop
     with stop:
-        while not stop:
+        while not stop.is_set():
             started = time.monotonic()
             try:
                 pending = poll()

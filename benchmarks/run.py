@@ -1,6 +1,6 @@
 """The benchmark command of issue 5.
 
-    python -m benchmarks.run --scale S [--data-root D] [--peers duckdb,naive,sdp] [--json out.json]
+    python -m benchmarks.run --scale S [--data-root D] [--peers duckdb,naive[,sdp]] [--json out.json]
 
 1. generates seeded landing data at scale S (batch 0), runs the pipeline's whole workflow
    cold in a fresh process (JVM start included; the process tree's peak RSS polled every
@@ -50,6 +50,10 @@ from benchmarks.common import (
 from benchmarks.measure import Measurement, run_measured, warm_page_cache
 
 PEERS = ("duckdb", "naive", "sdp")
+# The Declarative Pipelines peer predates the contract's parse issues and deletes (its bronze
+# reads JSON with Spark's own reader, its gate has no tombstones): its counts no longer agree,
+# so it runs only when asked for (--peers duckdb,naive,sdp). See benchmarks/README.md.
+DEFAULT_PEERS = ("duckdb", "naive")
 PEER_MODULES = {
     "duckdb": "benchmarks.duckdb_pipeline",
     "naive": "benchmarks.naive_spark",
@@ -93,8 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--peers",
-        default=",".join(PEERS),
-        help=f"comma-separated subset of {','.join(PEERS)}, or none",
+        default=",".join(DEFAULT_PEERS),
+        help=f"comma-separated subset of {','.join(PEERS)}, or none (default: %(default)s)",
     )
     parser.add_argument(
         "--json", type=Path, help="result file (default benchmarks/results/bench-sf<S>-<time>.json)"

@@ -53,6 +53,21 @@ EARLIEST, LATEST = "1900-01-01 00:00:00", "2200-01-01 00:00:00"  # the sane rang
 _DECIMAL = r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$"
 
 
+# helper columns of the staged projections (parse_lines), dropped before it returns
+_UTF8, _TEXT, _TYPED, _KEYS = "__parse_utf8", "__parse_text", "__parse_typed", "__parse_keys"
+_REPEATED, _TOKENS, _EXTRAS = "__parse_repeated", "__parse_tokens", "__parse_extras"
+_FOUND, _PARSED = "__parse_found", "__parse_parsed"
+_HELPERS = (_UTF8, _TEXT, _TYPED, _KEYS, _REPEATED, _TOKENS, _EXTRAS, _FOUND, _PARSED)
+
+
+def _kind(field: str) -> str:
+    return f"__parse_kind_{field}"
+
+
+def _value(field: str) -> str:
+    return f"__parse_value_{field}"
+
+
 def _issue(code: str, field: str, when: Column) -> Column:
     return F.when(when, F.array(F.lit(f"{code}:{field}"))).otherwise(F.array())
 
@@ -63,9 +78,12 @@ def parse_lines(entity: Entity, line: str = "value") -> Callable[[DataFrame], Da
     lines with issues."""
 
     def transform(df: DataFrame) -> DataFrame:
+        # Each step below is its own projection over named helper columns (dropped at the
+        # end): Spark evaluates an expression inside a CASE branch once per reference, so the
+        # JSON parses written inline ran several times per line (bronze took 7x as long).
+        # Spark does not collapse a projection into one that references its costly
+        # expressions more than once (CollapseProject), so each parse runs once.
         raw = F.col(line)
-        utf8 = F.is_valid_utf8(raw)  # else the bytes would be read through a lossy decoding
-        text = F.when(utf8, F.regexp_replace(raw, "^\ufeff", ""))  # a byte order mark is not data
         options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_RECORD}
         marker = entity.delete_marker
         # Spark reads any JSON value into a string field as its JSON text (12345 as "12345",
@@ -75,10 +93,45 @@ def parse_lines(entity: Entity, line: str = "value") -> Callable[[DataFrame], Da
         schema = ", ".join(
             f"`{f}` {'variant' if f in strings else t}" for f, t in entity.fields.items()
         )
-        typed = F.from_json(
-            text, f"{schema}, `{marker}` boolean, `{CORRUPT_RECORD}` string", options
+        utf8 = F.col(_UTF8)
+        staged = df.withColumn(_UTF8, F.is_valid_utf8(raw)).withColumn(
+            # else the bytes would be read through a lossy decoding; a byte order mark is
+            # not data
+            _TEXT,
+            F.when(utf8, F.regexp_replace(raw, "^\ufeff", "")),
         )
-        kinds = {f: F.schema_of_variant(typed[f]) for f in strings}  # NULL when absent
+        text = F.col(_TEXT)
+        staged = staged.withColumns(
+            {
+                _TYPED: F.from_json(
+                    text, f"{schema}, `{marker}` boolean, `{CORRUPT_RECORD}` string", options
+                ),
+                _KEYS: F.json_object_keys(text),
+            }
+        )
+        typed, keys = F.col(_TYPED), F.col(_KEYS)
+        staged = staged.withColumns(
+            {
+                _REPEATED: F.array_distinct(
+                    F.filter(keys, lambda k: F.size(F.filter(keys, lambda j: j == k)) > 1)
+                ),
+                **{_kind(f): F.schema_of_variant(typed[f]) for f in strings},  # NULL: absent
+            }
+        )
+        repeated = F.col(_REPEATED)
+        kinds = {f: F.col(_kind(f)) for f in strings}
+        unique_keys = F.coalesce(F.size(repeated), F.lit(0)) == 0
+        contract = F.array(*[F.lit(c) for c in [*entity.columns, marker]])
+        staged = staged.withColumns(
+            {
+                # every field's token as text (only where no field repeats: a map may not)
+                _TOKENS: F.when(unique_keys, F.from_json(text, "map<string,string>")),
+                _EXTRAS: F.array_except(
+                    F.coalesce(keys, F.array().cast("array<string>")), contract
+                ),
+            }
+        )
+        tokens, extras = F.col(_TOKENS), F.col(_EXTRAS)
         values = {
             f: F.when(kinds[f] == "STRING", F.variant_get(typed[f], "$", "string"))
             if f in strings
@@ -86,15 +139,6 @@ def parse_lines(entity: Entity, line: str = "value") -> Callable[[DataFrame], Da
             for f in entity.fields
         }
         not_a_string = [~kinds[f].isin("STRING", "VOID") for f in strings]  # VOID: a JSON null
-        keys = F.json_object_keys(text)
-        repeated = F.array_distinct(
-            F.filter(keys, lambda k: F.size(F.filter(keys, lambda j: j == k)) > 1)
-        )
-        unique_keys = F.coalesce(F.size(repeated), F.lit(0)) == 0
-        # every field's token as text (only where no field repeats: a map may not)
-        tokens = F.when(unique_keys, F.from_json(text, "map<string,string>"))
-        contract = F.array(*[F.lit(c) for c in [*entity.columns, marker]])
-        extras = F.array_except(F.coalesce(keys, F.array().cast("array<string>")), contract)
         issues = [
             F.transform(F.coalesce(repeated, F.array()), lambda k: F.concat(F.lit("duplicate_field:"), k)),
             F.transform(extras, lambda k: F.concat(F.lit("extra_field:"), k)),
@@ -113,13 +157,22 @@ def parse_lines(entity: Entity, line: str = "value") -> Callable[[DataFrame], Da
             elif (scale := _decimal_scale(spark_type)) is not None:
                 fraction = F.regexp_extract(token, r"^-?\d*\.(\d+)$", 1)
                 issues.append(_issue("decimal_scale", field, token.isNotNull() & (F.length(fraction) > scale)))  # fmt: skip
-        found = F.flatten(F.array(*issues))
         wrong_type = F.coalesce(reduce(operator.or_, not_a_string, F.lit(False)), F.lit(False))
-        parsed = utf8 & typed[CORRUPT_RECORD].isNull() & keys.isNotNull() & ~wrong_type
-        return df.withColumns(
+        staged = staged.withColumns(
+            {
+                **{_value(f): values[f] for f in strings},
+                _FOUND: F.flatten(F.array(*issues)),
+                _PARSED: utf8 & typed[CORRUPT_RECORD].isNull() & keys.isNotNull() & ~wrong_type,
+            }
+        )
+        found, parsed = F.col(_FOUND), F.col(_PARSED)
+        return staged.withColumns(
             {
                 # the fields that did parse are kept beside the raw text of a malformed line
-                **{c: F.when(utf8, values[c]) for c in entity.columns},
+                **{
+                    c: F.when(utf8, F.col(_value(c)) if c in strings else values[c])
+                    for c in entity.columns
+                },
                 CORRUPT_RECORD: F.when(~parsed, raw),
                 DELETED: F.coalesce(F.when(parsed, typed[marker]), F.lit(False)),
                 RESCUED_DATA: F.when(
@@ -132,7 +185,7 @@ def parse_lines(entity: Entity, line: str = "value") -> Callable[[DataFrame], Da
                     parsed & ((F.size(found) > 0) | F.coalesce(typed[marker], F.lit(False))), raw
                 ),
             }
-        )
+        ).drop(*_HELPERS, *(_kind(f) for f in strings), *(_value(f) for f in strings))
 
     return transform
 

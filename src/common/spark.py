@@ -22,6 +22,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from order_pipeline.common.config import Profile
+from order_pipeline.common.localfs import localfs_jar, localfs_settings
 from order_pipeline.common.platform import is_databricks, is_spark_connect, local_spark_mode
 
 SPARK_LINE = "4.1"
@@ -137,7 +138,7 @@ def _get_or_build(profile: Profile, app_name: str) -> SparkSession:
         use_databricks_schemas(_session, profile)
         return _session
     check_java()
-    settings = local_settings(profile, app_name, cached_delta_jars())
+    settings = local_settings(profile, app_name, cached_delta_jars(), localfs_jar(jar_cache_dir()))
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     master = os.environ.get("ORDER_PIPELINE_MASTER", "local[*]")
@@ -165,8 +166,11 @@ def use_databricks_schemas(spark: SparkSession, profile: Profile) -> None:
     spark.sql(f"USE SCHEMA `{profile.schema}`")
 
 
-def local_settings(profile: Profile, app_name: str, jars: list[Path]) -> dict[str, str]:
-    """Every setting of the local engine: Delta, the warehouse, UTC, quiet logs, and the
+def local_settings(
+    profile: Profile, app_name: str, jars: list[Path], localfs: Path | None = None
+) -> dict[str, str]:
+    """Every setting of the local engine: Delta, the warehouse, UTC, quiet logs, the local
+    file system without a process per file (``localfs``: its jar, when built), and the
     profile's own ``spark`` settings (which win)."""
     warehouse = Path(profile.warehouse_root or ".local/warehouse").resolve()
     settings = {
@@ -183,6 +187,7 @@ def local_settings(profile: Profile, app_name: str, jars: list[Path]) -> dict[st
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         "spark.log.structuredLogging.enabled": "false",
         "spark.log.level": os.environ.get("ORDER_PIPELINE_SPARK_LOG", "ERROR"),
+        **localfs_settings(localfs),
     }
     settings.update(profile.spark)
     return settings

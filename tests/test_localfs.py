@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from py4j.protocol import Py4JJavaError
 
+from order_pipeline.common import localfs
 from order_pipeline.common.localfs import FILE_SYSTEM
 
 
@@ -111,3 +112,21 @@ def test_link_status_matches_hadoops_for_files_links_and_missing_paths(hadoop, t
             assert mine.getSymlink().toString() == theirs.getSymlink().toString()
     with pytest.raises(Py4JJavaError, match="FileNotFoundException"):
         raw.getFileLinkStatus(path(jvm, tmp_path / "missing"))
+
+
+def test_without_javac_the_session_keeps_hadoops_classes_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-jdk"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    notes: list[str] = []
+    assert localfs.localfs_jar(tmp_path / "cache", notes.append) is None
+    assert len(notes) == 1 and "no javac" in notes[0]
+    assert localfs.localfs_settings(None) == {}
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_source_that_does_not_compile_is_reported_with_the_compilers_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(localfs, "_source", lambda: b"class Broken { int x = ; }")
+    notes: list[str] = []
+    assert localfs.localfs_jar(tmp_path / "cache", notes.append) is None
+    assert "could not compile" in notes[0] and "Broken" in notes[0]
+    assert not list((tmp_path / "cache").glob("*.jar"))

@@ -16,6 +16,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -46,7 +47,11 @@ def _hadoop_classpath() -> str:
     return str(Path(pyspark.__file__).parent / "jars" / "*")
 
 
-def localfs_jar(cache: Path, warn: Callable[[str], None] = print) -> Path | None:
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)  # stdout may be a command's JSON answer
+
+
+def localfs_jar(cache: Path, warn: Callable[[str], None] = _to_stderr) -> Path | None:
     """The compiled file system's jar in ``cache`` (built on first use, named by the
     source's hash so an edited source is rebuilt); None, after a warning, when it cannot
     be built here."""

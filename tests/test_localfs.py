@@ -18,6 +18,7 @@ from py4j.protocol import Py4JJavaError
 
 from order_pipeline.common import localfs
 from order_pipeline.common.localfs import FILE_SYSTEM
+from order_pipeline.common.spark import java_executable
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +69,11 @@ def rename(jvm, conf, source: Path, target: Path) -> None:
         jvm.java.net.URI("file:///"), conf
     )
     rename_enum = getattr(jvm, "org.apache.hadoop.fs.Options$Rename")
-    options = spark_array(jvm, rename_enum, [rename_enum.NONE])
+    options = java_array(jvm, rename_enum, [rename_enum.NONE])
     context.rename(path(jvm, source), path(jvm, target), options)
 
 
-def spark_array(jvm, java_class, items):
+def java_array(jvm, java_class, items):
     array = jvm.java.lang.reflect.Array.newInstance(java_class._java_lang_class, len(items))
     for i, item in enumerate(items):
         array[i] = item
@@ -118,7 +119,7 @@ def test_without_javac_the_session_keeps_hadoops_classes_and_says_so(tmp_path, m
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-jdk"))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     notes: list[str] = []
-    assert localfs.localfs_jar(tmp_path / "cache", notes.append) is None
+    assert localfs.localfs_jar(tmp_path / "cache", java_executable(), notes.append) is None
     assert len(notes) == 1 and "no javac" in notes[0]
     assert localfs.localfs_settings(None) == {}
     assert not (tmp_path / "cache").exists()
@@ -127,6 +128,6 @@ def test_without_javac_the_session_keeps_hadoops_classes_and_says_so(tmp_path, m
 def test_a_source_that_does_not_compile_is_reported_with_the_compilers_error(tmp_path, monkeypatch):
     monkeypatch.setattr(localfs, "_source", lambda: b"class Broken { int x = ; }")
     notes: list[str] = []
-    assert localfs.localfs_jar(tmp_path / "cache", notes.append) is None
+    assert localfs.localfs_jar(tmp_path / "cache", java_executable(), notes.append) is None
     assert "could not compile" in notes[0] and "Broken" in notes[0]
     assert not list((tmp_path / "cache").glob("*.jar"))

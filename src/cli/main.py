@@ -245,12 +245,11 @@ def open_lakehouse(data_root: str):
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    from order_pipeline.common.localfs import localfs_jar
-    from order_pipeline.common.spark import jar_cache_dir, resolve_delta_jars
+    from order_pipeline.common.spark import local_filesystem_jar, resolve_delta_jars
 
     jars = resolve_delta_jars()
     print("Delta Lake jars ready:\n  " + "\n  ".join(str(j) for j in jars))
-    if (localfs := localfs_jar(jar_cache_dir())) is not None:
+    if (localfs := local_filesystem_jar()) is not None:
         print(f"local file system without a process per file: {localfs}")
     return 0
 

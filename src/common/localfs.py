@@ -31,11 +31,9 @@ def _source() -> bytes:
     return files("order_pipeline.common").joinpath("java", SOURCE_NAME).read_bytes()
 
 
-def _javac() -> Path | None:
-    """The javac of the JDK whose java runs Spark (JAVA_HOME, else java on PATH)."""
-    java_home = os.environ.get("JAVA_HOME")
-    java = Path(java_home) / "bin" / "java" if java_home else shutil.which("java")
-    if java and (javac := Path(java).resolve().parent / "javac").is_file():
+def _javac(java: Path | None) -> Path | None:
+    """The javac beside ``java`` (the JDK that runs Spark), else the one on PATH."""
+    if java is not None and (javac := java.resolve().parent / "javac").is_file():
         return javac
     found = shutil.which("javac")
     return Path(found) if found else None
@@ -51,7 +49,9 @@ def _to_stderr(message: str) -> None:
     print(message, file=sys.stderr)  # stdout may be a command's JSON answer
 
 
-def localfs_jar(cache: Path, warn: Callable[[str], None] = _to_stderr) -> Path | None:
+def localfs_jar(
+    cache: Path, java: Path | None, warn: Callable[[str], None] = _to_stderr
+) -> Path | None:
     """The compiled file system's jar in ``cache`` (built on first use, named by the
     source's hash so an edited source is rebuilt); None, after a warning, when it cannot
     be built here."""
@@ -59,7 +59,7 @@ def localfs_jar(cache: Path, warn: Callable[[str], None] = _to_stderr) -> Path |
     jar = cache / f"no-fork-localfs-{hashlib.sha256(source).hexdigest()[:12]}.jar"
     if jar.is_file():
         return jar
-    javac = _javac()
+    javac = _javac(java)
     if javac is None:
         warn(
             "note: no javac (a JDK's compiler) found: the local engine keeps Hadoop's own "

@@ -96,10 +96,22 @@ def _resolve_in_this_process() -> None:
     shutil.rmtree(ivy, ignore_errors=True)
 
 
-def check_java() -> None:
+def java_executable() -> Path | None:
+    """The java that runs Spark: JAVA_HOME's, else the one on PATH (None: neither)."""
     java_home = os.environ.get("JAVA_HOME")
     java = Path(java_home) / "bin" / "java" if java_home else shutil.which("java")
-    if not java or not Path(java).exists():
+    return Path(java) if java else None
+
+
+def local_filesystem_jar() -> Path | None:
+    """The jar of the local file system without a process per file (common/localfs.py),
+    built by that java's javac into the jar cache on first use."""
+    return localfs_jar(jar_cache_dir(), java_executable())
+
+
+def check_java() -> None:
+    java = java_executable()
+    if java is None or not java.exists():
         raise SparkSetupError(
             "Java 17 or 21 is needed for Spark 4.1 and was not found on PATH or in JAVA_HOME; "
             "install a JDK (e.g. `apt-get install openjdk-17-jre-headless`)."
@@ -138,7 +150,7 @@ def _get_or_build(profile: Profile, app_name: str) -> SparkSession:
         use_databricks_schemas(_session, profile)
         return _session
     check_java()
-    settings = local_settings(profile, app_name, cached_delta_jars(), localfs_jar(jar_cache_dir()))
+    settings = local_settings(profile, app_name, cached_delta_jars(), local_filesystem_jar())
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     master = os.environ.get("ORDER_PIPELINE_MASTER", "local[*]")

@@ -65,10 +65,6 @@ public final class NoForkLocalFileSystem extends LocalFileSystem {
     public Fs(URI uri, Configuration conf) throws IOException, URISyntaxException {
       super(new RawFs(uri, conf));
     }
-
-    public Fs(Configuration conf) throws IOException, URISyntaxException {
-      this(new URI("file:///"), conf);
-    }
   }
 
   /** As org.apache.hadoop.fs.local.RawLocalFs, over {@link Raw}. */

@@ -245,12 +245,18 @@ def open_lakehouse(data_root: str):
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    from order_pipeline.common.spark import local_filesystem_jar, resolve_delta_jars
+    from order_pipeline.common.spark import (
+        class_archive,
+        local_filesystem_jar,
+        resolve_delta_jars,
+    )
 
     jars = resolve_delta_jars()
     print("Delta Lake jars ready:\n  " + "\n  ".join(str(j) for j in jars))
     if (localfs := local_filesystem_jar()) is not None:
         print(f"local file system without a process per file: {localfs}")
+    if (archive := class_archive()) is not None:
+        print(f"archive of Spark's classes for faster JVM starts: {archive}")
     return 0
 
 

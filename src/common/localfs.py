@@ -6,7 +6,7 @@ commit started some 24 processes and a demo run 1,447 (Java Flight Recorder, 202
 each a few milliseconds of a busy JVM. ``java/NoForkLocalFileSystem.java`` does the same
 through java.nio (Hadoop's own code still handles symbolic links and special bits). It is
 compiled once, by the JDK's ``javac`` against PySpark's Hadoop jars, into the jar cache;
-the local session puts it on the driver's classpath. Without ``javac`` the session keeps
+the local session puts it on the driver's class path. Without ``javac`` the session keeps
 Hadoop's own classes: slower, the same files and results. Databricks never uses it.
 """
 
@@ -99,11 +99,11 @@ def localfs_jar(
 def localfs_settings(jar: Path | None) -> dict[str, str]:
     """The session settings that make ``file:`` paths use the jar's file system, for both
     of Hadoop's APIs (FileSystem; FileContext, which Delta's log store and Spark's
-    streaming checkpoints rename through)."""
+    streaming checkpoints rename through). The jar itself goes on the driver's class path
+    (common/spark.local_settings)."""
     if jar is None:
         return {}
     return {
-        "spark.driver.extraClassPath": str(jar),
         "spark.hadoop.fs.file.impl": FILE_SYSTEM,
         "spark.hadoop.fs.AbstractFileSystem.file.impl": f"{FILE_SYSTEM}$Fs",
     }

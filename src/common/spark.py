@@ -16,12 +16,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from order_pipeline.common.config import Profile
+from order_pipeline.common.classcache import archive_path, build_archive, with_archive
+from order_pipeline.common.config import Profile, load_profile
 from order_pipeline.common.localfs import localfs_jar, localfs_settings
 from order_pipeline.common.platform import is_databricks, is_spark_connect, local_spark_mode
 
@@ -109,6 +111,19 @@ def local_filesystem_jar() -> Path | None:
     return localfs_jar(jar_cache_dir(), java_executable())
 
 
+def class_archive(progress=print) -> Path | None:
+    """Build (once) the archive of Spark's classes for sessions of the local profile
+    (common/classcache.py); None when this JDK cannot."""
+    check_java()
+    java = java_executable()
+    assert java is not None
+    with tempfile.TemporaryDirectory(prefix="order-pipeline-classes-") as root:
+        profile = load_profile("local", data_root=root)
+        settings = local_settings(profile, "order-pipeline-classes", cached_delta_jars(),
+                                  local_filesystem_jar())  # fmt: skip
+    return build_archive(jar_cache_dir(), java, settings, progress)
+
+
 def check_java() -> None:
     java = java_executable()
     if java is None or not java.exists():
@@ -151,6 +166,9 @@ def _get_or_build(profile: Profile, app_name: str) -> SparkSession:
         return _session
     check_java()
     settings = local_settings(profile, app_name, cached_delta_jars(), local_filesystem_jar())
+    java = java_executable()
+    assert java is not None
+    settings = with_archive(settings, archive_path(jar_cache_dir(), java, settings))
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     master = os.environ.get("ORDER_PIPELINE_MASTER", "local[*]")
@@ -183,11 +201,16 @@ def local_settings(
 ) -> dict[str, str]:
     """Every setting of the local engine: Delta, the warehouse, UTC, quiet logs, the local
     file system without a process per file (``localfs``: its jar, when built), and the
-    profile's own ``spark`` settings (which win)."""
+    profile's own ``spark`` settings (which win).
+
+    Delta's jars (and the file system's) go on the driver's class path, not ``spark.jars``:
+    a local engine's executors run in the driver's JVM, so no executor copies them at start,
+    and the class archive (common/classcache.py) can hold their classes too."""
     warehouse = Path(profile.warehouse_root or ".local/warehouse").resolve()
+    class_path = [*jars, *([localfs] if localfs is not None else [])]
     settings = {
         "spark.app.name": app_name,
-        "spark.jars": ",".join(str(j) for j in jars),
+        "spark.driver.extraClassPath": os.pathsep.join(str(j) for j in class_path),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.warehouse.dir": str(warehouse),

@@ -1,0 +1,203 @@
+"""A class-data sharing archive of Spark's classes, so a local JVM starts warm.
+
+A local Spark session loads some 26,000 classes (Spark, Scala, Hadoop, Delta's reader and
+writer), and its JVM parses and verifies each one at every start: about 5 of the 18 s a
+fresh JVM took for its first Delta table, insert, MERGE and reads with the test settings,
+about 2 s with the default compilers (measured 2026-12-04). The JDK can map those classes
+from an archive instead (AppCDS, JEP 350): ``order-pipeline setup`` runs a small Delta and
+streaming workload once in a JVM started with ``-XX:ArchiveClassesAtExit`` and keeps the
+archive beside the jars; a local session whose JVM matches it starts with
+``-XX:SharedArchiveFile``.
+
+The archive is only valid for the exact JVM build and class path it was dumped with, so
+its name is a hash of both (the java binary, PySpark's jars and the session's extra class
+path, each by path, size and modification time): a session that differs finds no archive
+and starts as before, and a JVM that still refuses one (``-Xshare:auto``) only warns, on
+stderr. Classes that the workload did not load are loaded as usual. Databricks never uses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+PREFIX = "spark-classes-"
+SUFFIX = ".jsa"
+KEEP = 3  # archives of other class paths kept (another checkout's venv, a JDK update)
+ARCHIVE_FORMAT = "1"  # bump when what goes into an archive's name changes
+EXTRA_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
+EXTRA_CLASS_PATH = "spark.driver.extraClassPath"
+# JVM warnings (an archive it cannot map, say) to stderr: stdout may be a command's answer
+JVM_LOG_TO_STDERR = "-Xlog:disable -Xlog:all=warning:stderr"
+
+
+def _stat(path: Path) -> str:
+    try:
+        info = path.stat()
+    except OSError:
+        return f"{path}:missing"
+    return f"{path}:{info.st_size}:{info.st_mtime_ns}"
+
+
+def _spark_jars() -> list[Path]:
+    import pyspark
+
+    return sorted((Path(pyspark.__file__).parent / "jars").glob("*.jar"))
+
+
+def _jvm_library(java: Path) -> Path:
+    """libjvm.so of the JDK whose java this is (bin/java -> lib/server/libjvm.so)."""
+    return java.resolve().parent.parent / "lib" / "server" / "libjvm.so"
+
+
+def archive_path(cache: Path, java: Path, settings: dict[str, str]) -> Path:
+    """Where the archive for this java and the class path of these session settings is."""
+    extra = [p for p in settings.get(EXTRA_CLASS_PATH, "").split(os.pathsep) if p]
+    parts = [ARCHIVE_FORMAT, _stat(java.resolve()), _stat(_jvm_library(java))]
+    parts += ["extra:" + _stat(Path(p)) for p in extra]
+    parts += [_stat(jar) for jar in _spark_jars()]
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return cache / f"{PREFIX}{digest}{SUFFIX}"
+
+
+def with_archive(settings: dict[str, str], archive: Path | None) -> dict[str, str]:
+    """``settings`` whose driver JVM maps ``archive`` (when it exists). The options go before
+    the driver's own Java options (the profile's included), so that those still win: a
+    later ``-Xlog`` or ``-XX:SharedArchiveFile`` of theirs overrides these."""
+    if archive is None or not archive.is_file():
+        return settings
+    options = settings.get(EXTRA_JAVA_OPTIONS, "")
+    flags = f"{JVM_LOG_TO_STDERR} -XX:SharedArchiveFile={archive} -Xshare:auto"
+    return {**settings, EXTRA_JAVA_OPTIONS: f"{flags} {options}".strip()}
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def build_archive(
+    cache: Path,
+    java: Path,
+    settings: dict[str, str],
+    progress: Callable[[str], None] = print,
+    warn: Callable[[str], None] = _to_stderr,
+) -> Path | None:
+    """Build the archive for these session settings (once: an existing one is returned) by
+    running :func:`_train` in a child process whose JVM dumps its classes at exit. None,
+    after a note, when this JDK cannot (no base archive, say): sessions then start as
+    before."""
+    archive = archive_path(cache, java, settings)
+    if archive.is_file():
+        return archive
+    cache.mkdir(parents=True, exist_ok=True)
+    progress(f"archiving Spark's classes for faster JVM starts into {archive} (once)...")
+    with tempfile.TemporaryDirectory(prefix="classes-", dir=cache) as tmp:
+        work = Path(tmp)
+        dumped = work / archive.name
+        options = settings.get(EXTRA_JAVA_OPTIONS, "")
+        child = {**settings, EXTRA_JAVA_OPTIONS:
+                 f"{JVM_LOG_TO_STDERR} -XX:ArchiveClassesAtExit={dumped} {options}".strip()}  # fmt: skip
+        arguments = [f"{k}={v}" for k, v in child.items()]
+        done = subprocess.run(
+            [sys.executable, "-m", "order_pipeline.common.classcache", str(work), *arguments],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0 or not dumped.is_file() or dumped.stat().st_size == 0:
+            # the dump's own notes (classes it skips) are many and say nothing of the cause
+            output = [line for line in (done.stderr + done.stdout).splitlines()
+                      if "][cds" not in line]  # fmt: skip
+            warn(
+                f"note: the JVM could not archive Spark's classes (exit {done.returncode}): "
+                f"{chr(10).join(output)[-2000:]}\nlocal sessions start without the archive "
+                "(slower, same results)"
+            )
+            return None
+        os.replace(dumped, archive)  # whole or absent, even with two setups at once
+    others = sorted(
+        (a for a in cache.glob(f"{PREFIX}*{SUFFIX}") if a != archive),
+        key=lambda a: a.stat().st_mtime,
+        reverse=True,
+    )
+    for old in others[KEEP:]:
+        old.unlink(missing_ok=True)
+    return archive
+
+
+def _train(spark, work: Path) -> None:
+    """What every task does, small: a JSON-lines file stream into a Delta table through
+    foreachBatch (parse, append, MERGE of the newest row per key), then reads, a window, an
+    aggregate, a join, Delta's history and a MERGE with deletes outside a stream."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    landing = work / "landing"
+    landing.mkdir()
+    lines = [f'{{"id": {i % 7}, "seq": {i}, "name": "n{i}", "price": {i}.5}}' for i in range(40)]
+    (landing / "part-1.json").write_text("\n".join(lines) + "\n")
+    table = str(work / "table")
+    schema = "id INT, seq INT, name STRING, price DECIMAL(10,2)"
+    spark.sql(f"CREATE TABLE delta.`{table}` ({schema}) USING delta")
+
+    def batch(df, batch_id: int) -> None:
+        parsed = df.select(F.from_json("value", schema).alias("r")).select("r.*")
+        newest = Window.partitionBy("id").orderBy(F.col("seq").desc())
+        latest = parsed.withColumn("n", F.row_number().over(newest)).where("n = 1").drop("n")
+        latest.write.format("delta").mode("append").save(str(work / "appended"))
+        latest.createOrReplaceTempView("updates")
+        df.sparkSession.sql(
+            f"MERGE INTO delta.`{table}` t USING updates s ON t.id = s.id "
+            "WHEN MATCHED AND s.seq > t.seq THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
+        )
+
+    query = (
+        spark.readStream.format("text").load(str(landing))
+        .writeStream.foreachBatch(batch)
+        .option("checkpointLocation", str(work / "checkpoint"))
+        .trigger(availableNow=True)
+        .start()
+    )  # fmt: skip
+    query.awaitTermination()
+    rows = spark.read.format("delta").load(table)
+    rows.groupBy((F.col("id") % 2).alias("odd")).agg(F.sum("price"), F.max("seq")).collect()
+    rows.join(spark.range(5), "id", "left_anti").count()
+    spark.sql(f"DESCRIBE HISTORY delta.`{table}`").collect()
+    spark.sql(
+        f"MERGE INTO delta.`{table}` t USING (SELECT 1 AS id) s ON t.id = s.id "
+        "WHEN MATCHED THEN DELETE"
+    )
+    spark.read.format("delta").load(str(work / "appended")).where("seq > 3").count()
+
+
+def _dump(work: Path, settings: dict[str, str]) -> None:
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.master("local[2]")
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    jvm = SparkContext._gateway.proc  # type: ignore[union-attr]
+    _train(spark, work)
+    spark.stop()
+    # the JVM writes the archive as it exits, which it does when its stdin closes
+    jvm.stdin.close()
+    jvm.wait(timeout=600)
+
+
+if __name__ == "__main__":
+    try:
+        _dump(Path(sys.argv[1]), dict(arg.split("=", 1) for arg in sys.argv[2:]))
+    except Exception as exc:  # the last line of the note build_archive writes
+        lines = str(exc).strip().splitlines() or [""]
+        # a Py4JJavaError says the Java exception on its second line, after ": "
+        summary = next((line[2:] for line in lines if line.startswith(": ")), lines[0])
+        print(f"the workload failed: {type(exc).__name__}: {summary}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,105 @@
+"""The archive of Spark's classes (common/classcache.py): named by exactly what makes it
+valid, used only when it exists, mapped by a real session, and a JVM that cannot dump one
+leaves nothing behind but a note."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from order_pipeline.common import classcache
+from order_pipeline.common.classcache import EXTRA_CLASS_PATH, EXTRA_JAVA_OPTIONS
+from order_pipeline.common.config import conf_dir
+from order_pipeline.common.spark import jar_cache_dir, java_executable
+
+JAVA = java_executable()
+pytestmark = pytest.mark.skipif(JAVA is None, reason="needs Java")
+
+
+def test_the_archive_is_named_by_the_jvm_and_the_class_path(tmp_path):
+    jar = tmp_path / "extra.jar"
+    jar.write_bytes(b"jar")
+    settings = {EXTRA_CLASS_PATH: str(jar), EXTRA_JAVA_OPTIONS: "-Xmx1g"}
+    name = classcache.archive_path(tmp_path, JAVA, settings)
+    assert name == classcache.archive_path(tmp_path, JAVA, {**settings, "spark.x": "1"})
+    assert name.parent == tmp_path and name.name.startswith("spark-classes-")
+    # what the JVM checks an archive against changes its name: the class path's jars (by
+    # path, size, modification time) and the java that runs it
+    assert name != classcache.archive_path(tmp_path, JAVA, {})
+    os.utime(jar, ns=(jar.stat().st_atime_ns, jar.stat().st_mtime_ns + 10**9))
+    assert name != classcache.archive_path(tmp_path, JAVA, settings)
+    other_java = tmp_path / "jdk" / "bin" / "java"
+    other_java.parent.mkdir(parents=True)
+    other_java.write_text("")
+    assert name != classcache.archive_path(tmp_path, other_java, settings)
+
+
+def test_a_session_gets_the_archive_only_when_it_exists_and_its_own_options_win(tmp_path):
+    settings = {EXTRA_JAVA_OPTIONS: "-XX:TieredStopAtLevel=1 -Xlog:gc:file=gc.log", "k": "v"}
+    archive = tmp_path / "spark-classes-x.jsa"
+    assert classcache.with_archive(settings, archive) == settings
+    assert classcache.with_archive(settings, None) == settings
+    archive.write_bytes(b"archive")
+    options = classcache.with_archive(settings, archive)[EXTRA_JAVA_OPTIONS]
+    assert f"-XX:SharedArchiveFile={archive}" in options
+    # the profile's options come last: a later -Xlog or archive of theirs overrides ours
+    assert options.endswith(settings[EXTRA_JAVA_OPTIONS])
+    assert options.index("-Xlog:disable") < options.index("-Xlog:gc")
+    assert classcache.with_archive({}, archive)[EXTRA_JAVA_OPTIONS].startswith("-Xlog:disable")
+
+
+def test_a_jvm_that_cannot_dump_leaves_a_note_and_no_archive(tmp_path):
+    # a JVM that does not start (its heap far too small): the workload fails, so the build
+    notes: list[str] = []
+    settings = {"spark.driver.memory": "1k"}
+    assert classcache.build_archive(tmp_path, JAVA, settings, lambda _: None, notes.append) is None
+    assert len(notes) == 1 and "could not archive" in notes[0] and "heap" in notes[0]
+    assert "the workload failed" in notes[0]
+    assert "][cds" not in notes[0]
+    assert not list(tmp_path.rglob("*.jsa")) and not list(tmp_path.glob("classes-*"))
+
+
+def base_archive_exists() -> bool:
+    assert JAVA is not None
+    return (classcache._jvm_library(JAVA).parent / "classes.jsa").is_file()
+
+
+@pytest.mark.skipif(
+    JAVA is None or not base_archive_exists(),
+    reason="this JDK has no default class archive to build on (setup then builds none)",
+)
+def test_a_local_session_maps_delta_and_spark_classes_from_the_archive_setup_built(tmp_path):
+    # the archive `make setup` built (`order-pipeline setup`): a fresh process's session
+    # loads its Delta and Spark classes from it, with the profile's own JVM options kept
+    assert list(jar_cache_dir().glob("spark-classes-*.jsa")), "`order-pipeline setup` built none"
+    conf = tmp_path / "conf"
+    shutil.copytree(conf_dir(), conf)
+    log = tmp_path / "classes.log"
+    local = yaml.safe_load((conf / "local.yml").read_text())
+    local["spark"] = {**local["spark"], EXTRA_JAVA_OPTIONS:
+                      f"-Duser.timezone=UTC -Xlog:class+load=info:file={log}"}  # fmt: skip
+    (conf / "local.yml").write_text(yaml.safe_dump(local))
+    child = (
+        "import sys\n"
+        "from order_pipeline.common.config import load_profile\n"
+        "from order_pipeline.common.spark import get_spark\n"
+        "spark = get_spark(load_profile('local', data_root=sys.argv[1]))\n"
+        'spark.sql(f"CREATE TABLE delta.`{sys.argv[1]}/t` (a INT) USING delta")\n'
+        "spark.stop()\n"
+    )
+    env = {**os.environ, "ORDER_PIPELINE_CONF": str(conf)}
+    done = subprocess.run(
+        [sys.executable, "-c", child, str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = log.read_text().splitlines()
+    archived = [line for line in lines if "source: shared objects file (top)" in line]
+    assert len(archived) > 10_000, f"{len(archived)} of {len(lines)} classes from the archive"
+    assert any(" org.apache.spark.sql.delta.DeltaLog " in line for line in archived)
+    assert any(" org.apache.spark.SparkContext " in line for line in archived)
+    assert "Unable to use shared archive" not in done.stderr + done.stdout

@@ -123,18 +123,28 @@ def silver_checks(run: SilverRun, progress: Callable[[str], None]) -> CheckOutco
     outcome = CheckOutcome()
     results: list[dc.CheckResult] = []
     newest_seen: dict[str, datetime | None] = {}
+    touched: list[dc.Touched] = []  # read once, for freshness of silver and unique keys
+
+    def written() -> dc.Touched:
+        if not touched:
+            silver = lake.read(run.silver)
+            touched.append(dc.touched_keys(silver, entity.key, entity.sequence, RUN_ID, run.run_id))
+        return touched[0]
+
     for check in run.rules.dataset_checks:
         if check.kind == "freshness":
             if check.of not in newest_seen:
                 if check.of == "silver":
                     # a key's updated_at only grows: the newest is the last run's or one of
-                    # the rows this run wrote (Delta skips the other files by _run_id)
-                    table, column, key = run.silver, entity.sequence, NEWEST_UPDATED
-                    rows = lake.read(table).where(F.col(RUN_ID) == run.run_id)
+                    # the rows this run wrote
+                    key = NEWEST_UPDATED
+                    seen = dc.parse_instant((run.previous_state or {}).get(key))
+                    candidates = (seen, written().newest)
+                    value = max((v for v in candidates if v is not None), default=None)
                 else:
-                    table, column, key = bronze_table(name), INGESTED_AT, NEWEST_INGESTED
-                    rows = lake.read(table)
-                value = newest(rows, column, run.previous_state, key)
+                    key = NEWEST_INGESTED
+                    rows = lake.read(bronze_table(name))
+                    value = newest(rows, INGESTED_AT, run.previous_state, key)
                 newest_seen[check.of] = value
                 outcome.state[key] = value and value.isoformat()
             results.append(dc.freshness(check, name, newest_seen[check.of], now))
@@ -144,11 +154,10 @@ def silver_checks(run: SilverRun, progress: Callable[[str], None]) -> CheckOutco
             history = run_history(lake, name, run.run_id, check.runs) if rows else []
             results.append(dc.volume(check, name, rows, history))
         elif check.kind == "unique_key":
-            table = lake.read(run.silver)
-            written, low, high = dc.touched_keys(table, entity.key, RUN_ID, run.run_id)
-            if written:
+            rows = written()
+            if rows.rows:
                 checked, duplicates = dc.duplicate_keys(
-                    table, entity.key, RUN_ID, run.run_id, low, high
+                    lake.read(run.silver), entity.key, RUN_ID, run.run_id, rows.low, rows.high
                 )
             else:
                 checked, duplicates = 0, dc.Duplicates(0, 0, None)

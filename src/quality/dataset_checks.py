@@ -334,14 +334,29 @@ def newest_value(df: DataFrame, column: str, since: datetime | None = None) -> d
     return None if micros is None else datetime.fromtimestamp(micros / 1e6, UTC)
 
 
-def touched_keys(silver: DataFrame, key: str, run_column: str, run_id: str) -> tuple[int, Any, Any]:
-    """Rows of silver the run wrote, and the smallest and largest of their keys."""
+@dataclass(frozen=True)
+class Touched:
+    """The rows of silver a run wrote: how many, their smallest and largest key (the range
+    the unique-key check reads) and their newest sequence value (silver's freshness)."""
+
+    rows: int
+    low: Any
+    high: Any
+    newest: datetime | None
+
+
+def touched_keys(
+    silver: DataFrame, key: str, sequence: str, run_column: str, run_id: str
+) -> Touched:
+    """One pass over the rows of silver the run wrote (Delta skips the other files by the
+    run column's statistics)."""
     row = (
         silver.where(F.col(run_column) == run_id)
-        .agg(F.count(F.lit(1)), F.min(key), F.max(key))
+        .agg(F.count(F.lit(1)), F.min(key), F.max(key), F.unix_micros(F.max(sequence)))
         .first()
     )
-    return int(row[0]), row[1], row[2]
+    newest = None if row[3] is None else datetime.fromtimestamp(row[3] / 1e6, UTC)
+    return Touched(int(row[0]), row[1], row[2], newest)
 
 
 def duplicate_keys(

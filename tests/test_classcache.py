@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import yaml
@@ -15,7 +16,7 @@ import yaml
 from order_pipeline.common import classcache
 from order_pipeline.common.classcache import EXTRA_CLASS_PATH, EXTRA_JAVA_OPTIONS
 from order_pipeline.common.config import conf_dir
-from order_pipeline.common.spark import jar_cache_dir, java_executable
+from order_pipeline.common.spark import class_archive_settings, jar_cache_dir, java_executable
 
 JAVA = java_executable()
 pytestmark = pytest.mark.skipif(JAVA is None, reason="needs Java")
@@ -39,18 +40,25 @@ def test_the_archive_is_named_by_the_jvm_and_the_class_path(tmp_path):
     assert name != classcache.archive_path(tmp_path, other_java, settings)
 
 
-def test_a_session_gets_the_archive_only_when_it_exists_and_its_own_options_win(tmp_path):
+def test_a_session_gets_the_archive_only_while_its_seal_matches_and_its_own_options_win(
+    tmp_path,
+):
     settings = {EXTRA_JAVA_OPTIONS: "-XX:TieredStopAtLevel=1 -Xlog:gc:file=gc.log", "k": "v"}
     archive = tmp_path / "spark-classes-x.jsa"
     assert classcache.with_archive(settings, archive) == settings
     assert classcache.with_archive(settings, None) == settings
     archive.write_bytes(b"archive")
+    assert classcache.with_archive(settings, archive) == settings  # never mapped: no seal
+    classcache.seal(archive)
     options = classcache.with_archive(settings, archive)[EXTRA_JAVA_OPTIONS]
     assert f"-XX:SharedArchiveFile={archive}" in options
     # the profile's options come last: a later -Xlog or archive of theirs overrides ours
     assert options.endswith(settings[EXTRA_JAVA_OPTIONS])
     assert options.index("-Xlog:disable") < options.index("-Xlog:gc")
     assert classcache.with_archive({}, archive)[EXTRA_JAVA_OPTIONS].startswith("-Xlog:disable")
+    # rewritten or truncated after it was sealed: a JVM could crash on it, so it is not used
+    archive.write_bytes(b"archiv")
+    assert classcache.with_archive(settings, archive) == settings
 
 
 def test_a_jvm_that_cannot_dump_leaves_a_note_and_no_archive(tmp_path):
@@ -76,7 +84,8 @@ def base_archive_exists() -> bool:
 def test_a_local_session_maps_delta_and_spark_classes_from_the_archive_setup_built(tmp_path):
     # the archive `make setup` built (`order-pipeline setup`): a fresh process's session
     # loads its Delta and Spark classes from it, with the profile's own JVM options kept
-    assert list(jar_cache_dir().glob("spark-classes-*.jsa")), "`order-pipeline setup` built none"
+    archive = classcache.archive_path(jar_cache_dir(), JAVA, class_archive_settings())
+    assert classcache.sealed(archive), f"`order-pipeline setup` built no archive {archive}"
     conf = tmp_path / "conf"
     shutil.copytree(conf_dir(), conf)
     log = tmp_path / "classes.log"
@@ -103,3 +112,30 @@ def test_a_local_session_maps_delta_and_spark_classes_from_the_archive_setup_bui
     assert any(" org.apache.spark.sql.delta.DeltaLog " in line for line in archived)
     assert any(" org.apache.spark.SparkContext " in line for line in archived)
     assert "Unable to use shared archive" not in done.stderr + done.stdout
+
+
+@pytest.mark.skipif(
+    JAVA is None or not base_archive_exists(),
+    reason="this JDK has no default class archive to build on (setup then builds none)",
+)
+def test_a_damaged_archive_fails_the_check_that_puts_an_archive_in_place(tmp_path):
+    # a truncated archive crashes a JVM that maps it (SIGBUS): build_archive starts a session
+    # that must map a new archive (-Xshare:on) before it goes live; on a truncated copy of
+    # the real one that session fails, and its crash report stays in the work folder
+    settings = class_archive_settings()
+    archive = classcache.archive_path(jar_cache_dir(), JAVA, settings)
+    damaged = tmp_path / archive.name
+    with archive.open("rb") as whole, damaged.open("wb") as part:
+        part.write(whole.read(archive.stat().st_size // 4))
+    work = tmp_path / "work"
+    work.mkdir()
+    assert classcache.maps(damaged, settings, work).returncode != 0
+    assert classcache.with_archive(settings, damaged) == settings  # never sealed
+    # nor does a class path other than the one it was dumped with pass (a JVM would start
+    # without it, and the archive would be dead weight)
+    other = tmp_path / "other.jar"
+    with zipfile.ZipFile(other, "w") as jar:
+        jar.writestr("README", "another jar first on the class path")
+    moved = {**settings, EXTRA_CLASS_PATH: f"{other}{os.pathsep}{settings[EXTRA_CLASS_PATH]}"}
+    assert classcache.maps(archive, moved, work).returncode != 0
+    assert classcache.maps(archive, settings, work).returncode == 0

@@ -13,7 +13,10 @@ The archive is only valid for the exact JVM build and class path it was dumped w
 its name is a hash of both (the java binary, PySpark's jars and the session's extra class
 path, each by path, size and modification time): a session that differs finds no archive
 and starts as before, and a JVM that still refuses one (``-Xshare:auto``) only warns, on
-stderr. Classes that the workload did not load are loaded as usual. Databricks never uses it.
+stderr. A truncated or rewritten archive can crash a JVM instead, so a new archive goes live
+only after a session that must map it (``-Xshare:on``) ran a query, and sessions use it only
+while its seal (size and modification time, recorded then) matches. Classes that the
+workload did not load are loaded as usual. Databricks never uses it.
 """
 
 from __future__ import annotations
@@ -65,19 +68,70 @@ def archive_path(cache: Path, java: Path, settings: dict[str, str]) -> Path:
     return cache / f"{PREFIX}{digest}{SUFFIX}"
 
 
-def with_archive(settings: dict[str, str], archive: Path | None) -> dict[str, str]:
-    """``settings`` whose driver JVM maps ``archive`` (when it exists). The options go before
-    the driver's own Java options (the profile's included), so that those still win: a
-    later ``-Xlog`` or ``-XX:SharedArchiveFile`` of theirs overrides these."""
-    if archive is None or not archive.is_file():
+def seal_path(archive: Path) -> Path:
+    return archive.with_name(archive.name + ".ok")
+
+
+def seal(archive: Path) -> None:
+    """Record the archive's size and modification time once it has mapped: a JVM handed a
+    truncated or rewritten archive can crash (SIGBUS), so a session only uses an archive its
+    seal still describes."""
+    info = archive.stat()
+    staged = archive.with_name(f"{archive.name}.ok.{os.getpid()}")
+    staged.write_text(f"{info.st_size} {info.st_mtime_ns}\n")
+    os.replace(staged, seal_path(archive))
+
+
+def sealed(archive: Path | None) -> bool:
+    try:
+        assert archive is not None
+        info = archive.stat()
+        return seal_path(archive).read_text().split() == [str(info.st_size), str(info.st_mtime_ns)]
+    except (AssertionError, OSError):
+        return False
+
+
+def with_archive(
+    settings: dict[str, str], archive: Path | None, share: str = "auto"
+) -> dict[str, str]:
+    """``settings`` whose driver JVM maps ``archive`` (when it exists and its seal matches).
+    The options go before the driver's own Java options (the profile's included), so that
+    those still win: a later ``-Xlog`` or ``-XX:SharedArchiveFile`` of theirs overrides these.
+    ``share`` ``on``: a JVM that cannot map it fails instead of starting without it."""
+    if archive is None or (share == "auto" and not sealed(archive)):
         return settings
     options = settings.get(EXTRA_JAVA_OPTIONS, "")
-    flags = f"{JVM_LOG_TO_STDERR} -XX:SharedArchiveFile={archive} -Xshare:auto"
+    flags = f"{JVM_LOG_TO_STDERR} -XX:SharedArchiveFile={archive} -Xshare:{share}"
     return {**settings, EXTRA_JAVA_OPTIONS: f"{flags} {options}".strip()}
 
 
 def _to_stderr(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def _child(step: str, work: Path, settings: dict[str, str]) -> subprocess.CompletedProcess:
+    """This module as a process of its own (a JVM keeps its options for life), in ``work``
+    (where a crashing JVM leaves its report)."""
+    arguments = [f"{k}={v}" for k, v in settings.items()]
+    return subprocess.run(
+        [sys.executable, "-m", "order_pipeline.common.classcache", step, str(work), *arguments],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _cause(done: subprocess.CompletedProcess) -> str:
+    # the dump's own notes (classes it skips) are many and say nothing of the cause
+    lines = [line for line in (done.stderr + done.stdout).splitlines() if "][cds" not in line]
+    return f"(exit {done.returncode}): {chr(10).join(lines)[-2000:]}"
+
+
+def maps(archive: Path, settings: dict[str, str], work: Path) -> subprocess.CompletedProcess:
+    """Start a session whose JVM must map ``archive`` (``-Xshare:on``: a class path that
+    does not match, or a damaged archive, fails it) and run a query."""
+    return _child("check", work, with_archive(settings, archive, share="on"))
 
 
 def build_archive(
@@ -87,39 +141,31 @@ def build_archive(
     progress: Callable[[str], None] = print,
     warn: Callable[[str], None] = _to_stderr,
 ) -> Path | None:
-    """Build the archive for these session settings (once: an existing one is returned) by
-    running :func:`_train` in a child process whose JVM dumps its classes at exit. None,
-    after a note, when this JDK cannot (no base archive, say): sessions then start as
-    before."""
+    """Build the archive for these session settings (once: a sealed one is returned) by
+    running :func:`_train` in a child process whose JVM dumps its classes at exit, then
+    starting a session that must map it before it is put in place and sealed. None, after a
+    note, when this JDK cannot (no base archive, say): sessions then start as before."""
     archive = archive_path(cache, java, settings)
-    if archive.is_file():
+    if sealed(archive):
         return archive
     cache.mkdir(parents=True, exist_ok=True)
     progress(f"archiving Spark's classes for faster JVM starts into {archive} (once)...")
+    unusable = "\nlocal sessions start without the archive (slower, same results)"
     with tempfile.TemporaryDirectory(prefix="classes-", dir=cache) as tmp:
         work = Path(tmp)
         dumped = work / archive.name
         options = settings.get(EXTRA_JAVA_OPTIONS, "")
         child = {**settings, EXTRA_JAVA_OPTIONS:
                  f"{JVM_LOG_TO_STDERR} -XX:ArchiveClassesAtExit={dumped} {options}".strip()}  # fmt: skip
-        arguments = [f"{k}={v}" for k, v in child.items()]
-        done = subprocess.run(
-            [sys.executable, "-m", "order_pipeline.common.classcache", str(work), *arguments],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        done = _child("dump", work, child)
         if done.returncode != 0 or not dumped.is_file() or dumped.stat().st_size == 0:
-            # the dump's own notes (classes it skips) are many and say nothing of the cause
-            output = [line for line in (done.stderr + done.stdout).splitlines()
-                      if "][cds" not in line]  # fmt: skip
-            warn(
-                f"note: the JVM could not archive Spark's classes (exit {done.returncode}): "
-                f"{chr(10).join(output)[-2000:]}\nlocal sessions start without the archive "
-                "(slower, same results)"
-            )
+            warn(f"note: the JVM could not archive Spark's classes {_cause(done)}{unusable}")
+            return None
+        if (check := maps(dumped, settings, work)).returncode != 0:
+            warn(f"note: a JVM could not map the archive it just built {_cause(check)}{unusable}")
             return None
         os.replace(dumped, archive)  # whole or absent, even with two setups at once
+        seal(archive)
     others = sorted(
         (a for a in cache.glob(f"{PREFIX}*{SUFFIX}") if a != archive),
         key=lambda a: a.stat().st_mtime,
@@ -127,6 +173,7 @@ def build_archive(
     )
     for old in others[KEEP:]:
         old.unlink(missing_ok=True)
+        seal_path(old).unlink(missing_ok=True)
     return archive
 
 
@@ -192,9 +239,25 @@ def _dump(work: Path, settings: dict[str, str]) -> None:
     jvm.wait(timeout=600)
 
 
+def _check(settings: dict[str, str]) -> None:
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.master("local[1]")
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    assert spark.range(3).count() == 3
+    spark.stop()
+
+
 if __name__ == "__main__":
     try:
-        _dump(Path(sys.argv[1]), dict(arg.split("=", 1) for arg in sys.argv[2:]))
+        step, work, settings = (
+            sys.argv[1],
+            Path(sys.argv[2]),
+            dict(a.split("=", 1) for a in sys.argv[3:]),
+        )
+        _dump(work, settings) if step == "dump" else _check(settings)
     except Exception as exc:  # the last line of the note build_archive writes
         lines = str(exc).strip().splitlines() or [""]
         # a Py4JJavaError says the Java exception on its second line, after ": "

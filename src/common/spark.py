@@ -117,11 +117,16 @@ def class_archive(progress=print) -> Path | None:
     check_java()
     java = java_executable()
     assert java is not None
+    return build_archive(jar_cache_dir(), java, class_archive_settings(), progress)
+
+
+def class_archive_settings() -> dict[str, str]:
+    """The local profile's session settings, which the archive is built with and for."""
     with tempfile.TemporaryDirectory(prefix="order-pipeline-classes-") as root:
         profile = load_profile("local", data_root=root)
-        settings = local_settings(profile, "order-pipeline-classes", cached_delta_jars(),
-                                  local_filesystem_jar())  # fmt: skip
-    return build_archive(jar_cache_dir(), java, settings, progress)
+        return local_settings(
+            profile, "order-pipeline-classes", cached_delta_jars(), local_filesystem_jar()
+        )
 
 
 def check_java() -> None:

@@ -82,12 +82,11 @@ def seal(archive: Path) -> None:
     os.replace(staged, seal_path(archive))
 
 
-def sealed(archive: Path | None) -> bool:
+def sealed(archive: Path) -> bool:
     try:
-        assert archive is not None
         info = archive.stat()
         return seal_path(archive).read_text().split() == [str(info.st_size), str(info.st_mtime_ns)]
-    except (AssertionError, OSError):
+    except OSError:
         return False
 
 
@@ -110,8 +109,9 @@ def _to_stderr(message: str) -> None:
 
 
 def _child(step: str, work: Path, settings: dict[str, str]) -> subprocess.CompletedProcess:
-    """This module as a process of its own (a JVM keeps its options for life), in ``work``
-    (where a crashing JVM leaves its report)."""
+    """This module as a process of its own (a JVM keeps its options for life), in ``work``,
+    where a crashing JVM leaves its report and the session its warehouse."""
+    settings = {**settings, "spark.sql.warehouse.dir": str(work / "warehouse")}
     arguments = [f"{k}={v}" for k, v in settings.items()]
     return subprocess.run(
         [sys.executable, "-m", "order_pipeline.common.classcache", step, str(work), *arguments],
@@ -222,8 +222,7 @@ def _train(spark, work: Path) -> None:
     spark.read.format("delta").load(str(work / "appended")).where("seq > 3").count()
 
 
-def _dump(work: Path, settings: dict[str, str]) -> None:
-    from pyspark import SparkContext
+def _session(settings: dict[str, str]):
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.master("local[2]")
@@ -231,6 +230,13 @@ def _dump(work: Path, settings: dict[str, str]) -> None:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _dump(work: Path, settings: dict[str, str]) -> None:
+    from pyspark import SparkContext
+
+    spark = _session(settings)
     jvm = SparkContext._gateway.proc  # type: ignore[union-attr]
     _train(spark, work)
     spark.stop()
@@ -240,12 +246,7 @@ def _dump(work: Path, settings: dict[str, str]) -> None:
 
 
 def _check(settings: dict[str, str]) -> None:
-    from pyspark.sql import SparkSession
-
-    builder = SparkSession.builder.master("local[1]")
-    for key, value in settings.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    spark = _session(settings)
     assert spark.range(3).count() == 3
     spark.stop()
 

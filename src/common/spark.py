@@ -16,7 +16,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -114,28 +113,28 @@ def local_filesystem_jar() -> Path | None:
 def class_archive(progress=print) -> Path | None:
     """Build (once) the archive of Spark's classes for sessions of the local profile
     (common/classcache.py); None when this JDK cannot."""
-    check_java()
-    java = java_executable()
-    assert java is not None
-    return build_archive(jar_cache_dir(), java, class_archive_settings(), progress)
+    return build_archive(jar_cache_dir(), check_java(), class_archive_settings(), progress)
 
 
 def class_archive_settings() -> dict[str, str]:
-    """The local profile's session settings, which the archive is built with and for."""
-    with tempfile.TemporaryDirectory(prefix="order-pipeline-classes-") as root:
-        profile = load_profile("local", data_root=root)
-        return local_settings(
-            profile, "order-pipeline-classes", cached_delta_jars(), local_filesystem_jar()
-        )
+    """The local profile's session settings, which the archive is built with and for (its
+    data root is a placeholder: the build's sessions keep their warehouse in their own work
+    folder, common/classcache._child)."""
+    profile = load_profile("local", data_root=jar_cache_dir())
+    return local_settings(
+        profile, "order-pipeline-classes", cached_delta_jars(), local_filesystem_jar()
+    )
 
 
-def check_java() -> None:
+def check_java() -> Path:
+    """The java that runs Spark; SparkSetupError when there is none."""
     java = java_executable()
     if java is None or not java.exists():
         raise SparkSetupError(
             "Java 17 or 21 is needed for Spark 4.1 and was not found on PATH or in JAVA_HOME; "
             "install a JDK (e.g. `apt-get install openjdk-17-jre-headless`)."
         )
+    return java
 
 
 _session: SparkSession | None = None
@@ -169,10 +168,8 @@ def _get_or_build(profile: Profile, app_name: str) -> SparkSession:
         _session = SparkSession.builder.getOrCreate()
         use_databricks_schemas(_session, profile)
         return _session
-    check_java()
+    java = check_java()
     settings = local_settings(profile, app_name, cached_delta_jars(), local_filesystem_jar())
-    java = java_executable()
-    assert java is not None
     settings = with_archive(settings, archive_path(jar_cache_dir(), java, settings))
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

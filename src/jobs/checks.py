@@ -11,6 +11,7 @@ reconciliation and volume the metrics rows of the entity's micro-batches.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,8 +98,7 @@ def newest(
     """The newest value of ``column``: at least what the last run saw (recorded in its
     state), so only the rows at or after it are read."""
     seen = dc.parse_instant((previous or {}).get(state_key))
-    found = dc.newest_value(df, column, since=seen)
-    return max((v for v in (seen, found) if v is not None), default=None)
+    return dc.later(seen, dc.newest_value(df, column, since=seen))
 
 
 @dataclass(frozen=True)
@@ -123,13 +123,11 @@ def silver_checks(run: SilverRun, progress: Callable[[str], None]) -> CheckOutco
     outcome = CheckOutcome()
     results: list[dc.CheckResult] = []
     newest_seen: dict[str, datetime | None] = {}
-    touched: list[dc.Touched] = []  # read once, for freshness of silver and unique keys
-
-    def written() -> dc.Touched:
-        if not touched:
-            silver = lake.read(run.silver)
-            touched.append(dc.touched_keys(silver, entity.key, entity.sequence, RUN_ID, run.run_id))
-        return touched[0]
+    # the run's rows of silver, read once for freshness of silver and for unique keys
+    written = functools.cache(
+        lambda: dc.touched_keys(lake.read(run.silver), entity.key, entity.sequence, RUN_ID,
+                                run.run_id)
+    )  # fmt: skip
 
     for check in run.rules.dataset_checks:
         if check.kind == "freshness":
@@ -139,8 +137,7 @@ def silver_checks(run: SilverRun, progress: Callable[[str], None]) -> CheckOutco
                     # the rows this run wrote
                     key = NEWEST_UPDATED
                     seen = dc.parse_instant((run.previous_state or {}).get(key))
-                    candidates = (seen, written().newest)
-                    value = max((v for v in candidates if v is not None), default=None)
+                    value = dc.later(seen, written().newest)
                 else:
                     key = NEWEST_INGESTED
                     rows = lake.read(bronze_table(name))

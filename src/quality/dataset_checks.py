@@ -330,8 +330,17 @@ def newest_value(df: DataFrame, column: str, since: datetime | None = None) -> d
     it only (Delta then skips every file whose statistics end before it), None when none."""
     if since is not None:
         df = df.where(F.col(column) >= F.lit(since))
-    micros = df.agg(F.unix_micros(F.max(column))).first()[0]  # an instant, whatever the zone
+    return _instant(df.agg(F.unix_micros(F.max(column))).first()[0])
+
+
+def _instant(micros: int | None) -> datetime | None:
+    """A timestamp read as unix_micros (an instant, whatever the session's zone)."""
     return None if micros is None else datetime.fromtimestamp(micros / 1e6, UTC)
+
+
+def later(*values: datetime | None) -> datetime | None:
+    """The latest of the values that exist (None: none does)."""
+    return max((v for v in values if v is not None), default=None)
 
 
 @dataclass(frozen=True)
@@ -355,8 +364,7 @@ def touched_keys(
         .agg(F.count(F.lit(1)), F.min(key), F.max(key), F.unix_micros(F.max(sequence)))
         .first()
     )
-    newest = None if row[3] is None else datetime.fromtimestamp(row[3] / 1e6, UTC)
-    return Touched(int(row[0]), row[1], row[2], newest)
+    return Touched(int(row[0]), row[1], row[2], _instant(row[3]))
 
 
 def duplicate_keys(

@@ -1,10 +1,12 @@
-"""A local table's id, properties, file count and version read from its Delta log in plain
-Python (common/delta_log.py) agree with what Spark's DESCRIBE DETAIL and HISTORY say, through
-every kind of commit the pipeline makes, checkpoints and deletion vectors included; where
-the log is not in a form it reads, it says so (None) instead of guessing."""
+"""A local table's id, properties, file count, row count and version read from its Delta log
+in plain Python (common/delta_log.py) agree with what Spark's DESCRIBE DETAIL, HISTORY and a
+count say, through every kind of commit the pipeline makes, checkpoints and deletion vectors
+included, at the newest version and at each earlier one; where the log is not in a form it
+reads, it says so (None) instead of guessing."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -14,20 +16,25 @@ from order_pipeline.common.delta_log import delta_log_version, read_log_state
 from order_pipeline.common.io import Lakehouse
 
 
-def assert_agrees(lake: Lakehouse, table: str) -> None:
+def assert_agrees(lake: Lakehouse, table: str) -> int:
+    """The log's state agrees with Spark's; returns the table's rows."""
     state = read_log_state(Path(lake.table_path(table)))
     assert state is not None
     detail = lake.detail(table)
     history = lake.history(table, 1)[0]
-    assert (state.table_id, state.properties, state.live_files, state.version) == (
+    rows = lake.read(table).count()
+    assert (state.table_id, state.properties, state.live_files, state.version, state.rows) == (
         detail["id"],
         dict(detail["properties"] or {}),
         detail["numFiles"],
         history["version"],
+        rows,
     )
     assert lake.table_id(table) == detail["id"]
     assert lake.is_empty(table) == (detail["numFiles"] == 0)
     assert lake.version(table) == history["version"]
+    assert lake.row_count(table) == rows
+    return rows
 
 
 def test_the_log_read_in_python_agrees_with_spark_through_every_kind_of_commit(spark, ctx):
@@ -45,17 +52,48 @@ def test_the_log_read_in_python_agrees_with_spark_through_every_kind_of_commit(s
         "MERGE INTO log_state t USING (SELECT 2 AS id, 'B' AS v UNION ALL SELECT 4, 'd') s "
         "ON t.id = s.id WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *",
         "ALTER TABLE log_state SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')",
-        "DELETE FROM log_state WHERE id = 1",  # a deletion vector on a file
+        "INSERT INTO log_state SELECT /*+ REPARTITION(1) */ * FROM VALUES (5, 'e'), (6, 'f'), "
+        "(7, 'g') AS v(id, v)",
+        "DELETE FROM log_state WHERE id = 1",
+        "DELETE FROM log_state WHERE id = 6",  # a deletion vector on the file of 5, 6 and 7
         "UPDATE log_state SET v = 'x' WHERE id = 3",
         "OPTIMIZE log_state",
         "DELETE FROM log_state",
     ]
+    rows = {}
     for statement in steps:
         spark.sql(statement)
-        assert_agrees(lake, table)
+        rows[lake.version(table)] = assert_agrees(lake, table)
     log = Path(lake.table_path(table)) / "_delta_log"
     assert any(n.endswith(".checkpoint.parquet") for n in os.listdir(log))  # read through one
     assert lake.is_empty(table)
+    # each earlier version, before and after a checkpoint, as time travel counts it
+    assert {v: lake.row_count(table, v) for v in rows} == {
+        v: lake.read(table, v).count() for v in rows
+    }
+    assert list(rows.values()) == [2, 3, 4, 4, 7, 6, 5, 5, 5, 0]
+    vectors = [
+        json.loads(line)["add"].get("deletionVector")
+        for commit in sorted(log.glob("*.json"))
+        for line in commit.read_text().splitlines()
+        if '"add"' in line
+    ]
+    assert any(v and v["cardinality"] == 1 for v in vectors)  # counted through one
+
+
+def test_rows_of_files_without_statistics_are_counted_by_spark(spark, ctx):
+    lake = Lakehouse(spark, ctx.profile)
+    table = "log_no_stats"
+    lake.ensure(table, "id int")
+    spark.sql(f"INSERT INTO {table} VALUES (1), (2)")
+    spark.conf.set("spark.databricks.delta.stats.collect", "false")
+    try:
+        spark.sql(f"INSERT INTO {table} VALUES (3)")
+    finally:
+        spark.conf.unset("spark.databricks.delta.stats.collect")
+    state = read_log_state(Path(lake.table_path(table)))
+    assert state is not None and state.rows is None
+    assert lake.row_count(table) == 3
 
 
 def test_a_log_it_cannot_read_plainly_is_left_to_spark(spark, ctx, tmp_path):

@@ -1,11 +1,14 @@
 """What a task needs to know about a local Delta table, read from its ``_delta_log`` in plain
-Python: its version, id, properties and how many data files it has.
+Python: its version, id, properties, how many data files and how many rows it has.
 
 ``DESCRIBE DETAIL`` and ``DESCRIBE HISTORY`` each run Spark jobs (0.3-1.2 s here); a silver
 task asked four of them before its stream started and gold four more. The log is the
 table's own record of the same facts (the Delta protocol, PROTOCOL.md: a checkpoint holds
 the live ``add`` actions and the newest ``metaData`` as of its version, each later commit
-file the actions after it), so locally it is read directly, in milliseconds.
+file the actions after it), so locally it is read directly, in milliseconds. The row count is
+the protocol's too: each ``add`` records its file's rows in its statistics (``numRecords``)
+and a deletion vector how many of them are deleted (``cardinality``); a file written without
+statistics leaves the count unknown (None).
 
 Only the plain forms are read: one single-file classic checkpoint (or none) and JSON
 commits. Anything else (a multi-part or V2 checkpoint, a missing commit, an unreadable
@@ -32,6 +35,7 @@ class LogState:
     table_id: str
     properties: dict[str, str]
     live_files: int
+    rows: int | None  # None: a live file's add has no numRecords statistic
 
 
 def delta_log_version(table_folder: Path) -> int | None:
@@ -46,47 +50,51 @@ def delta_log_version(table_folder: Path) -> int | None:
     return max(versions) if versions else None
 
 
-def read_log_state(table_folder: Path) -> LogState | None:
-    """The table's state at its newest commit, or None when it cannot be read plainly."""
+def read_log_state(table_folder: Path, version: int | None = None) -> LogState | None:
+    """The table's state at ``version`` (default: its newest commit), or None when it cannot
+    be read plainly."""
     log = table_folder / "_delta_log"
     try:
         names = os.listdir(log)
     except (FileNotFoundError, NotADirectoryError):
         return None
     commits = sorted(int(m.group(1)) for n in names if (m := _COMMIT_FILE.match(n)))
-    if not commits:
+    last = commits[-1] if commits and version is None else version
+    if last is None or last not in commits:
         return None
     checkpoints = [int(m.group(1)) for n in names if (m := _CHECKPOINT_FILE.match(n))]
-    start = max((v for v in checkpoints if v <= commits[-1]), default=None)
+    start = max((v for v in checkpoints if v <= last), default=None)
     try:
-        files: set[tuple[str, str | None]] = set()
+        files: dict[tuple[str, str | None], int | None] = {}  # live file -> its live rows
         metadata: dict[str, Any] | None = None
         if start is not None:
             metadata = _read_checkpoint(log / f"{start:020d}.checkpoint.parquet", files)
         first = 0 if start is None else start + 1
         present = set(commits)
-        if any(v not in present for v in range(first, commits[-1] + 1)):
+        if any(v not in present for v in range(first, last + 1)):
             return None  # a commit is missing: only Spark can say what the table is
-        for version in range(first, commits[-1] + 1):
-            for line in (log / f"{version:020d}.json").read_text(encoding="utf-8").splitlines():
+        for commit in range(first, last + 1):
+            for line in (log / f"{commit:020d}.json").read_text(encoding="utf-8").splitlines():
                 if not line.strip():
                     continue
                 action = json.loads(line)
                 if "add" in action:
-                    files.add(_file_key(action["add"]))
+                    files[_file_key(action["add"])] = _live_rows(action["add"])
                 elif "remove" in action:
-                    files.discard(_file_key(action["remove"]))
+                    files.pop(_file_key(action["remove"]), None)
                 elif "metaData" in action:
                     metadata = action["metaData"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if metadata is None or not metadata.get("id"):
         return None
+    counts = list(files.values())
     return LogState(
-        version=commits[-1],
+        version=last,
         table_id=str(metadata["id"]),
         properties={str(k): str(v) for k, v in (metadata.get("configuration") or {}).items()},
         live_files=len(files),
+        rows=None if None in counts else sum(c for c in counts if c is not None),
     )
 
 
@@ -100,8 +108,21 @@ def _file_key(action: dict[str, Any]) -> tuple[str, str | None]:
     )
 
 
-def _read_checkpoint(path: Path, files: set[tuple[str, str | None]]) -> dict[str, Any] | None:
-    """Add the checkpoint's live files to ``files``; return its ``metaData``."""
+def _live_rows(add: dict[str, Any]) -> int | None:
+    """The rows of an added file that are not deleted by its deletion vector."""
+    stats = json.loads(add["stats"]) if add.get("stats") else {}
+    records = stats.get("numRecords")
+    if records is None:
+        return None
+    vector = add.get("deletionVector") or {}
+    return int(records) - int(vector.get("cardinality") or 0)
+
+
+def _read_checkpoint(
+    path: Path, files: dict[tuple[str, str | None], int | None]
+) -> dict[str, Any] | None:
+    """Add the checkpoint's live files (and their live rows) to ``files``; return its
+    ``metaData``."""
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(path)
@@ -113,7 +134,7 @@ def _read_checkpoint(path: Path, files: set[tuple[str, str | None]]) -> dict[str
         table.column("add").to_pylist(), table.column("metaData").to_pylist(), strict=True
     ):
         if add is not None:
-            files.add(_file_key(add))
+            files[_file_key(add)] = _live_rows(add)
         elif meta is not None:
             meta = dict(meta)
             configuration = meta.get("configuration")

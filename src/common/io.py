@@ -370,6 +370,15 @@ class Lakehouse:
         state = self.log_state(table)
         return (state.live_files if state else self.detail(table)["numFiles"]) == 0
 
+    def row_count(self, table: str, version: int | None = None) -> int:
+        """The table's rows (at ``version``, default its newest): locally from the Delta
+        log's file statistics, else (or where a file has none) counted by Spark."""
+        if self.profile.is_local:
+            state = read_log_state(Path(self.table_path(table)), version)
+            if state is not None and state.rows is not None:
+                return state.rows
+        return self.read(table, version).count()
+
     def history(self, table: str, limit: int | None = None) -> list[Row]:
         """The table's commits, newest first."""
         text = f"DESCRIBE HISTORY {quote(table)}" + (f" LIMIT {int(limit)}" if limit else "")

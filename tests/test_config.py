@@ -139,7 +139,7 @@ def test_databricks_profile_uses_volumes_and_auto_loader(tmp_path: Path) -> None
         ),
         (
             "local.yml",
-            "min_orders_for_incremental: 150000",
+            "min_orders_for_incremental: 100000",
             "min_orders_for_incremental: -1",
             "gold.min_orders_for_incremental",
         ),

@@ -57,15 +57,14 @@ def test_full_rebuild_reason(full_refresh, missing, silver, watermarks, reason) 
 
 @pytest.mark.parametrize("orders, minimum", [(2, 3), (0, 1)])
 def test_fewer_orders_than_the_incremental_minimum_rebuild_before_reading_the_feed(
-    spark, orders, minimum
+    orders, minimum
 ) -> None:
-    silver = {
-        "orders": spark.createDataFrame([(f"O{i}",) for i in range(orders)], "order_id string")
-    }
     settings = GoldSettings(max_incremental_share=1.0, min_orders_for_incremental=minimum)
     with pytest.raises(gold_job.IncrementalNotCheaper) as raised:
-        # no lakehouse, snapshots or watermarks: reading the change feed would fail otherwise
-        gold_job.build_incrementally(None, silver, {}, {}, print, gold_job.no_fault, settings, None)
+        # no lakehouse, silver, snapshots or watermarks: reading the feed would fail otherwise
+        gold_job.build_incrementally(
+            None, {}, {}, {}, print, gold_job.no_fault, settings, None, lambda: orders
+        )
     assert str(raised.value) == (
         f"{orders} orders are fewer than the gold.min_orders_for_incremental of {minimum}: "
         "a full rebuild is cheaper"

@@ -11,6 +11,7 @@ the old watermarks, and the next run recomputes the same keys (and more) from cu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -261,23 +262,23 @@ def update_gold(
             groups = small(lake, groups)
         # gold rows of the affected orders that the recomputation no longer has: their line
         # item, or their order, was deleted from silver (the change feed's delete rows)
-        gone = small(
-            lake, replaced.select("line_item_id").join(refreshed, "line_item_id", "left_anti")
-        )
         with steps("details"):
+            gone = small(
+                lake, replaced.select("line_item_id").join(refreshed, "line_item_id", "left_anti")
+            )
             replace_rows(lake, contract.ORDER_DETAILS, refreshed, gone, "line_item_id")
         fault_hook("order_details_merged")
-        completion = small(
-            lake,
-            gold.order_completion_status_for_orders(
-                order_ids, silver["orders"], silver["line_items"]
-            ),
-        )
-        completed = of_orders(lake.read(contract.ORDER_COMPLETION_STATUS), order_ids, listed)
-        deleted_orders = small(
-            lake, completed.select("order_id").join(completion, "order_id", "left_anti")
-        )
         with steps("completion"):
+            completion = small(
+                lake,
+                gold.order_completion_status_for_orders(
+                    order_ids, silver["orders"], silver["line_items"]
+                ),
+            )
+            completed = of_orders(lake.read(contract.ORDER_COMPLETION_STATUS), order_ids, listed)
+            deleted_orders = small(
+                lake, completed.select("order_id").join(completion, "order_id", "left_anti")
+            )
             replace_rows(
                 lake, contract.ORDER_COMPLETION_STATUS, completion, deleted_orders, "order_id"
             )
@@ -333,13 +334,15 @@ def build_incrementally(
     fault_hook: Callable[[str], None],
     settings: GoldSettings,
     steps: StepTimer,
+    count_orders: Callable[[], int],
 ) -> Rebuilt:
     """Bring the gold tables up to the pinned silver versions from the changes since the
     watermarks; returns the orders it rewrote. Raises IncrementalNotCheaper, before any
-    write, when silver holds fewer orders than ``min_orders_for_incremental`` (before the
-    change feed is read) or more than ``max_incremental_share`` of them are affected."""
+    write, when silver holds fewer orders (``count_orders``: the pinned silver_orders' rows)
+    than ``min_orders_for_incremental`` (before the change feed is read) or more than
+    ``max_incremental_share`` of them are affected."""
     max_share, min_orders = settings.max_incremental_share, settings.min_orders_for_incremental
-    all_orders = silver["orders"].count() if min_orders else None  # counted once, if at all
+    all_orders = count_orders() if min_orders else None  # counted once, if at all
     if all_orders is not None and all_orders < min_orders:
         raise IncrementalNotCheaper(
             f"{all_orders} orders are fewer than the gold.min_orders_for_incremental of "
@@ -369,7 +372,7 @@ def build_incrementally(
     listed: list[str] | None = None
     try:
         if affected and all_orders is None:
-            all_orders = silver["orders"].count()
+            all_orders = count_orders()
         if affected and affected > max_share * all_orders:
             raise IncrementalNotCheaper(
                 f"{affected} affected orders of {all_orders} are more than the "
@@ -431,6 +434,7 @@ def run(
                 fault_hook,
                 ctx.profile.gold,
                 steps,
+                functools.partial(lake.row_count, snapshots["orders"].table, versions["orders"]),
             )
         except (ChangeFeedUnavailable, IncrementalNotCheaper) as exc:
             reason = str(exc)

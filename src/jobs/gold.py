@@ -112,11 +112,14 @@ def consumed_watermarks(lake: Lakehouse) -> dict[str, gold.Watermark]:
 
 
 def record_watermarks(lake: Lakehouse, snapshots: list[gold.SilverSnapshot], run_id: str) -> None:
+    """Replace the watermarks by the versions of every silver table gold read, in one
+    overwrite: the table holds one row per such table and nothing else (a MERGE of its four
+    rows cost ~1.8 s here, the overwrite ~0.9 s; the table's properties stay)."""
     now = datetime.now(UTC)
     rows = lake.spark.createDataFrame(
         [(s.table, s.table_id, s.version, run_id, now) for s in snapshots], WATERMARKS_DDL
     )
-    merge_rows(lake, GOLD_WATERMARKS, rows, "source_table")
+    lake.overwrite(rows.coalesce(1), GOLD_WATERMARKS)
 
 
 def change_feed_unavailable(exc: BaseException) -> str | None:
@@ -178,11 +181,6 @@ def silver_changes(
         if snapshot.version > consumed:
             changed[name] = lake.read_changes(snapshot.table, consumed, snapshot.version)
     return gold.SilverChanges(**changed)
-
-
-def merge_rows(lake: Lakehouse, table: str, rows: DataFrame, key: str) -> None:
-    """Upsert rows by key."""
-    lake.merge(rows, table, f"t.`{key}` = s.`{key}`", [WhenMatched(), WhenNotMatched()])
 
 
 def replace_rows(lake: Lakehouse, table: str, rows: DataFrame, gone: DataFrame, key: str) -> None:

@@ -430,6 +430,15 @@ class Lakehouse:
                 writer = writer.option(key, value)
         writer.saveAsTable(table)
 
+    def replace_where(self, df: DataFrame, table: str, condition: str) -> None:
+        """Replace the rows of ``table`` where the SQL ``condition`` holds by ``df``, in one
+        commit (Delta's ``replaceWhere``: the other rows stay; Delta refuses the write when a
+        row of ``df`` does not satisfy the condition). The condition is kept in the table's
+        history: never put personal data in it."""
+        df.write.format("delta").mode("overwrite").option("replaceWhere", condition).saveAsTable(
+            table
+        )
+
     # -- erasure (jobs/erase.py) -----------------------------------------------------------
     def set_properties(self, table: str, properties: dict[str, str]) -> None:
         pairs = ", ".join(f"{sql_literal(k)} = {sql_literal(v)}" for k, v in properties.items())

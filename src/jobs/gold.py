@@ -236,8 +236,10 @@ def update_gold(
     fault_hook: Callable[[str], None],
     steps: StepTimer,
 ) -> None:
-    """MERGE the gold rows of ``order_ids`` (``listed``: the same ids as a list, when few),
-    recomputed from ``silver``, into gold."""
+    """Write the gold rows of ``order_ids`` (``listed``: the same ids as a list, when few),
+    recomputed from ``silver``, into gold: the listed orders' details and completion rows
+    replaced in one commit each, many orders' MERGEd by key; their monthly sales groups
+    MERGEd either way."""
     # Each source below is computed once into local rows when small (Lakehouse.materialize):
     # a MERGE evaluates its source several times, and these join silver and the change feed.
     pinned = lake.read(contract.ORDER_DETAILS, lake.version(contract.ORDER_DETAILS))

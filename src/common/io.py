@@ -119,6 +119,14 @@ def quote(name: str) -> str:
     return ".".join(f"`{part}`" for part in name.split("."))
 
 
+def named_by(df: DataFrame, key: str, referring: DataFrame, column: str | None = None) -> DataFrame:
+    """The rows of ``df`` whose ``key`` a row of the small ``referring`` names in its
+    ``column`` (default: ``key``), the names listed in the filter (``key IN (...)``), which
+    Parquet and Delta narrow by their statistics."""
+    names = referring.select(column or key).distinct().collect()
+    return df.where(F.col(key).isin([r[0] for r in names if r[0] is not None]))
+
+
 def sql_literal(value: object) -> str:
     """A Python value as a SQL literal (MERGE conditions need literals for file skipping)."""
     if value is None:
@@ -351,10 +359,10 @@ class Lakehouse:
     # Locally the table's id, properties, emptiness and version are read from its Delta log
     # in plain Python (common/delta_log.py: milliseconds against a Spark job each); on
     # Databricks, or where the log is not in a plain form, Spark answers.
-    def log_state(self, table: str) -> LogState | None:
+    def log_state(self, table: str, version: int | None = None) -> LogState | None:
         if not self.profile.is_local:
             return None
-        return read_log_state(Path(self.table_path(table)))
+        return read_log_state(Path(self.table_path(table)), version)
 
     def table_id(self, table: str) -> str:
         state = self.log_state(table)
@@ -373,10 +381,9 @@ class Lakehouse:
     def row_count(self, table: str, version: int | None = None) -> int:
         """The table's rows (at ``version``, default its newest): locally from the Delta
         log's file statistics, else (or where a file has none) counted by Spark."""
-        if self.profile.is_local:
-            state = read_log_state(Path(self.table_path(table)), version)
-            if state is not None and state.rows is not None:
-                return state.rows
+        state = self.log_state(table, version)
+        if state is not None and state.rows is not None:
+            return state.rows
         return self.read(table, version).count()
 
     def history(self, table: str, limit: int | None = None) -> list[Row]:
@@ -561,6 +568,11 @@ class Lakehouse:
         if table.num_rows > max_rows:
             return None
         return self.spark.createDataFrame(table, schema=df.schema)
+
+    def small(self, df: DataFrame) -> DataFrame:
+        """``df`` as local rows when it is small (``materialize``), else as it is."""
+        local = self.materialize(df)
+        return df if local is None else local
 
     def release(self, df: DataFrame) -> None:
         if self.caches:

@@ -31,7 +31,7 @@ from order_pipeline.common.contract import (
     tombstone_table,
 )
 from order_pipeline.common.inputs import Consumed
-from order_pipeline.common.io import Lakehouse
+from order_pipeline.common.io import Lakehouse, named_by
 from order_pipeline.jobs.task import CHECK_ROWS, record_rows
 from order_pipeline.quality import dataset_checks as dc
 from order_pipeline.quality.metrics import OUTCOME_PREFIX, STREAM, BatchCounts
@@ -222,15 +222,13 @@ def gold_checks(
     parent's tombstones, and the line item outlives it by design. ``few``: ``details`` are
     the rows of few orders, whose references are listed to read only the parents they name."""
     results = []
-    local = lake.materialize(details) if few else None
-    details = details if local is None else local  # read once, checked per reference
+    details = lake.small(details) if few else details  # read once, checked per reference
     for check in checks:
         assert check.parent is not None and check.column is not None
         key = entities[check.parent].key
         accepted = silver[check.parent].select(key)
         if few:
-            named = [r[0] for r in details.select(check.column).distinct().collect()]
-            accepted = accepted.where(F.col(key).isin([k for k in named if k is not None]))
+            accepted = named_by(accepted, key, details, check.column)
         if entities["line_items"].on_parent_delete.get(check.column) == "keep":
             tombstones = tombstone_table(check.parent)
             if lake.exists(tombstones):

@@ -32,7 +32,13 @@ from order_pipeline.common.contract import (
     silver_table,
 )
 from order_pipeline.common.inputs import Consumed, Inputs, Versions
-from order_pipeline.common.io import Lakehouse, WhenMatched, WhenNotMatched, sql_literal
+from order_pipeline.common.io import (
+    Lakehouse,
+    WhenMatched,
+    WhenNotMatched,
+    named_by,
+    sql_literal,
+)
 from order_pipeline.common.timing import StepTimer
 from order_pipeline.jobs import checks
 from order_pipeline.jobs.task import (
@@ -212,7 +218,7 @@ def replace_sales_groups(lake: Lakehouse, groups: DataFrame, few: bool = False) 
         products = [r[0] for r in groups.select("product_id").distinct().collect()]
         listed = F.col("product_id").isin([p for p in products if p is not None])
         details = details.where(listed | F.col("product_id").isNull())
-    rows = small(lake, gold.product_sales_for_groups(groups, details))
+    rows = lake.small(gold.product_sales_for_groups(groups, details))
     values = {c: f"s.`{c}`" for c in rows.columns if c != gold.VANISHED}
     vanished = f"s.`{gold.VANISHED}`"
     lake.merge(
@@ -247,7 +253,7 @@ def update_gold(
     if listed is not None:
         with steps("affected rows"):
             silver = narrowed_silver(lake, silver, order_ids, listed)
-            replaced = small(lake, replaced)
+            replaced = lake.small(replaced)
     details = gold.order_details_for_orders(
         order_ids, silver["line_items"], silver["orders"], silver["customers"], silver["products"]
     )
@@ -259,22 +265,20 @@ def update_gold(
             changes, order_ids, silver["orders"], refreshed, replaced
         )
         with steps("affected rows"):
-            groups = small(lake, groups)
+            groups = lake.small(groups)
         with steps("details"):
             if listed is not None:
                 replace_orders(lake, contract.ORDER_DETAILS, refreshed, listed)
             else:
                 # gold rows of the affected orders that the recomputation no longer has: their
                 # line item, or their order, was deleted from silver (the feed's delete rows)
-                gone = small(
-                    lake,
+                gone = lake.small(
                     replaced.select("line_item_id").join(refreshed, "line_item_id", "left_anti"),
                 )
                 replace_rows(lake, contract.ORDER_DETAILS, refreshed, gone, "line_item_id")
         fault_hook("order_details_merged")
         with steps("completion"):
-            completion = small(
-                lake,
+            completion = lake.small(
                 gold.order_completion_status_for_orders(
                     order_ids, silver["orders"], silver["line_items"]
                 ),
@@ -282,8 +286,7 @@ def update_gold(
             if listed is not None:
                 replace_orders(lake, contract.ORDER_COMPLETION_STATUS, completion, listed)
             else:
-                deleted_orders = small(
-                    lake,
+                deleted_orders = lake.small(
                     of_orders(lake.read(contract.ORDER_COMPLETION_STATUS), order_ids, None)
                     .select("order_id")
                     .join(completion, "order_id", "left_anti"),
@@ -322,26 +325,14 @@ def narrowed_silver(
     """The silver rows the gold rows of the ``listed`` orders are built from, as local rows
     where small: their line items and orders, the customers those orders name and the
     products those line items name, each read with its keys listed."""
-    items = small(lake, of_orders(silver["line_items"], order_ids, listed))
-    orders = small(lake, of_orders(silver["orders"], order_ids, listed))
+    items = lake.small(of_orders(silver["line_items"], order_ids, listed))
+    orders = lake.small(of_orders(silver["orders"], order_ids, listed))
     return {
         "line_items": items,
         "orders": orders,
-        "customers": small(lake, named_by(silver["customers"], "customer_id", orders)),
-        "products": small(lake, named_by(silver["products"], "product_id", items)),
+        "customers": lake.small(named_by(silver["customers"], "customer_id", orders)),
+        "products": lake.small(named_by(silver["products"], "product_id", items)),
     }
-
-
-def named_by(df: DataFrame, key: str, referring: DataFrame) -> DataFrame:
-    """The rows of ``df`` whose ``key`` a row of the small ``referring`` names."""
-    keys = [r[0] for r in referring.select(key).distinct().collect() if r[0] is not None]
-    return df.where(F.col(key).isin(keys))
-
-
-def small(lake: Lakehouse, df: DataFrame) -> DataFrame:
-    """``df`` as local rows when it is small, else as it is."""
-    local = lake.materialize(df)
-    return df if local is None else local
 
 
 def build_incrementally(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from order_pipeline.common import io
 from order_pipeline.common.delta_log import delta_log_version, read_log_state
 from order_pipeline.common.io import Lakehouse
 
@@ -79,6 +80,25 @@ def test_the_log_read_in_python_agrees_with_spark_through_every_kind_of_commit(s
         if '"add"' in line
     ]
     assert any(v and v["cardinality"] == 1 for v in vectors)  # counted through one
+    # each commit's inserted, updated and deleted rows, as its change feed lists them
+    versions = range(1, lake.version(table) + 1)
+    feed = [
+        spark.read.format("delta")
+        .option("readChangeFeed", "true")
+        .option("startingVersion", v)
+        .option("endingVersion", v)
+        .table(table)
+        .where("_change_type != 'update_preimage'")
+        .count()
+        for v in versions
+    ]
+    assert [lake.keys_changed(table, v - 1, v)[0] for v in versions] == feed
+    assert lake.keys_changed(table, 0, versions[-1]) == feed
+    assert lake.keys_changed(table, 3, 3) == []
+    assert feed == [2, 1, 2, 0, 3, 1, 1, 1, 0, 5]  # inserts, MERGE, -, 3 rows, DELETE x2, ...
+    with pytest.MonkeyPatch.context() as patch:  # the same from DESCRIBE HISTORY
+        patch.setattr(io, "read_commit_infos", lambda *_: None)
+        assert lake.keys_changed(table, 0, versions[-1]) == feed
 
 
 def test_rows_of_files_without_statistics_are_counted_by_spark(spark, ctx):

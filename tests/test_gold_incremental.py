@@ -284,6 +284,11 @@ def scenario(spark, tmp_path_factory):
     # requested full refresh takes the same full build: test_full_rebuild_reason)
     merge_silver(spark, ctx, "line_items", [line_item("L90", "O4", "P1", quantity=1, unit_price=2.0, status="shipped", updated_at=LATEST)])  # fmt: skip
     story["above_share"] = run(profile=replace(ctx.profile, gold=GoldSettings(0.1)))
+    # one changed order row of five is above it too, and the commit of silver_orders says so
+    # by its operation metrics: the rebuild is chosen before a change feed is read
+    merge_silver(spark, ctx, "orders", [order("O4", "C2", order_ts="2026-05-12T10:00:00Z", status="shipped", updated_at=LATEST)])  # fmt: skip
+    story["orders_above_share"] = run(profile=replace(ctx.profile, gold=GoldSettings(0.1)))
+    story["orders_above_share_lines"] = list(lines)
 
     # a change whose change files are gone (as after VACUUM): the feed cannot serve it
     merge_silver(spark, ctx, "line_items", [line_item("L5", "O4", "P1", quantity=3, unit_price=5.0, status="shipped", updated_at=LATEST)])  # fmt: skip
@@ -412,6 +417,20 @@ def test_more_affected_orders_than_the_incremental_share_rebuild_in_full(scenari
         "a full rebuild is cheaper"
     )
     assert details[contract.ORDER_DETAILS] == story["unchanged"].details[contract.ORDER_DETAILS] + 1
+
+
+def test_a_commit_that_changed_more_orders_than_the_share_rebuilds_without_the_feed(
+    scenario,
+) -> None:
+    _, story = scenario
+    details = story["orders_above_share"].details
+    assert (details["mode"], details["affected_orders"]) == ("full", None)
+    assert details["full_rebuild_reason"] == (
+        "a commit of silver_orders changed 1 of its 5 orders (by its operation metrics), more "
+        "than the gold.max_incremental_share of 0.1: a full rebuild is cheaper"
+    )
+    (built,) = [line for line in story["orders_above_share_lines"] if "gold: full build:" in line]
+    assert "affected orders" not in built and "details" in built  # no change feed was read
 
 
 def test_a_change_feed_that_cannot_be_read_falls_back_to_a_full_rebuild(spark, scenario) -> None:

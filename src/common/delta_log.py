@@ -8,7 +8,9 @@ the live ``add`` actions and the newest ``metaData`` as of its version, each lat
 file the actions after it), so locally it is read directly, in milliseconds. The row count is
 the protocol's too: each ``add`` records its file's rows in its statistics (``numRecords``)
 and a deletion vector how many of them are deleted (``cardinality``); a file written without
-statistics leaves the count unknown (None).
+statistics leaves the count unknown (None). Each commit also records what it did
+(``commitInfo``: the operation and its metrics, as ``DESCRIBE HISTORY`` shows them), from
+which ``keys_changed`` tells how many rows it inserted, updated or deleted.
 
 Only the plain forms are read: one single-file classic checkpoint (or none) and JSON
 commits. Anything else (a multi-part or V2 checkpoint, a missing commit, an unreadable
@@ -96,6 +98,56 @@ def read_log_state(table_folder: Path, version: int | None = None) -> LogState |
         live_files=len(files),
         rows=None if None in counts else sum(c for c in counts if c is not None),
     )
+
+
+def read_commit_infos(
+    table_folder: Path, after: int, up_to: int
+) -> list[tuple[str, dict[str, str]]] | None:
+    """The operation and operation metrics of each commit of the versions (after, up_to], from
+    their ``commitInfo`` actions; None when a commit file is missing (log clean-up), cannot be
+    read or has no ``commitInfo`` (writers need not write one)."""
+    found = []
+    log = table_folder / "_delta_log"
+    try:
+        for commit in range(after + 1, up_to + 1):
+            lines = (log / f"{commit:020d}.json").read_text(encoding="utf-8").splitlines()
+            infos = [json.loads(line)["commitInfo"] for line in lines if '"commitInfo"' in line]
+            info = next((i for i in infos if isinstance(i, dict)), None)
+            if info is None or "operation" not in info:
+                return None
+            metrics = info.get("operationMetrics") or {}
+            found.append((str(info["operation"]), {str(k): str(v) for k, v in metrics.items()}))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return found
+
+
+# the metrics of each operation that count the rows it inserted, updated or deleted
+_CHANGED_ROW_METRICS = {
+    "MERGE": ("numTargetRowsInserted", "numTargetRowsUpdated", "numTargetRowsDeleted"),
+    "UPDATE": ("numUpdatedRows",),
+    "DELETE": ("numDeletedRows",),
+    "WRITE": ("numOutputRows",),
+    "STREAMING UPDATE": ("numOutputRows",),
+    "CREATE TABLE AS SELECT": ("numOutputRows",),
+    "REPLACE TABLE AS SELECT": ("numOutputRows",),
+    "CREATE OR REPLACE TABLE AS SELECT": ("numOutputRows",),
+}
+
+
+def keys_changed(operation: str, metrics: dict[str, str] | None) -> int:
+    """How many rows a commit inserted, updated or deleted, by its operation metrics: in a
+    table with one row per key, that many keys changed (at least). 0 for an operation that
+    changes no row (OPTIMIZE, a property change) and for metrics it does not name (a
+    DELETE of whole files may not count its rows): a lower bound, never more."""
+    names = _CHANGED_ROW_METRICS.get(operation, ())
+    total = 0
+    for name in names:
+        try:
+            total += int((metrics or {}).get(name) or 0)
+        except (TypeError, ValueError):
+            continue
+    return total
 
 
 def _file_key(action: dict[str, Any]) -> tuple[str, str | None]:

@@ -41,7 +41,13 @@ from order_pipeline.common.contract import (
     SOURCE_FILE,
     quarantine_table,
 )
-from order_pipeline.common.delta_log import LogState, delta_log_version, read_log_state
+from order_pipeline.common.delta_log import (
+    LogState,
+    delta_log_version,
+    keys_changed,
+    read_commit_infos,
+    read_log_state,
+)
 from order_pipeline.common.landing import (
     LAYOUT,
     LAYOUT_MARKER,
@@ -390,6 +396,27 @@ class Lakehouse:
         """The table's commits, newest first."""
         text = f"DESCRIBE HISTORY {quote(table)}" + (f" LIMIT {int(limit)}" if limit else "")
         return self.spark.sql(text).select("version", "operation", "operationMetrics").collect()
+
+    def keys_changed(self, table: str, after: int, up_to: int) -> list[int] | None:
+        """Rows each commit of the versions (after, up_to] inserted, updated or deleted, by
+        its operation metrics (``delta_log.keys_changed``: a lower bound), locally from the
+        Delta log, else from ``DESCRIBE HISTORY``; None when a commit's record is gone."""
+        if up_to <= after:
+            return []
+        infos = (
+            read_commit_infos(Path(self.table_path(table)), after, up_to)
+            if self.profile.is_local
+            else None
+        )
+        if infos is None:
+            infos = [
+                (c["operation"], dict(c["operationMetrics"] or {}))
+                for c in sorted(self.history(table), key=lambda c: c["version"])
+                if after < c["version"] <= up_to
+            ]
+            if len(infos) != up_to - after:
+                return None
+        return [keys_changed(operation, metrics) for operation, metrics in infos]
 
     def version(self, table: str) -> int:
         if self.profile.is_local:

@@ -82,16 +82,17 @@ def test_the_log_read_in_python_agrees_with_spark_through_every_kind_of_commit(s
     assert any(v and v["cardinality"] == 1 for v in vectors)  # counted through one
     # each commit's inserted, updated and deleted rows, as its change feed lists them
     versions = range(1, lake.version(table) + 1)
-    feed = [
+    changes = dict(
         spark.read.format("delta")
         .option("readChangeFeed", "true")
-        .option("startingVersion", v)
-        .option("endingVersion", v)
+        .option("startingVersion", 1)
         .table(table)
         .where("_change_type != 'update_preimage'")
+        .groupBy("_commit_version")
         .count()
-        for v in versions
-    ]
+        .collect()
+    )
+    feed = [changes.get(v, 0) for v in versions]
     assert [lake.keys_changed(table, v - 1, v)[0] for v in versions] == feed
     assert lake.keys_changed(table, 0, versions[-1]) == feed
     assert lake.keys_changed(table, 3, 3) == []

@@ -217,7 +217,12 @@ def local_settings(
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.warehouse.dir": str(warehouse),
         "spark.sql.session.timeZone": "UTC",
-        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC -Dderby.system.home=/tmp",
+        # The throughput collector: on two cores an SF10 cold run took 377.5 s with it and
+        # 436.7 s with the JDK's default G1 (same files, one run each, 2026-12-04), with the
+        # same peak memory; at SF1 the two were level (121.8-142.0 s against 140.6-140.8 s).
+        "spark.driver.extraJavaOptions": (
+            "-Duser.timezone=UTC -Dderby.system.home=/tmp -XX:+UseParallelGC"
+        ),
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.streaming.stopTimeout": "60s",

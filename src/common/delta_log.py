@@ -140,13 +140,11 @@ def keys_changed(operation: str, metrics: dict[str, str] | None) -> int:
     table with one row per key, that many keys changed (at least). 0 for an operation that
     changes no row (OPTIMIZE, a property change) and for metrics it does not name (a
     DELETE of whole files may not count its rows): a lower bound, never more."""
-    names = _CHANGED_ROW_METRICS.get(operation, ())
+    metrics = metrics or {}
     total = 0
-    for name in names:
-        try:
-            total += int((metrics or {}).get(name) or 0)
-        except (TypeError, ValueError):
-            continue
+    for name in _CHANGED_ROW_METRICS.get(operation, ()):
+        value = str(metrics.get(name) or 0)
+        total += int(value) if value.isdigit() else 0
     return total
 
 

@@ -423,7 +423,7 @@ def changed_orders_at_least(
     affected orders themselves costs a join of every change feed with silver (2.7 s at SF1,
     5.7 s at SF10), wasted when a rebuild is chosen after it."""
     changed = lake.keys_changed(orders.table, watermarks[orders.table].version, orders.version)
-    return max(changed or [0], default=0)
+    return max(changed or [0])
 
 
 # -- the task --------------------------------------------------------------------------------

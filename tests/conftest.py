@@ -31,10 +31,15 @@ TEST_SPARK_SETTINGS = {
     # interpreting it (a loop of small appends, MERGEs and reads took 25% less JVM CPU time).
     "spark.sql.codegen.wholeStage": "false",
     "spark.sql.codegen.factoryMode": "NO_CODEGEN",
-    # Tests run many tiny jobs: the C1 compiler alone and a serial GC halve their wall time
-    # on two cores (C2 compilation competes with the work and never pays off here).
+    # A test's child process (a killed task, a second runner) lives for seconds: the C1
+    # compiler alone and a serial GC suit it on two cores (C2 compilation would compete with
+    # its work and never pay off). The session of a test worker gets WORKER_JAVA_OPTIONS.
     "spark.driver.extraJavaOptions": "-Duser.timezone=UTC -XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
 }
+# A worker's session lives for the whole run (some 15 minutes) and plans thousands of small
+# queries: there C2's compiled Catalyst pays back its compilation. With C2 (both workers, two
+# cores): test_silver.py + test_damaged_state.py in 331 s against 419 s with C1 alone.
+WORKER_JAVA_OPTIONS = "-Duser.timezone=UTC -XX:+UseSerialGC"
 
 
 # Dataset checks a test conf keeps (tests/conftest.py test_conf): reconciliation costs a batch
@@ -118,7 +123,9 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     from order_pipeline.common.spark import get_spark, stop_spark
 
     ctx = make_context(tmp_path_factory.mktemp("spark"))
-    session = get_spark(ctx.profile, app_name="order-pipeline-tests")
+    java = {"spark.driver.extraJavaOptions": WORKER_JAVA_OPTIONS}
+    profile = replace(ctx.profile, spark={**ctx.profile.spark, **java})
+    session = get_spark(profile, app_name="order-pipeline-tests")
     yield session
     stop_spark()
 

@@ -31,12 +31,13 @@ TEST_SPARK_SETTINGS = {
     # interpreting it (a loop of small appends, MERGEs and reads took 25% less JVM CPU time).
     "spark.sql.codegen.wholeStage": "false",
     "spark.sql.codegen.factoryMode": "NO_CODEGEN",
-    # A test's child process (a killed task, a second runner) lives for seconds: the C1
-    # compiler alone and a serial GC suit it on two cores (C2 compilation would compete with
-    # its work and never pay off). The session of a test worker gets WORKER_JAVA_OPTIONS.
+    # A test's child process (a killed task, a second runner) lives for tens of seconds: the
+    # C1 compiler alone and a serial GC suit it on two cores (test_exactly_once.py, whose
+    # children are killed tasks: 276 s against 305 s with C2 in the children). The session
+    # of a test worker gets WORKER_JAVA_OPTIONS.
     "spark.driver.extraJavaOptions": "-Duser.timezone=UTC -XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
 }
-# A worker's session lives for the whole run (some 15 minutes) and plans thousands of small
+# A worker's session lives for the whole run (20-odd minutes) and plans thousands of small
 # queries: there C2's compiled Catalyst pays back its compilation. With C2 (both workers, two
 # cores): test_silver.py + test_damaged_state.py in 331 s against 419 s with C1 alone.
 WORKER_JAVA_OPTIONS = "-Duser.timezone=UTC -XX:+UseSerialGC"

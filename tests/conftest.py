@@ -16,6 +16,11 @@ os.environ.setdefault("ORDER_PIPELINE_MASTER", "local[2]")
 os.environ["TZ"] = "UTC"  # collected timestamps are naive: read them as UTC
 time.tzset()
 
+# A worker's session lives for the whole run (20-odd minutes) and plans thousands of small
+# queries: there C2's compiled Catalyst pays back its compilation. With C2 (both workers, two
+# cores): test_silver.py + test_damaged_state.py in 331 s against 419 s with C1 alone.
+WORKER_JAVA_OPTIONS = "-Duser.timezone=UTC -XX:+UseSerialGC"
+
 TEST_SPARK_SETTINGS = {
     "spark.sql.shuffle.partitions": "1",
     "spark.default.parallelism": "2",
@@ -35,12 +40,8 @@ TEST_SPARK_SETTINGS = {
     # C1 compiler alone and a serial GC suit it on two cores (test_exactly_once.py, whose
     # children are killed tasks: 276 s against 305 s with C2 in the children). The session
     # of a test worker gets WORKER_JAVA_OPTIONS.
-    "spark.driver.extraJavaOptions": "-Duser.timezone=UTC -XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+    "spark.driver.extraJavaOptions": f"{WORKER_JAVA_OPTIONS} -XX:TieredStopAtLevel=1",
 }
-# A worker's session lives for the whole run (20-odd minutes) and plans thousands of small
-# queries: there C2's compiled Catalyst pays back its compilation. With C2 (both workers, two
-# cores): test_silver.py + test_damaged_state.py in 331 s against 419 s with C1 alone.
-WORKER_JAVA_OPTIONS = "-Duser.timezone=UTC -XX:+UseSerialGC"
 
 
 # Dataset checks a test conf keeps (tests/conftest.py test_conf): reconciliation costs a batch
@@ -121,10 +122,11 @@ def data_root_of(ctx) -> Path:
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    from order_pipeline.common.classcache import EXTRA_JAVA_OPTIONS
     from order_pipeline.common.spark import get_spark, stop_spark
 
     ctx = make_context(tmp_path_factory.mktemp("spark"))
-    java = {"spark.driver.extraJavaOptions": WORKER_JAVA_OPTIONS}
+    java = {EXTRA_JAVA_OPTIONS: WORKER_JAVA_OPTIONS}
     profile = replace(ctx.profile, spark={**ctx.profile.spark, **java})
     session = get_spark(profile, app_name="order-pipeline-tests")
     yield session

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -164,6 +165,19 @@ def run_graph_on_connect(ctx, env: dict[str, str], conf: Path) -> str:
     )
 
 
+def python_slow_once(folder: Path, python: Path) -> str:
+    """A PYSPARK_PYTHON whose first start sleeps past the 10 seconds in which Spark waits
+    for a foreachBatch worker to connect back: a worker starting on a busy machine."""
+    script = folder / "python-slow-once"
+    first = shlex.quote(str(folder / "first-start"))
+    script.write_text(
+        f"#!/bin/sh\nif mkdir {first} 2>/dev/null; then sleep 12; fi\n"
+        f'exec {shlex.quote(str(python))} "$@"\n'
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
 def outcomes(spark, ctx, run_id: str) -> list[tuple[str, str]]:
     lake = Lakehouse(spark, ctx.profile)
     status = {
@@ -186,12 +200,17 @@ def first_run(spark, connect_ctx, task_env):
     ctx, conf = connect_ctx
     manifest = land_batch(ctx, 0)
     # the entry point Databricks calls for a task, alone in its process with the wheel's own
-    # conf/: the very call that failed with "no conf/ folder found" before the wheel had it
+    # conf/: the very call that failed with "no conf/ folder found" before the wheel had it.
+    # Its stream's Python worker starts too slowly once (CI, 2026-12-04): started again, the
+    # stream then loads every landed line exactly once (test_bronze_holds_every_landed_line)
     folder = data_root_of(ctx) / "cwd-standalone"
     folder.mkdir()
-    run(task_command(task_env, "order-pipeline-bronze", "--entity", "customers",
-                     "--schema", ctx.profile.schema, "--data-root", str(data_root_of(ctx)),
-                     "--run-id", STANDALONE_RUN_ID), folder, task_env)  # fmt: skip
+    slow = python_slow_once(folder, Path(task_env["VIRTUAL_ENV"]) / "bin" / "python")
+    output = run(task_command(task_env, "order-pipeline-bronze", "--entity", "customers",
+                              "--schema", ctx.profile.schema, "--data-root", str(data_root_of(ctx)),
+                              "--run-id", STANDALONE_RUN_ID),
+                 folder, {**task_env, "PYSPARK_PYTHON": slow})  # fmt: skip
+    assert "did not connect back in time" in output and "(attempt 2 of 3)" in output, output
     run_id = run_graph_on_connect(ctx, task_env, conf)
     return WorkflowRun(ctx, manifest, outcomes(spark, ctx, run_id), (run_id,))
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.streaming import StreamingQuery
+from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 from pyspark.sql.types import StructType
 
 from order_pipeline.common.checkpoint import (
@@ -69,6 +69,11 @@ _CREATE_LOCK = threading.RLock()
 _REGISTERED: weakref.WeakKeyDictionary[SparkSession, dict[str, set[str]]] = (
     weakref.WeakKeyDictionary()
 )
+# One streaming query started at a time in this process (see start_query).
+_START_LOCK = threading.Lock()
+# Spark's words when a foreachBatch query's Python worker missed its connect-back
+WORKER_MISSED_CONNECT = "Python worker failed to connect back"
+START_ATTEMPTS = 3
 TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION = "spark.databricks.delta.write.txnVersion"
 
@@ -762,7 +767,7 @@ class Lakehouse:
             writer = writer.trigger(availableNow=True)
         else:
             writer = writer.trigger(processingTime=self.profile.processing_time)
-        query = writer.start()
+        query = start_query(writer, query_name, progress)
         await_with_progress(query, progress, self.checkpoint(checkpoint_name))
         return query
 
@@ -796,6 +801,41 @@ def _check_landing_layout(checkpoint: Path) -> None:
 
 class StreamFailed(RuntimeError):
     """A streaming query stopped with an error; the message names the query."""
+
+
+def start_query(
+    writer: DataStreamWriter, name: str, progress: Callable[[str], None] = print
+) -> StreamingQuery:
+    """Start a foreachBatch query; on Spark Connect, start it again when its Python worker
+    missed the connect-back.
+
+    On Connect the server starts the query's foreachBatch function in a Python worker of
+    its own, which must connect back within 10 seconds (fixed in Spark's
+    ``PythonWorkerFactory``, no setting). Its imports take 1.5-3 s of CPU; four tasks starting
+    at once on two busy cores missed it (CI, 2026-12-04: "Python worker failed to connect
+    back"). So one query starts at a time in this process, and a start that failed that way
+    is tried again: it failed before the query existed, so its checkpoint is untouched and
+    starting again reads exactly what the failed start would have."""
+    attempt = 1
+    while True:
+        try:
+            with _START_LOCK:
+                return writer.start()
+        except Exception as exc:  # Connect's SparkException; its words are all it gives
+            if WORKER_MISSED_CONNECT not in str(exc):
+                raise
+            if attempt == START_ATTEMPTS:
+                raise StreamFailed(
+                    f"stream {name}: its foreachBatch Python worker missed Spark's 10-second "
+                    f"connect-back {attempt} times in a row; the machine is too busy to start "
+                    "it (nothing was read: run again when it is quieter)"
+                ) from exc
+        attempt += 1
+        progress(
+            f"  {name}: its foreachBatch Python worker did not connect back in time "
+            f"(a busy machine); starting the query again (attempt {attempt} of {START_ATTEMPTS})"
+        )
+        time.sleep(attempt - 1)
 
 
 def await_with_progress(

@@ -38,6 +38,7 @@ from order_pipeline.common.checkpoint import (
 )
 from order_pipeline.common.config import Entity, Profile
 from order_pipeline.common.contract import (
+    DELETED,
     SOURCE_FILE,
     quarantine_table,
 )
@@ -198,15 +199,34 @@ def schema_ddl(schema: StructType | str) -> str:
     return ", ".join(f"{quote(f.name)} {f.dataType.simpleString()}" for f in schema.fields)
 
 
-def key_range_match(updates: DataFrame, key: str) -> str:
+@dataclass(frozen=True)
+class KeyBounds:
+    """A batch of updates' smallest and largest key (None when it has no rows) and how many
+    of its rows are deletes: one pass over the batch answers what a MERGE needs to know."""
+
+    low: object = None
+    high: object = None
+    deletes: int = 0
+
+
+def key_bounds(updates: DataFrame, key: str) -> KeyBounds:
+    """``updates``' key range and delete count, in one aggregate (``DELETED`` false where
+    the rows carry none)."""
+    deleted = F.coalesce(F.col(DELETED), F.lit(False)) if DELETED in updates.columns else None
+    counted = F.count_if(deleted) if deleted is not None else F.lit(0)
+    low, high, deletes = updates.agg(F.min(key), F.max(key), counted).first()
+    return KeyBounds(low, high, int(deletes or 0))
+
+
+def key_range_match(key: str, bounds: KeyBounds) -> str:
     """``t.key = s.key``, narrowed to the updates' key range: a target-only predicate that
     cannot change what matches, and that Delta's MERGE uses to skip every target file whose
-    key statistics lie outside (reads the updates once for their smallest and largest key)."""
-    low, high = updates.agg(F.min(key), F.max(key)).first()
+    key statistics lie outside."""
     same = f"t.{quote(key)} = s.{quote(key)}"
-    if low is None:
+    if bounds.low is None:
         return same
-    return f"{same} AND t.{quote(key)} BETWEEN {sql_literal(low)} AND {sql_literal(high)}"
+    low, high = sql_literal(bounds.low), sql_literal(bounds.high)
+    return f"{same} AND t.{quote(key)} BETWEEN {low} AND {high}"
 
 
 def rows_written(commit: Row) -> int:

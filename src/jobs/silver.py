@@ -67,6 +67,7 @@ from order_pipeline.common.io import (
     Txn,
     WhenMatched,
     WhenNotMatched,
+    key_bounds,
     key_range_match,
     sql_literal,
 )
@@ -168,10 +169,10 @@ def merge_latest(
     )
     written = Written()
     newer = newer_condition(entity)
+    bounds = key_bounds(updates, entity.key)
     if reconcile:
-        written = where_snapshots_go(
-            source, None if append else lake.read(table), entity.key, newer
-        )
+        target = None if append else lake.read(table)
+        written = where_snapshots_go(source, target, entity.key, newer, (bounds.low, bounds.high))
     if append:
         lake.append(source.where(~F.col(DELETED)).select(*values), table, txn)
     else:
@@ -179,7 +180,7 @@ def merge_latest(
         reported = lake.merge(
             source,
             table,
-            key_range_match(updates, entity.key),
+            key_range_match(entity.key, bounds),
             [
                 WhenMatched(condition=f"s.`{DELETED}` AND {newer}", delete=True),
                 WhenMatched(condition=newer, set=columns),
@@ -195,9 +196,9 @@ def merge_latest(
         )
     if after_silver is not None:
         after_silver()
-    deletes = with_deletes(updates).where(F.col(DELETED))
-    if deletes.isEmpty():
+    if not bounds.deletes:
         return written
+    deletes = with_deletes(updates).where(F.col(DELETED))
     # the newest delete per key, winner or not: a delete that lost to a newer snapshot still
     # dates the key's deletion, which a parent's children are judged by (on_delete)
     key, sequence = entity.key, entity.sequence

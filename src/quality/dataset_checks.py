@@ -403,27 +403,37 @@ class Written:
 
 
 def where_snapshots_go(
-    winners: DataFrame, target: DataFrame | None, key: str, newer: str
+    winners: DataFrame,
+    target: DataFrame | None,
+    key: str,
+    newer: str,
+    key_range: tuple[object, object],
 ) -> Written:
     """Count the newest snapshot per key (``winners``, aliased ``s``, with ``DELETED``)
     against the target table (aliased ``t``; None when it is empty) before the write, by
     the MERGE's own ``newer`` condition: a matched snapshot that is not newer is left alone
     (superseded by silver), an unmatched delete deletes nothing. ``upserted`` is the rest,
-    what the write will change; the MERGE's own report replaces it when there is one."""
+    what the write will change; the MERGE's own report replaces it when there is one.
+
+    One aggregate: the target is read only within ``key_range`` (the batch's smallest and
+    largest key, known before), and the left join keeps each winner once (silver holds one
+    row per key)."""
     s = winners.alias("s")
     deleted = F.col(f"s.`{DELETED}`")
-    row = s.agg(F.count(F.lit(1)), F.count_if(deleted), F.min(key), F.max(key)).first()
-    rows, deletes, low, high = int(row[0]), int(row[1]), row[2], row[3]
-    if target is None or rows == 0:
+    low, high = key_range
+    if target is None or low is None:
+        row = s.agg(F.count(F.lit(1)), F.count_if(deleted)).first()
+        rows, deletes = int(row[0]), int(row[1])
         return Written(rows=rows, upserted=rows - deletes, deletes_absent=deletes)
     bounded = target.alias("t").where(F.col(f"t.`{key}`").between(F.lit(low), F.lit(high)))
     joined = s.join(bounded, F.col(f"s.`{key}`") == F.col(f"t.`{key}`"), "left")
     matched = F.col(f"t.`{key}`").isNotNull()
     row = joined.agg(
+        F.count(F.lit(1)),
         F.count_if(matched & ~F.coalesce(F.expr(newer), F.lit(False))),
         F.count_if(~matched & deleted),
     ).first()
-    superseded, absent = int(row[0]), int(row[1])
+    rows, superseded, absent = int(row[0]), int(row[1]), int(row[2])
     return Written(rows, rows - superseded - absent, superseded, absent)
 
 

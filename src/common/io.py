@@ -210,11 +210,9 @@ class KeyBounds:
 
 
 def key_bounds(updates: DataFrame, key: str) -> KeyBounds:
-    """``updates``' key range and delete count, in one aggregate (``DELETED`` false where
-    the rows carry none)."""
-    deleted = F.coalesce(F.col(DELETED), F.lit(False)) if DELETED in updates.columns else None
-    counted = F.count_if(deleted) if deleted is not None else F.lit(0)
-    low, high, deletes = updates.agg(F.min(key), F.max(key), counted).first()
+    """``updates``' key range and delete count, in one aggregate (``updates`` carries
+    ``DELETED``, false for a row that is not a delete: ``latest.with_deletes``)."""
+    low, high, deletes = updates.agg(F.min(key), F.max(key), F.count_if(DELETED)).first()
     return KeyBounds(low, high, int(deletes or 0))
 
 

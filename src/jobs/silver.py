@@ -158,6 +158,7 @@ def merge_latest(
     ``reconcile``: also count where the newest snapshots went (``Written``), against silver
     before the write, for the run's reconciliation check; without it only nothing is counted.
     """
+    updates = with_deletes(updates)
     tombstones = tombstone_table(entity.name)
     lake.ensure(tombstones, tombstone_ddl(entity))
     latest = updates.transform(latest_per_key(entity)).transform(
@@ -198,7 +199,7 @@ def merge_latest(
         after_silver()
     if not bounds.deletes:
         return written
-    deletes = with_deletes(updates).where(F.col(DELETED))
+    deletes = updates.where(F.col(DELETED))
     # the newest delete per key, winner or not: a delete that lost to a newer snapshot still
     # dates the key's deletion, which a parent's children are judged by (on_delete)
     key, sequence = entity.key, entity.sequence

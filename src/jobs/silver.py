@@ -726,28 +726,34 @@ def run(
     silver = build_silver(spark, ctx, progress, fault_hook)
     lake, name = silver.lake, silver.entity.name
     checkpoint = silver_checkpoint(name)
-    if ctx.full_refresh:
-        for table in (silver.silver, silver.quarantine, silver.deferred, silver.tombstones):
-            lake.drop(table)
-        lake.reset_checkpoint(checkpoint)
-    bronze = bronze_ddl(silver.entity)
-    lake.ensure(bronze_table(name), bronze, properties=personal_properties(silver.entity, bronze))
-    silver.ensure_tables()
-    app_id = lake.open_checkpoint(
-        checkpoint,
-        own=(silver.silver, silver.quarantine, silver.deferred),
-        shared=(QUALITY_METRICS,),
-        way_out=full_refresh_way_out(silver_task(name)),
-        progress=progress,
-        source=bronze_table(name),
-    )
+    steps = StepTimer()  # where the task's time went, in its last progress line
+    with steps("tables"):
+        if ctx.full_refresh:
+            for table in (silver.silver, silver.quarantine, silver.deferred, silver.tombstones):
+                lake.drop(table)
+            lake.reset_checkpoint(checkpoint)
+        bronze = bronze_ddl(silver.entity)
+        lake.ensure(
+            bronze_table(name), bronze, properties=personal_properties(silver.entity, bronze)
+        )
+        silver.ensure_tables()
+        app_id = lake.open_checkpoint(
+            checkpoint,
+            own=(silver.silver, silver.quarantine, silver.deferred),
+            shared=(QUALITY_METRICS,),
+            way_out=full_refresh_way_out(silver_task(name)),
+            progress=progress,
+            source=bronze_table(name),
+        )
     batch = silver.batch_function(app_id)
-    lake.run_stream(
-        lake.read_stream(bronze_table(name)), checkpoint, batch, silver.silver, progress
-    )
+    with steps("stream"):
+        lake.run_stream(
+            lake.read_stream(bronze_table(name)), checkpoint, batch, silver.silver, progress
+        )
     # The batches may have run in another process (Spark Connect): what they did is read
     # back from the metrics rows they wrote, not from Python state.
-    counts, batches = silver.stream_counts()
+    with steps("counts"):
+        counts, batches = silver.stream_counts()
     versions = Versions.of(lake.profile, lake.spark)
     parents = parent_versions(silver.entity, versions)
     tombstones = tombstone_versions(silver.entity, versions)
@@ -755,10 +761,13 @@ def run(
     promoted = expired = cascaded = parent_quarantined = 0
     before = ctx.previous.state.get("parent_tombstones") if ctx.previous is not None else None
     if before != tombstones:  # a parent deleted a key since the last pass, or a first pass
-        cascaded, parent_quarantined = silver.apply_parent_deletes()
-    silver.purge_tombstones()
+        with steps("parent deletes"):
+            cascaded, parent_quarantined = silver.apply_parent_deletes()
+    with steps("tombstones"):
+        silver.purge_tombstones()
     if why is not None:
-        promoted, expired = silver.resolve_deferred()
+        with steps("deferred"):
+            promoted, expired = silver.resolve_deferred()
     else:
         progress(
             f"  {silver.deferred}: no parent moved and no deferral expired since the last pass"
@@ -768,13 +777,17 @@ def run(
         f"{counts.quarantined}, deferred {counts.deferred}; earlier deferred rows promoted "
         f"{promoted}, expired {expired}"
     )
-    found = checks.silver_checks(
-        checks.SilverRun(lake, silver.entity, silver.rules, ctx.run_id, silver.silver, counts,
-                         bool(counts.checked or promoted or expired),
-                         ctx.previous.state if ctx.previous else None, ctx.full_refresh),
-        progress,
-    )  # fmt: skip
+    with steps("checks"):
+        found = checks.silver_checks(
+            checks.SilverRun(lake, silver.entity, silver.rules, ctx.run_id, silver.silver, counts,
+                             bool(counts.checked or promoted or expired),
+                             ctx.previous.state if ctx.previous else None, ctx.full_refresh),
+            progress,
+        )  # fmt: skip
     alert = silver.check_quarantine_ratio(counts)
+    with steps("backlog"):
+        backlog = silver.deferred_backlog()
+    progress(f"  {silver.silver}: task steps: {steps}")
     return TaskResult(
         rows_in=counts.checked,
         rows_out=counts.passed + promoted,
@@ -793,7 +806,7 @@ def run(
         state={
             "parents": parents,
             "parent_tombstones": tombstones,
-            **silver.deferred_backlog(),
+            **backlog,
             **found.state,
         },
     )

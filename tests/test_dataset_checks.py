@@ -181,14 +181,23 @@ def test_the_reconciliation_accounts_for_every_kind_of_superseded_row(spark, cle
 def test_a_skipped_task_judges_freshness_from_what_its_last_run_saw(spark, lake_ctx, clean_run):
     ctx, result = clean_run
     assert result.state["newest_updated_at"] == "2026-12-01T11:00:00+00:00"
-    # what run_task records after the run's success, but the newest ingest a month old
+    # what run_task records after the run's success, but the newest ingest a month old and
+    # the newest snapshot two months old
     inputs = silver.inputs(ctx, Versions.local(ctx.profile), None).values
-    state = {**result.state, "newest_ingested_at": "2026-11-01T00:00:00+00:00"}
+    state = {**result.state, "newest_ingested_at": "2026-11-01T00:00:00+00:00",
+             "newest_updated_at": "2026-10-01T00:00:00+00:00"}  # fmt: skip
     Consumed(inputs, state, ctx.run_id).save(ctx.profile, "silver_customers")
     skipped = replace(lake_ctx, run_id="skipped")
+    said: list[str] = []
     with pytest.raises(DatasetCheckFailed, match=r"'landing_fresh' \(freshness\) failed.*newest "
                        r"ingest into bronze is 2026-11-01T00:00:00\+00:00"):  # fmt: skip
-        run_task("silver_customers", skipped, silver.run, quiet, silver.inputs)
+        run_task("silver_customers", skipped, silver.run, said.append, silver.inputs)
+    # the warning goes through the task's progress (the runner's lines), like a run's
+    (warning,) = [m for m in said if m.startswith("WARNING")]
+    assert warning.startswith(
+        "WARNING: customers: dataset check 'silver_fresh' (freshness) failed (severity warn): "
+        "newest updated_at in silver is 2026-10-01T00:00:00+00:00, "
+    ), said
     pending = (Path(ctx.profile.checkpoint_root) / PENDING_RUNS).read_text().splitlines()
     (record,) = [r for r in map(json.loads, pending) if r["run_id"] == "skipped"]
     assert record["status"] == "FAILED"

@@ -137,8 +137,11 @@ class Inputs:
     values: dict[str, Any]
     due: str | None = None
     # what a skipped task still judges without Spark (silver: freshness from the newest
-    # values its last run recorded): details for its run record; raises to fail the task
-    when_skipped: Callable[[], dict[str, object]] | None = field(default=None, compare=False)
+    # values its last run recorded), saying each warning through the task's progress: details
+    # for its run record; raises to fail the task
+    when_skipped: Callable[[Callable[[str], None]], dict[str, object]] | None = field(
+        default=None, compare=False
+    )
 
     def unchanged_since(self, previous: dict[str, Any] | None) -> bool:
         return self.due is None and previous is not None and previous == _plain(self.values)

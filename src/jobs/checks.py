@@ -186,7 +186,7 @@ def reconcile(run: SilverRun) -> dc.Reconciliation:
 
 
 def silver_checks_when_skipped(
-    rules: RuleSet, previous: Consumed | None, progress: Callable[[str], None] = print
+    rules: RuleSet, previous: Consumed | None, progress: Callable[[str], None]
 ) -> dict[str, object]:
     """A skipped silver task's freshness, from the newest values its last run recorded
     (nothing changed since, so they are still exact): no Spark, nothing written to

@@ -884,7 +884,11 @@ def inputs(ctx: TaskContext, versions: Versions, previous: Consumed | None) -> I
     }
     ruleset = load_rules(entity, ctx.entities)
     return Inputs(
-        values, due, when_skipped=lambda: checks.silver_checks_when_skipped(ruleset, previous)
+        values,
+        due,
+        when_skipped=lambda progress: checks.silver_checks_when_skipped(
+            ruleset, previous, progress
+        ),
     )
 
 

@@ -230,7 +230,7 @@ def run_task(
                 status, error = "SKIPPED", None
                 try:
                     if inputs.when_skipped is not None:
-                        result.details.update(inputs.when_skipped())
+                        result.details.update(inputs.when_skipped(progress))
                 except BaseException as exc:
                     status = "FAILED"
                     error = failure_text(exc)

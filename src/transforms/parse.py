@@ -93,6 +93,12 @@ def parse_lines(entity: Entity, line: str = "value") -> Callable[[DataFrame], Da
         schema = ", ".join(
             f"`{f}` {'variant' if f in strings else t}" for f, t in entity.fields.items()
         )
+        checked = [
+            f
+            for f, t in entity.fields.items()
+            if t.strip().lower() == "timestamp" or _decimal_scale(t) is not None
+        ]
+        token_schema = ", ".join(f"`{f}` string" for f in checked)
         utf8 = F.col(_UTF8)
         staged = df.withColumn(_UTF8, F.is_valid_utf8(raw)).withColumn(
             # else the bytes would be read through a lossy decoding; a byte order mark is
@@ -112,9 +118,13 @@ def parse_lines(entity: Entity, line: str = "value") -> Callable[[DataFrame], Da
         typed, keys = F.col(_TYPED), F.col(_KEYS)
         staged = staged.withColumns(
             {
-                _REPEATED: F.array_distinct(
-                    F.filter(keys, lambda k: F.size(F.filter(keys, lambda j: j == k)) > 1)
-                ),
+                # the pairwise search for repeated names only where a name repeats
+                _REPEATED: F.when(
+                    F.size(F.array_distinct(keys)) < F.size(keys),
+                    F.array_distinct(
+                        F.filter(keys, lambda k: F.size(F.filter(keys, lambda j: j == k)) > 1)
+                    ),
+                ).otherwise(F.array().cast("array<string>")),
                 **{_kind(f): F.schema_of_variant(typed[f]) for f in strings},  # NULL: absent
             }
         )
@@ -124,8 +134,11 @@ def parse_lines(entity: Entity, line: str = "value") -> Callable[[DataFrame], Da
         contract = F.array(*[F.lit(c) for c in [*entity.columns, marker]])
         staged = staged.withColumns(
             {
-                # every field's token as text (only where no field repeats: a map may not)
-                _TOKENS: F.when(unique_keys, F.from_json(text, "map<string,string>")),
+                # the tokens the checks below read, as text (a string field takes any JSON
+                # value's text; only where no field repeats, as for the map of extra fields)
+                _TOKENS: F.when(unique_keys, F.from_json(text, token_schema))
+                if token_schema
+                else F.lit(None),
                 _EXTRAS: F.array_except(
                     F.coalesce(keys, F.array().cast("array<string>")), contract
                 ),
@@ -175,9 +188,15 @@ def parse_lines(entity: Entity, line: str = "value") -> Callable[[DataFrame], Da
                 },
                 CORRUPT_RECORD: F.when(~parsed, raw),
                 DELETED: F.coalesce(F.when(parsed, typed[marker]), F.lit(False)),
+                # every field's token, parsed again only for the few lines with extra fields
                 RESCUED_DATA: F.when(
-                    parsed & (F.size(extras) > 0),
-                    F.to_json(F.map_filter(tokens, lambda k, _: ~F.array_contains(contract, k))),
+                    parsed & (F.size(extras) > 0) & unique_keys,
+                    F.to_json(
+                        F.map_filter(
+                            F.from_json(text, "map<string,string>"),
+                            lambda k, _: ~F.array_contains(contract, k),
+                        )
+                    ),
                 ),
                 PARSE_ISSUES: F.when(parsed, found).otherwise(F.array().cast("array<string>")),
                 # and of every delete: a quarantined delete keeps its marker for replay

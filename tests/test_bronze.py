@@ -91,3 +91,35 @@ def test_each_json_parse_of_a_line_is_in_the_plan_once_not_once_per_column(spark
         plan = lines.transform(parse_lines(entity))._jdf.queryExecution().optimizedPlan()
         checked = [t for t in entity.fields.values() if t == "timestamp" or t.startswith("decimal")]
         assert plan.toString().count("from_json(") == (3 if checked else 2), name
+
+
+def test_an_entity_without_timestamp_or_decimal_fields_parses_with_two_reads(spark) -> None:
+    # a valid contract may sequence by a number and hold no timestamp or decimal field: then
+    # there are no tokens to read as text, and every other rule holds as for the others
+    from order_pipeline.common.config import Entity
+    from order_pipeline.common.contract import CORRUPT_RECORD, PARSE_ISSUES, RESCUED_DATA
+    from order_pipeline.transforms.parse import parse_lines
+
+    entity = Entity("tags", key="tag_id", sequence="version",
+                    fields={"tag_id": "string", "version": "bigint", "label": "string"})  # fmt: skip
+    lines = [
+        '{"tag_id": "T1", "version": 3, "label": "red"}',
+        '{"tag_id": "T2", "version": 1, "label": "blue", "colour": "#00f"}',
+        '{"tag_id": "T3", "version": 2, "version": 5, "label": "x"}',
+        '{"tag_id": "T4", "version": 1, "label": 7}',
+        "not json",
+    ]
+    df = spark.createDataFrame([(v,) for v in lines], "value string").transform(parse_lines(entity))
+    assert df._jdf.queryExecution().optimizedPlan().toString().count("from_json(") == 2
+    rows = {r.value: r for r in df.collect()}
+    ok, extra, twice, wrong, junk = (rows[v] for v in lines)
+    assert (ok.tag_id, ok.version, ok.label, ok[PARSE_ISSUES], ok[CORRUPT_RECORD]) == (
+        "T1", 3, "red", [], None
+    )  # fmt: skip
+    assert (extra[PARSE_ISSUES], extra[RESCUED_DATA]) == (
+        ["extra_field:colour"],
+        '{"colour":"#00f"}',
+    )
+    assert twice[PARSE_ISSUES] == ["duplicate_field:version"]
+    assert wrong[CORRUPT_RECORD] == lines[3] and wrong.tag_id == "T4"  # 7 is not a string
+    assert junk[CORRUPT_RECORD] == "not json" and junk.tag_id is None

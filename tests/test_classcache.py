@@ -72,6 +72,24 @@ def test_a_jvm_that_cannot_dump_leaves_a_note_and_no_archive(tmp_path):
     assert not list(tmp_path.rglob("*.jsa")) and not list(tmp_path.glob("classes-*"))
 
 
+def test_a_build_removes_what_a_killed_build_left_and_not_a_running_one(tmp_path):
+    # a setup killed while it built leaves its work folder (a dump and a warehouse, ~130 MB
+    # on 2026-12-05); the next build removes it, but not a folder a concurrent setup is using
+    left = tmp_path / "classes-killed"
+    (left / "warehouse").mkdir(parents=True)
+    (left / "warehouse" / "part.parquet").write_bytes(b"x" * 1024)
+    hours_ago = left.stat().st_mtime - 2 * 3600
+    os.utime(left, (hours_ago, hours_ago))
+    running = tmp_path / "classes-running"
+    running.mkdir()
+    unrelated = tmp_path / "classes-notes.txt"  # a file of that name is not a build's folder
+    unrelated.write_text("kept")
+    os.utime(unrelated, (hours_ago, hours_ago))
+    settings = {"spark.driver.memory": "1k"}  # the build itself fails fast
+    classcache.build_archive(tmp_path, JAVA, settings, lambda _: None, lambda _: None)
+    assert not left.exists() and running.is_dir() and unrelated.read_text() == "kept"
+
+
 def base_archive_exists() -> bool:
     assert JAVA is not None
     return (classcache._jvm_library(JAVA).parent / "classes.jsa").is_file()

@@ -23,15 +23,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 PREFIX = "spark-classes-"
 SUFFIX = ".jsa"
 KEEP = 3  # archives of other class paths kept (another checkout's venv, a JDK update)
+WORK_PREFIX = "classes-"  # a build's work folder in the cache (a dump and a warehouse, ~130 MB)
+# a work folder this much older than now was left by a build that was killed (a build takes a
+# minute or two): the next build removes it; a younger one may be a concurrent setup's
+STALE_WORK_SECONDS = 3600
 ARCHIVE_FORMAT = "1"  # bump when what goes into an archive's name changes
 EXTRA_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 EXTRA_CLASS_PATH = "spark.driver.extraClassPath"
@@ -149,9 +155,10 @@ def build_archive(
     if sealed(archive):
         return archive
     cache.mkdir(parents=True, exist_ok=True)
+    remove_stale_work(cache)
     progress(f"archiving Spark's classes for faster JVM starts into {archive} (once)...")
     unusable = "\nlocal sessions start without the archive (slower, same results)"
-    with tempfile.TemporaryDirectory(prefix="classes-", dir=cache) as tmp:
+    with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=cache) as tmp:
         work = Path(tmp)
         dumped = work / archive.name
         options = settings.get(EXTRA_JAVA_OPTIONS, "")
@@ -175,6 +182,18 @@ def build_archive(
         old.unlink(missing_ok=True)
         seal_path(old).unlink(missing_ok=True)
     return archive
+
+
+def remove_stale_work(cache: Path) -> None:
+    """Remove the work folders of builds that were killed before they could clean up."""
+    limit = time.time() - STALE_WORK_SECONDS
+    for work in cache.glob(f"{WORK_PREFIX}*"):
+        try:
+            stale = work.is_dir() and work.stat().st_mtime < limit
+        except OSError:  # removed meanwhile by its own build
+            continue
+        if stale:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _train(spark, work: Path) -> None:

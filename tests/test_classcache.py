@@ -90,6 +90,23 @@ def test_a_build_removes_what_a_killed_build_left_and_not_a_running_one(tmp_path
     assert not left.exists() and running.is_dir() and unrelated.read_text() == "kept"
 
 
+def test_a_delta_jar_cut_short_counts_as_missing_so_setup_resolves_it_again(tmp_path, monkeypatch):
+    from order_pipeline.common.spark import DELTA_JARS, SparkSetupError, cached_delta_jars
+
+    monkeypatch.setenv("ORDER_PIPELINE_JAR_CACHE", str(tmp_path))
+    cache = jar_cache_dir()
+    cache.mkdir(parents=True)
+    for name in DELTA_JARS:  # whole jars: small, but zip archives to the last byte
+        with zipfile.ZipFile(cache / name, "w") as jar:
+            jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\n" * 50)
+    assert cached_delta_jars() == [cache / name for name in DELTA_JARS]
+    cut = cache / DELTA_JARS[0]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # a copy killed half way
+    with pytest.raises(SparkSetupError, match="incomplete") as raised:
+        cached_delta_jars()
+    assert str(cut) in str(raised.value) and "make setup" in str(raised.value)
+
+
 def base_archive_exists() -> bool:
     assert JAVA is not None
     return (classcache._jvm_library(JAVA).parent / "classes.jsa").is_file()

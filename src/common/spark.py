@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import zipfile
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -48,10 +49,15 @@ def jar_cache_dir() -> Path:
 
 
 def cached_delta_jars() -> list[Path]:
+    """The cached Delta jars; a jar cut short (a setup killed while it copied, a full disk)
+    counts as missing, so setup resolves it again instead of a JVM failing on it later."""
     jars = [jar_cache_dir() / name for name in DELTA_JARS]
     missing = [str(j) for j in jars if not j.is_file()]
     if missing:
         raise SparkSetupError(f"Delta Lake jars not found ({', '.join(missing)}); {SETUP_HINT}.")
+    broken = [str(j) for j in jars if not zipfile.is_zipfile(j)]
+    if broken:
+        raise SparkSetupError(f"Delta Lake jars incomplete ({', '.join(broken)}); {SETUP_HINT}.")
     return jars
 
 
@@ -92,7 +98,9 @@ def _resolve_in_this_process() -> None:
         source = ivy / "jars" / name
         if not source.is_file():
             raise SparkSetupError(f"resolution finished but {source} is missing")
-        shutil.copy2(source, target / name)
+        staged = target / f".{name}.part"
+        shutil.copy2(source, staged)
+        os.replace(staged, target / name)  # whole or absent
     (target / "resolved.json").write_text(json.dumps({"package": DELTA_PACKAGE}))
     shutil.rmtree(ivy, ignore_errors=True)
 

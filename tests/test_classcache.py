@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -112,6 +113,18 @@ def base_archive_exists() -> bool:
     return (classcache._jvm_library(JAVA).parent / "classes.jsa").is_file()
 
 
+def setup_archive(settings: dict[str, str]) -> Path:
+    """The archive `make setup` built for this checkout's class path, in the jar cache."""
+    assert JAVA is not None
+    archive = classcache.archive_path(jar_cache_dir(), JAVA, settings)
+    assert classcache.sealed(archive), (
+        f"no archive {archive} for this checkout's class path: `make setup` builds it (another "
+        f"checkout's setup evicts it once {classcache.KEEP} other class paths have one); "
+        "`make test` runs setup first"
+    )
+    return archive
+
+
 @pytest.mark.skipif(
     JAVA is None or not base_archive_exists(),
     reason="this JDK has no default class archive to build on (setup then builds none)",
@@ -119,8 +132,7 @@ def base_archive_exists() -> bool:
 def test_a_local_session_maps_delta_and_spark_classes_from_the_archive_setup_built(tmp_path):
     # the archive `make setup` built (`order-pipeline setup`): a fresh process's session
     # loads its Delta and Spark classes from it, with the profile's own JVM options kept
-    archive = classcache.archive_path(jar_cache_dir(), JAVA, class_archive_settings())
-    assert classcache.sealed(archive), f"`order-pipeline setup` built no archive {archive}"
+    setup_archive(class_archive_settings())
     conf = tmp_path / "conf"
     shutil.copytree(conf_dir(), conf)
     log = tmp_path / "classes.log"
@@ -158,7 +170,7 @@ def test_a_damaged_archive_fails_the_check_that_puts_an_archive_in_place(tmp_pat
     # that must map a new archive (-Xshare:on) before it goes live; on a truncated copy of
     # the real one that session fails, and its crash report stays in the work folder
     settings = class_archive_settings()
-    archive = classcache.archive_path(jar_cache_dir(), JAVA, settings)
+    archive = setup_archive(settings)
     damaged = tmp_path / archive.name
     with archive.open("rb") as whole, damaged.open("wb") as part:
         part.write(whole.read(archive.stat().st_size // 4))

@@ -201,19 +201,33 @@ def schema_ddl(schema: StructType | str) -> str:
 
 @dataclass(frozen=True)
 class KeyBounds:
-    """A batch of updates' smallest and largest key (None when it has no rows) and how many
-    of its rows are deletes: one pass over the batch answers what a MERGE needs to know."""
+    """A batch of updates' smallest and largest key (None when it has no rows), how many of
+    its rows are deletes and how many keys it has (a null key counts as one): one pass over
+    the batch answers what a MERGE needs to know."""
 
     low: object = None
     high: object = None
     deletes: int = 0
+    keys: int = 0
+    sources: int | None = None  # rows of the MERGE's source, when asked for
 
 
-def key_bounds(updates: DataFrame, key: str) -> KeyBounds:
-    """``updates``' key range and delete count, in one aggregate (``updates`` carries
-    ``DELETED``, false for a row that is not a delete: ``latest.with_deletes``)."""
-    low, high, deletes = updates.agg(F.min(key), F.max(key), F.count_if(DELETED)).first()
-    return KeyBounds(low, high, int(deletes or 0))
+def key_bounds(updates: DataFrame, key: str, source: DataFrame | None = None) -> KeyBounds:
+    """``updates``' key range, delete count and keys, in one aggregate (``updates`` carries
+    ``DELETED``, false for a row that is not a delete: ``latest.with_deletes``); with
+    ``source``, also its rows, counted in the same Spark job."""
+    bounds = updates.agg(
+        F.min(key).alias("low"),
+        F.max(key).alias("high"),
+        F.count_if(DELETED).alias("deletes"),
+        (F.count_distinct(key) + F.count_if(F.col(key).isNull()).cast("boolean").cast("int"))
+        .alias("keys"),
+    )  # fmt: skip
+    if source is not None:
+        bounds = bounds.crossJoin(source.agg(F.count(F.lit(1)).alias("sources")))
+    row = bounds.first()
+    sources = int(row["sources"]) if source is not None else None
+    return KeyBounds(row["low"], row["high"], int(row["deletes"]), int(row["keys"]), sources)
 
 
 def key_range_match(key: str, bounds: KeyBounds) -> str:
@@ -406,6 +420,12 @@ class Lakehouse:
         rewriting files has none either; one with deletion vectors may still have some)."""
         state = self.log_state(table)
         return (state.live_files if state else self.detail(table)["numFiles"]) == 0
+
+    def known_empty(self, table: str) -> bool:
+        """Whether the table is known, without Spark, to hold no data file (locally, from its
+        Delta log); False where that is unknown (Databricks) or it holds some."""
+        state = self.log_state(table)
+        return state is not None and state.live_files == 0
 
     def row_count(self, table: str, version: int | None = None) -> int:
         """The table's rows (at ``version``, default its newest): locally from the Delta

@@ -83,7 +83,7 @@ from order_pipeline.jobs.task import (
     run_entry_point,
     task_parser,
 )
-from order_pipeline.quality.dataset_checks import Written, where_snapshots_go
+from order_pipeline.quality.dataset_checks import Written, where_snapshots_go, written_by_merge
 from order_pipeline.quality.gate import (
     GateOutcome,
     apply_quality_gate,
@@ -155,25 +155,39 @@ def merge_latest(
     (serverless); where it allows them, ``txn`` makes the replayed MERGE a skipped commit as
     well.
 
-    ``reconcile``: also count where the newest snapshots went (``Written``), against silver
-    before the write, for the run's reconciliation check; without it only nothing is counted.
+    ``reconcile``: also count where the newest snapshots went (``Written``), for the run's
+    reconciliation check: from the MERGE's own report, or against silver before the write
+    where the batch holds deletes or is the first load; without it nothing is counted.
     """
     updates = with_deletes(updates)
     tombstones = tombstone_table(entity.name)
     lake.ensure(tombstones, tombstone_ddl(entity))
-    latest = updates.transform(latest_per_key(entity)).transform(
-        not_behind_tombstones(entity, lake.read(tombstones))
-    )
+    latest = updates.transform(latest_per_key(entity))
+    # no tombstone to beat (known from the log locally, as long as nothing was ever
+    # deleted): the newest snapshot of each key is the source, one per key
+    no_tombstones = lake.known_empty(tombstones)
+    if not no_tombstones:
+        latest = latest.transform(not_behind_tombstones(entity, lake.read(tombstones)))
     values = silver_values(entity, run_id)
     source = latest.alias("s").select(
         *[value.alias(name) for name, value in values.items()], DELETED, DELETED_BY
     )
     written = Written()
     newer = newer_condition(entity)
-    bounds = key_bounds(updates, entity.key)
-    if reconcile:
-        target = None if append else lake.read(table)
-        written = where_snapshots_go(source, target, entity.key, newer, (bounds.low, bounds.high))
+    bounds = key_bounds(updates, entity.key, source if reconcile and not no_tombstones else None)
+    sources = bounds.keys if no_tombstones else bounds.sources
+    key_range = (bounds.low, bounds.high)
+
+    def snapshots_go() -> Written:
+        return where_snapshots_go(source, None if append else lake.read(table), entity.key,
+                                  newer, key_range)  # fmt: skip
+
+    # Without deletes, each newest snapshot is either written or left to the not older one
+    # silver holds, which the MERGE's own report tells apart; a delete of a key silver does
+    # not hold writes nothing as well, so a batch with deletes is counted against silver
+    # before the write (as the first load, which has no MERGE to report).
+    if reconcile and (append or bounds.deletes):
+        written = snapshots_go()
     if append:
         lake.append(source.where(~F.col(DELETED)).select(*values), table, txn)
     else:
@@ -190,11 +204,13 @@ def merge_latest(
             txn=txn,
             idempotent_by_content=True,
         )
-        # a MERGE skipped as already committed (txn) reports nothing: its rows were then
-        # counted above as superseded by silver, which already held them
-        written.upserted = sum(
-            reported.get(f"num_{n}_rows", 0) for n in ("inserted", "updated", "deleted")
-        )
+        upserted = sum(reported.get(f"num_{n}_rows", 0) for n in ("inserted", "updated", "deleted"))
+        if reconcile and not bounds.deletes:
+            # a MERGE skipped as already committed (txn) reports nothing and changed nothing:
+            # silver already held its rows, counted against it as superseded
+            assert sources is not None
+            written = written_by_merge(sources, upserted) if reported else snapshots_go()
+        written.upserted = upserted
     if after_silver is not None:
         after_silver()
     if not bounds.deletes:
@@ -222,7 +238,7 @@ def parent_tombstones(
     for parent in sorted(set(entity.parents.values())):
         spec = entities[parent]
         table = tombstone_table(parent)
-        if lake.exists(table):
+        if lake.exists(table) and not lake.known_empty(table):
             tombs[parent] = lake.read(table).select(
                 F.col(spec.key).alias(TOMB_KEY), F.col(spec.sequence).alias(TOMB_SEQ)
             )
@@ -493,7 +509,7 @@ class Silver:
         if not self.rules.of("defer"):
             return 0, 0  # nothing of this entity is ever deferred
         pending = self.lake.read(self.deferred)
-        if pending.isEmpty():
+        if self.lake.known_empty(self.deferred) or pending.isEmpty():
             return 0, 0
         now = now or datetime.now(UTC)
         cutoff = now - timedelta(seconds=self.profile.quality.defer_max_age_seconds)

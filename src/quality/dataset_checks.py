@@ -437,6 +437,13 @@ def where_snapshots_go(
     return Written(rows, rows - superseded - absent, superseded, absent)
 
 
+def written_by_merge(winners: int, upserted: int) -> Written:
+    """Where a batch's newest snapshots went, none of them a delete, from what its MERGE
+    reported: each was inserted or replaced an older row (``upserted``), or found silver
+    holding one not older (superseded by silver)."""
+    return Written(winners, upserted, winners - upserted, 0)
+
+
 def orphans(
     details: DataFrame, column: str, parent_keys: DataFrame, parent_key: str
 ) -> tuple[int, int, str | None]:

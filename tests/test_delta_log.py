@@ -138,3 +138,42 @@ def test_a_damaged_commit_file_is_left_to_spark(spark, ctx, content):
     folder = Path(lake.table_path(table))
     (folder / "_delta_log" / f"{1:020d}.json").write_text(content)
     assert read_log_state(folder) is None
+
+
+def test_the_rows_an_identity_wrote_are_read_from_its_commits_files(spark, ctx):
+    """The rows a stream's idempotent-write identity appended after a version, read from
+    the files its commits added, are the rows it appended there: not another writer's,
+    not an earlier one's, and not twice when a write of it is replayed (Delta skips it)."""
+    lake = Lakehouse(spark, ctx.profile)
+    table = "log_written_by"
+    lake.ensure(table, "run string, batch int, note string", properties={"delta.checkpointInterval": "2"})  # fmt: skip
+    columns = ["run", "batch", "note"]
+
+    def append(rows, txn=None):
+        lake.append(spark.createDataFrame(rows, "run string, batch int, note string"), table, txn)
+
+    append([("r0", 0, "before")], io.Txn("stream-a", 0))
+    before = lake.log_version(table)
+    append([("r1", 1, "héllo, wörld"), ("r1", 1, None)], io.Txn("stream-a", 1))
+    append([("r1", 7, "another stream")], io.Txn("stream-b", 1))
+    append([("r1", 9, "no identity")])
+    append([("r1", 1, "replayed")], io.Txn("stream-a", 1))  # skipped: already committed
+    append([("r1", 2, "x" * 5000)], io.Txn("stream-a", 2))
+    assert any(n.endswith(".checkpoint.parquet") for n in os.listdir(Path(lake.table_path(table)) / "_delta_log"))  # fmt: skip
+    found = lake.rows_written_by(table, before, "stream-a", columns)
+    assert found is not None
+    expected = [("r1", 1, "héllo, wörld"), ("r1", 1, None), ("r1", 2, "x" * 5000)]
+    assert sorted((r["run"], r["batch"], r["note"] or "") for r in found) == sorted(
+        (run, batch, note or "") for run, batch, note in expected
+    )
+    assert len(lake.rows_written_by(table, None, "stream-a", columns) or []) == 4
+    assert lake.rows_written_by(table, lake.log_version(table), "stream-a", columns) == []
+    # a commit since that removes files (any writer's): what the identity wrote may be gone
+    spark.sql(f"UPDATE {table} SET note = 'changed' WHERE batch = 2")
+    append([("r1", 3, "after the update")], io.Txn("stream-a", 3))
+    assert lake.rows_written_by(table, before, "stream-a", columns) is None
+    after_update = lake.log_version(table)
+    append([("r1", 4, "later")], io.Txn("stream-a", 4))
+    assert lake.rows_written_by(table, after_update, "stream-a", columns) == [
+        {"run": "r1", "batch": 4, "note": "later"}
+    ]

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 _COMMIT_FILE = re.compile(r"^(\d{20})\.json$")
 _CHECKPOINT_FILE = re.compile(r"^(\d{20})\.checkpoint\.parquet$")
@@ -120,6 +121,46 @@ def read_commit_infos(
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return found
+
+
+def read_rows_written_by(
+    table_folder: Path, after: int | None, app_id: str, columns: list[str]
+) -> list[dict[str, Any]] | None:
+    """The ``columns`` of the rows that the commits after version ``after`` (None: every
+    commit) added under the idempotent-write identity ``app_id`` (their ``txn`` action), read
+    from their data files: the rows the table holds of them, as long as no commit since
+    removed a file. None when that cannot be done plainly: a commit file missing or
+    unreadable, a commit since that removes files (then they may be gone or rewritten), a file
+    with partition values or a deletion vector, or a table with column mapping."""
+    import pyarrow.parquet as pq
+
+    log = table_folder / "_delta_log"
+    newest = delta_log_version(table_folder)
+    state = read_log_state(table_folder, newest) if newest is not None else None
+    if state is None or state.properties.get("delta.columnMapping.mode", "none") != "none":
+        return None
+    rows: list[dict[str, Any]] = []
+    try:
+        for commit in range(0 if after is None else after + 1, newest + 1):
+            text = (log / f"{commit:020d}.json").read_text(encoding="utf-8")
+            if app_id not in text and '"remove"' not in text:
+                continue
+            actions = [json.loads(line) for line in text.splitlines() if line.strip()]
+            if any("remove" in a for a in actions):
+                return None
+            if not any((a.get("txn") or {}).get("appId") == app_id for a in actions):
+                continue
+            for action in actions:
+                add = action.get("add")
+                if add is None:
+                    continue
+                if add.get("partitionValues") or add.get("deletionVector"):
+                    return None
+                path = table_folder / unquote(add["path"])
+                rows.extend(pq.read_table(path, columns=columns).to_pylist())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return rows
 
 
 # the metrics of each operation that count the rows it inserted, updated or deleted

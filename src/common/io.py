@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, Row, SparkSession
@@ -48,6 +49,7 @@ from order_pipeline.common.delta_log import (
     keys_changed,
     read_commit_infos,
     read_log_state,
+    read_rows_written_by,
 )
 from order_pipeline.common.landing import (
     LAYOUT,
@@ -77,6 +79,9 @@ WORKER_MISSED_CONNECT = "Python worker failed to connect back"
 START_ATTEMPTS = 3
 TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION = "spark.databricks.delta.write.txnVersion"
+
+
+RUN_START_FILE = "_run_start.json"  # beside a checkpoint: Lakehouse.version_before_run
 
 
 @dataclass(frozen=True)
@@ -406,6 +411,46 @@ class Lakehouse:
         if not self.profile.is_local:
             return None
         return read_log_state(Path(self.table_path(table)), version)
+
+    def log_version(self, table: str) -> int | None:
+        """The table's newest version, locally from its Delta log; None elsewhere."""
+        if not self.profile.is_local:
+            return None
+        return delta_log_version(Path(self.table_path(table)))
+
+    def version_before_run(self, table: str, checkpoint: str, run_id: str) -> int | None:
+        """The table's version before the stream of ``checkpoint`` first started in run
+        ``run_id``: the attempts of one run (a retried task) share it, kept beside the
+        checkpoint (``RUN_START_FILE``). Locally only (None elsewhere)."""
+        version = self.log_version(table)
+        if version is None:
+            return None
+        path = Path(self.checkpoint(checkpoint)) / RUN_START_FILE
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = None
+        if (
+            isinstance(recorded, dict)
+            and (recorded.get("run_id"), recorded.get("table")) == (run_id, table)
+            and isinstance(recorded.get("version"), int)
+        ):
+            return int(recorded["version"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written = path.with_name(f"{path.name}.{uuid.uuid4().hex}")
+        written.write_text(json.dumps({"run_id": run_id, "table": table, "version": version}))
+        os.replace(written, path)
+        return version
+
+    def rows_written_by(
+        self, table: str, after: int | None, app_id: str, columns: list[str]
+    ) -> list[dict[str, Any]] | None:
+        """The rows the commits after version ``after`` wrote under the idempotent-write
+        identity ``app_id``, locally from the Delta log and its files; None where they cannot
+        be read so (Databricks, or see ``delta_log.read_rows_written_by``): ask Spark."""
+        if not self.profile.is_local:
+            return None
+        return read_rows_written_by(Path(self.table_path(table)), after, app_id, columns)
 
     def table_id(self, table: str) -> str:
         state = self.log_state(table)

@@ -487,9 +487,22 @@ class Silver:
     def check(self, df: DataFrame) -> DataFrame:
         return check(self.lake, self.rules, self.entities, df)
 
-    def stream_counts(self) -> tuple[BatchCounts, int]:
+    def stream_counts(self, app_id: str, after: int | None) -> tuple[BatchCounts, int]:
         """What this run's micro-batches did, read back from their metrics rows: the rows
-        checked, passed, quarantined and deferred, and the number of batches."""
+        checked, passed, quarantined and deferred, and the number of batches, of every attempt
+        of the run. Locally the rows are read from the files that the metrics commits of the
+        stream's identity ``app_id`` added after version ``after`` (the version before the
+        run's first attempt started the stream), with no Spark job; else by Spark."""
+        columns = ["entity", "run_id", "source", "batch_id", "rule", "rows_checked", "rows_failed"]
+        written = (
+            self.lake.rows_written_by(QUALITY_METRICS, after, app_id, columns)
+            if after is not None
+            else None
+        )
+        if written is not None:
+            mine = (self.entity.name, self.run_id, STREAM)
+            rows = [r for r in written if (r["entity"], r["run_id"], r["source"]) == mine]
+            return run_counts(self.rules, rows)
         rows = (
             self.lake.read(QUALITY_METRICS)
             .where(
@@ -497,7 +510,7 @@ class Silver:
                 & (F.col("run_id") == self.run_id)
                 & (F.col("source") == STREAM)
             )
-            .select("batch_id", "rule", "rows_checked", "rows_failed")
+            .select(*columns[3:])
             .collect()
         )
         return run_counts(self.rules, rows)
@@ -762,6 +775,8 @@ def run(
             source=bronze_table(name),
         )
     batch = silver.batch_function(app_id)
+    # the batches of every attempt of this run report to it (a retried task shares its run id)
+    metrics_before = lake.version_before_run(QUALITY_METRICS, checkpoint, ctx.run_id)
     with steps("stream"):
         lake.run_stream(
             lake.read_stream(bronze_table(name)), checkpoint, batch, silver.silver, progress
@@ -769,7 +784,7 @@ def run(
     # The batches may have run in another process (Spark Connect): what they did is read
     # back from the metrics rows they wrote, not from Python state.
     with steps("counts"):
-        counts, batches = silver.stream_counts()
+        counts, batches = silver.stream_counts(app_id, metrics_before)
     versions = Versions.of(lake.profile, lake.spark)
     parents = parent_versions(silver.entity, versions)
     tombstones = tombstone_versions(silver.entity, versions)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC
 from pathlib import Path
 
 import pytest
+from pyspark.sql import functions as F
 
 from order_pipeline.common import io
 from order_pipeline.common.delta_log import delta_log_version, read_log_state
@@ -177,3 +179,40 @@ def test_the_rows_an_identity_wrote_are_read_from_its_commits_files(spark, ctx):
     assert lake.rows_written_by(table, after_update, "stream-a", columns) == [
         {"run": "r1", "batch": 4, "note": "later"}
     ]
+
+
+def test_the_newest_timestamp_is_read_from_file_statistics_where_they_tell_it(spark, ctx):
+    """The newest value of a timestamp column from the live files' statistics is Spark's
+    maximum to the millisecond (never above it), through files of nulls only and a file
+    removed by an overwrite of its rows; unknown (False) where a deletion vector may hide the
+    newest row or the column has no statistics."""
+    lake = Lakehouse(spark, ctx.profile)
+    table = "log_newest"
+    lake.ensure(table, "id int, at timestamp", properties={"delta.enableDeletionVectors": "true"})
+    assert lake.newest_timestamp(table, "at") == (True, None)  # no file, no value
+
+    def agrees() -> None:
+        exact = spark.table(table).agg(F.max("at")).first()[0]
+        known, value = lake.newest_timestamp(table, "at")
+        assert known
+        if exact is None:
+            assert value is None
+            return
+        exact = exact.replace(tzinfo=UTC) if exact.tzinfo is None else exact.astimezone(UTC)
+        assert value == exact.replace(microsecond=exact.microsecond // 1000 * 1000)
+
+    spark.sql(f"INSERT INTO {table} VALUES (0, NULL)")
+    agrees()
+    spark.sql(f"INSERT INTO {table} VALUES (1, TIMESTAMP'2026-12-05 10:00:00.123456'), (2, NULL)")
+    agrees()
+    spark.sql(f"INSERT INTO {table} VALUES (3, TIMESTAMP'2026-12-05 09:00:00.999999')")
+    agrees()
+    spark.sql(f"INSERT OVERWRITE {table} SELECT * FROM {table} WHERE id <> 1")  # files replaced
+    agrees()
+    spark.sql(f"DELETE FROM {table} WHERE id = 3")  # a deletion vector on the file of 0, 2, 3
+    assert lake.newest_timestamp(table, "at") == (False, None)
+
+    bare = "log_newest_no_stats"
+    lake.ensure(bare, "id int, at timestamp", properties={"delta.dataSkippingStatsColumns": "id"})
+    spark.sql(f"INSERT INTO {bare} VALUES (1, TIMESTAMP'2026-12-05 10:00:00')")
+    assert lake.newest_timestamp(bare, "at") == (False, None)

@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -39,6 +40,8 @@ class LogState:
     properties: dict[str, str]
     live_files: int
     rows: int | None  # None: a live file's add has no numRecords statistic
+    # each live file's statistics as its add records them (JSON text; None: none recorded)
+    stats: tuple[str | None, ...] = field(default=(), repr=False, compare=False)
 
 
 def delta_log_version(table_folder: Path) -> int | None:
@@ -68,7 +71,8 @@ def read_log_state(table_folder: Path, version: int | None = None) -> LogState |
     checkpoints = [int(m.group(1)) for n in names if (m := _CHECKPOINT_FILE.match(n))]
     start = max((v for v in checkpoints if v <= last), default=None)
     try:
-        files: dict[tuple[str, str | None], int | None] = {}  # live file -> its live rows
+        # live file -> its live rows and statistics
+        files: dict[tuple[str, str | None], tuple[int | None, str | None]] = {}
         metadata: dict[str, Any] | None = None
         if start is not None:
             metadata = _read_checkpoint(log / f"{start:020d}.checkpoint.parquet", files)
@@ -82,7 +86,7 @@ def read_log_state(table_folder: Path, version: int | None = None) -> LogState |
                     continue
                 action = json.loads(line)
                 if "add" in action:
-                    files[_file_key(action["add"])] = _live_rows(action["add"])
+                    files[_file_key(action["add"])] = _live(action["add"])
                 elif "remove" in action:
                     files.pop(_file_key(action["remove"]), None)
                 elif "metaData" in action:
@@ -91,14 +95,38 @@ def read_log_state(table_folder: Path, version: int | None = None) -> LogState |
         return None
     if metadata is None or not metadata.get("id"):
         return None
-    counts = list(files.values())
+    counts = [rows for rows, _ in files.values()]
     return LogState(
         version=last,
         table_id=str(metadata["id"]),
         properties={str(k): str(v) for k, v in (metadata.get("configuration") or {}).items()},
         live_files=len(files),
         rows=None if None in counts else sum(c for c in counts if c is not None),
+        stats=tuple(stats for _, stats in files.values()),
     )
+
+
+def newest_timestamp(state: LogState, column: str) -> tuple[bool, datetime | None]:
+    """The greatest value of the timestamp ``column`` over the live files, from their
+    statistics (which keep milliseconds: the value is at most 1 ms below the exact one), and
+    whether it is known so: not when a live file has no statistics, no bound for a column it
+    holds values of, or bounds that may be wider than its live rows (``tightBounds`` false:
+    a deletion vector hides some). (True, None): the column has no value at all."""
+    newest: datetime | None = None
+    for text in state.stats:
+        stats = json.loads(text) if text else None
+        if not stats or stats.get("tightBounds") is False or "numRecords" not in stats:
+            return False, None
+        high = (stats.get("maxValues") or {}).get(column)
+        if high is None:
+            if (stats.get("nullCount") or {}).get(column) == stats["numRecords"]:
+                continue  # every row's value is null
+            return False, None
+        value = datetime.fromisoformat(str(high).replace("Z", "+00:00"))
+        if value.tzinfo is None:
+            return False, None
+        newest = value if newest is None or value > newest else newest
+    return True, newest
 
 
 def read_commit_infos(
@@ -199,6 +227,10 @@ def _file_key(action: dict[str, Any]) -> tuple[str, str | None]:
     )
 
 
+def _live(add: dict[str, Any]) -> tuple[int | None, str | None]:
+    return _live_rows(add), add.get("stats")
+
+
 def _live_rows(add: dict[str, Any]) -> int | None:
     """The rows of an added file that are not deleted by its deletion vector."""
     stats = json.loads(add["stats"]) if add.get("stats") else {}
@@ -210,7 +242,7 @@ def _live_rows(add: dict[str, Any]) -> int | None:
 
 
 def _read_checkpoint(
-    path: Path, files: dict[tuple[str, str | None], int | None]
+    path: Path, files: dict[tuple[str, str | None], tuple[int | None, str | None]]
 ) -> dict[str, Any] | None:
     """Add the checkpoint's live files (and their live rows) to ``files``; return its
     ``metaData``."""
@@ -225,7 +257,7 @@ def _read_checkpoint(
         table.column("add").to_pylist(), table.column("metaData").to_pylist(), strict=True
     ):
         if add is not None:
-            files[_file_key(add)] = _live_rows(add)
+            files[_file_key(add)] = _live(add)
         elif meta is not None:
             meta = dict(meta)
             configuration = meta.get("configuration")

@@ -47,6 +47,7 @@ from order_pipeline.common.delta_log import (
     LogState,
     delta_log_version,
     keys_changed,
+    newest_timestamp,
     read_commit_infos,
     read_log_state,
     read_rows_written_by,
@@ -465,6 +466,13 @@ class Lakehouse:
         rewriting files has none either; one with deletion vectors may still have some)."""
         state = self.log_state(table)
         return (state.live_files if state else self.detail(table)["numFiles"]) == 0
+
+    def newest_timestamp(self, table: str, column: str) -> tuple[bool, datetime | None]:
+        """The newest value of a timestamp column, locally from the live files' statistics
+        in the Delta log (to the millisecond) and whether it is known so
+        (``delta_log.newest_timestamp``); (False, None) elsewhere: ask Spark."""
+        state = self.log_state(table)
+        return newest_timestamp(state, column) if state is not None else (False, None)
 
     def known_empty(self, table: str) -> bool:
         """Whether the table is known, without Spark, to hold no data file (locally, from its

@@ -10,7 +10,10 @@ the protocol's too: each ``add`` records its file's rows in its statistics (``nu
 and a deletion vector how many of them are deleted (``cardinality``); a file written without
 statistics leaves the count unknown (None). Each commit also records what it did
 (``commitInfo``: the operation and its metrics, as ``DESCRIBE HISTORY`` shows them), from
-which ``keys_changed`` tells how many rows it inserted, updated or deleted.
+which ``keys_changed`` tells how many rows it inserted, updated or deleted. The files' column
+statistics give a timestamp column's newest value (``newest_timestamp``), and the ``txn``
+action of a commit the idempotent-write identity that wrote it, whose added files hold the
+rows that identity appended (``read_rows_written_by``: a silver task's batch counts).
 
 Only the plain forms are read: one single-file classic checkpoint (or none) and JSON
 commits. Anything else (a multi-part or V2 checkpoint, a missing commit, an unreadable

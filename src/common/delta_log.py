@@ -166,13 +166,12 @@ def read_rows_written_by(
     import pyarrow.parquet as pq
 
     log = table_folder / "_delta_log"
-    newest = delta_log_version(table_folder)
-    state = read_log_state(table_folder, newest) if newest is not None else None
+    state = read_log_state(table_folder)
     if state is None or state.properties.get("delta.columnMapping.mode", "none") != "none":
         return None
     rows: list[dict[str, Any]] = []
     try:
-        for commit in range(0 if after is None else after + 1, newest + 1):
+        for commit in range(0 if after is None else after + 1, state.version + 1):
             text = (log / f"{commit:020d}.json").read_text(encoding="utf-8")
             if app_id not in text and '"remove"' not in text:
                 continue

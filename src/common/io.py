@@ -515,11 +515,8 @@ class Lakehouse:
         return [keys_changed(operation, metrics) for operation, metrics in infos]
 
     def version(self, table: str) -> int:
-        if self.profile.is_local:
-            version = delta_log_version(Path(self.table_path(table)))
-            if version is not None:
-                return version
-        return int(self.history(table, 1)[0]["version"])
+        version = self.log_version(table)
+        return version if version is not None else int(self.history(table, 1)[0]["version"])
 
     def rows_written_since(self, table: str, version: int) -> int:
         """Rows the commits after ``version`` added to an append-only table."""

@@ -301,3 +301,50 @@ def test_snapshots_a_tombstone_beats_are_reconciled_as_behind_it(spark, lake_ctx
     assert dataset_rows(spark, ctx.run_id)["reconciled"] == ("fail", 4, 0)
     live = {r.customer_id for r in spark.table("silver_customers").collect()}
     assert {"C40", "C41"} <= live and not {"C4", "C30"} & live
+
+
+def test_duplicate_keys_and_run_history_agree_between_spark_and_the_files_read_with_arrow(
+    spark, lake_ctx, clean_run
+):
+    """The unique-key check's figures and the volume check's history, by Spark (Databricks)
+    and from the table's files with Arrow (locally), against figures counted by hand."""
+    import pyarrow as pa
+
+    from order_pipeline.jobs.checks import history_among, run_history
+    from order_pipeline.quality.dataset_checks import duplicate_keys, duplicate_keys_among
+
+    # keys the run "r" wrote: k1 (held 3 times), k2 (once), k4 (twice); k3 is held twice
+    # but the run wrote none of its rows; a row without a run id
+    silver = [("k1", "r"), ("k1", "old"), ("k1", "old"), ("k2", "r"), ("k3", "old"),
+              ("k3", "old"), ("k4", "older"), ("k4", "r"), ("k5", None)]  # fmt: skip
+    frame = spark.createDataFrame(silver, "key string, run string")
+    arrow = pa.table({"key": [k for k, _ in silver], "run": [r for _, r in silver]})
+    expected = (6, (2, 3, "k1"))  # rows holding k1, k2, k4; 2 keys, 3 extra rows
+    checked, dups = duplicate_keys(frame, "key", "run", "r", "k1", "k4")
+    assert (checked, (dups.keys, dups.extra_rows, dups.sample)) == expected
+    checked, dups = duplicate_keys_among(arrow, "key", "run", "r")
+    assert (checked, (dups.keys, dups.extra_rows, dups.sample)) == expected
+    assert duplicate_keys_among(arrow, "key", "run", "none")[0] == 0
+
+    metrics = [  # (entity, source, rule, run_id, rows_checked, measured_at)
+        ("customers", "stream", "outcome:quarantined", "a", 5, datetime(2026, 1, 1, 10)),
+        ("customers", "stream", "outcome:quarantined", "a", 7, datetime(2026, 1, 1, 11)),
+        ("customers", "stream", "outcome:quarantined", "b", 0, datetime(2026, 1, 2)),  # none
+        ("customers", "stream", "outcome:quarantined", "c", 3, datetime(2026, 1, 3)),
+        ("customers", "stream", "rule_x", "d", 99, datetime(2026, 1, 4)),  # another rule
+        ("orders", "stream", "outcome:quarantined", "e", 99, datetime(2026, 1, 5)),
+        ("customers", "dataset", "outcome:quarantined", "f", 99, datetime(2026, 1, 6)),
+        ("customers", "stream", "outcome:quarantined", "now", 50, datetime(2026, 1, 7)),
+        ("customers", "stream", "outcome:quarantined", "g", 4, datetime(2025, 12, 1)),
+    ]
+    columns = ["entity", "source", "rule", "run_id", "rows_checked", "measured_at"]
+    arrow = pa.table({c: [m[i] for m in metrics] for i, c in enumerate(columns)})
+    assert history_among(arrow, "customers", "now", 2) == [3, 12]  # c, then a (5 + 7)
+    assert history_among(arrow, "customers", "now", 5) == [3, 12, 4]
+    # the module's own ops_quality_metrics (its runs above), both ways
+    lake = Lakehouse(spark, lake_ctx.profile)
+    local = run_history(lake, "customers", "another", 5)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lake, "read_live", lambda *_: None)
+        assert run_history(lake, "customers", "another", 5) == local
+    assert local[-4:] == [8, 10, 2, 2]  # the clean, spike and two earlier runs (and newer)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
 
 from order_pipeline.common import io
-from order_pipeline.common.delta_log import delta_log_version, read_log_state
+from order_pipeline.common.delta_log import delta_log_version, earliest_instant, read_log_state
 from order_pipeline.common.io import Lakehouse
 
 
@@ -216,3 +216,54 @@ def test_the_newest_timestamp_is_read_from_file_statistics_where_they_tell_it(sp
     lake.ensure(bare, "id int, at timestamp", properties={"delta.dataSkippingStatsColumns": "id"})
     spark.sql(f"INSERT INTO {bare} VALUES (1, TIMESTAMP'2026-12-05 10:00:00')")
     assert lake.newest_timestamp(bare, "at") == (False, None)
+
+
+def test_the_live_rows_are_read_from_the_files_the_log_lists(spark, ctx):
+    """The columns of a table's live rows read with Arrow from the files its log lists are
+    Spark's rows, through appends, a MERGE that rewrites files and a checkpoint; None where
+    Spark must fill something in: a column added after some files were written, a deletion
+    vector, partition values."""
+    lake = Lakehouse(spark, ctx.profile)
+    table = "log_live"
+    lake.ensure(table, "id int, v string, at timestamp", properties={"delta.checkpointInterval": "2"})  # fmt: skip
+
+    def agrees(columns: list[str]) -> None:
+        local = lake.read_live(table, columns)
+        assert local is not None
+        expected = [tuple(r) for r in spark.table(table).select(*columns).collect()]
+        key = lambda row: tuple("" if v is None else str(v) for v in row)  # noqa: E731
+        assert sorted(map(tuple, (r.values() for r in local.to_pylist())), key=key) == sorted(
+            expected, key=key
+        )
+
+    assert lake.read_live(table, ["id"]) is None  # no file yet: Spark knows the types
+    spark.sql(f"INSERT INTO {table} VALUES (1, 'a', TIMESTAMP'2026-12-05 10:00:00'), (2, NULL, NULL)")  # fmt: skip
+    spark.sql(f"INSERT INTO {table} VALUES (3, 'ünïcode, \"quoted\"', TIMESTAMP'2026-12-05 11:00:00')")  # fmt: skip
+    agrees(["id", "v"])
+    spark.sql(f"INSERT INTO {table} VALUES (7, 'g', TIMESTAMP'2026-12-04 23:59:59.654321')")
+    exact = spark.table(table).agg(F.unix_micros(F.min("at"))).first()[0]
+    earliest = earliest_instant(lake.read_live(table, ["at"]).column("at"))
+    assert earliest == datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=exact)
+    assert earliest.isoformat() == "2026-12-04T23:59:59.654321+00:00"  # the session is UTC
+    spark.sql(
+        f"MERGE INTO {table} t USING (SELECT 2 AS id, 'B' AS v, TIMESTAMP'2026-12-06' AS at) s "
+        "ON t.id = s.id WHEN MATCHED THEN UPDATE SET *"
+    )
+    spark.sql(f"DELETE FROM {table} WHERE id = 1")
+    log = Path(lake.table_path(table)) / "_delta_log"
+    assert any(n.endswith(".checkpoint.parquet") for n in os.listdir(log))
+    agrees(["id", "v"])
+    assert sorted(lake.read_live(table, ["id"]).column("id").to_pylist()) == [2, 3, 7]
+    spark.sql(f"ALTER TABLE {table} ADD COLUMNS (extra string)")
+    spark.sql(f"INSERT INTO {table} VALUES (4, 'd', NULL, 'new')")
+    assert lake.read_live(table, ["id", "extra"]) is None  # older files have no such column
+    agrees(["id", "v"])
+    spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
+    spark.sql(f"INSERT INTO {table} SELECT /*+ REPARTITION(1) */ * FROM VALUES (5, 'e', NULL, NULL), (6, 'f', NULL, NULL) AS t(id, v, at, extra)")  # fmt: skip
+    spark.sql(f"DELETE FROM {table} WHERE id = 5")  # a deletion vector hides it in its file
+    assert lake.read_live(table, ["id"]) is None
+
+    parted = "log_live_partitioned"
+    spark.sql(f"CREATE TABLE {parted} (id int, day string) USING delta PARTITIONED BY (day)")
+    spark.sql(f"INSERT INTO {parted} VALUES (1, '2026-12-05')")
+    assert lake.read_live(parted, ["id"]) is None

@@ -27,10 +27,13 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _COMMIT_FILE = re.compile(r"^(\d{20})\.json$")
 _CHECKPOINT_FILE = re.compile(r"^(\d{20})\.checkpoint\.parquet$")
@@ -45,6 +48,10 @@ class LogState:
     rows: int | None  # None: a live file's add has no numRecords statistic
     # each live file's statistics as its add records them (JSON text; None: none recorded)
     stats: tuple[str | None, ...] = field(default=(), repr=False, compare=False)
+    # each live file's path relative to the table folder (URL-encoded, as the log writes
+    # it), None where its rows are not plainly its Parquet rows: a deletion vector hides
+    # some or partition values hold some columns
+    paths: tuple[str | None, ...] = field(default=(), repr=False, compare=False)
 
 
 def delta_log_version(table_folder: Path) -> int | None:
@@ -74,8 +81,8 @@ def read_log_state(table_folder: Path, version: int | None = None) -> LogState |
     checkpoints = [int(m.group(1)) for n in names if (m := _CHECKPOINT_FILE.match(n))]
     start = max((v for v in checkpoints if v <= last), default=None)
     try:
-        # live file -> its live rows and statistics
-        files: dict[tuple[str, str | None], tuple[int | None, str | None]] = {}
+        # live file -> its live rows, statistics and plain path
+        files: dict[tuple[str, str | None], _LiveFile] = {}
         metadata: dict[str, Any] | None = None
         if start is not None:
             metadata = _read_checkpoint(log / f"{start:020d}.checkpoint.parquet", files)
@@ -98,14 +105,15 @@ def read_log_state(table_folder: Path, version: int | None = None) -> LogState |
         return None
     if metadata is None or not metadata.get("id"):
         return None
-    counts = [rows for rows, _ in files.values()]
+    counts = [rows for rows, _, _ in files.values()]
     return LogState(
         version=last,
         table_id=str(metadata["id"]),
         properties={str(k): str(v) for k, v in (metadata.get("configuration") or {}).items()},
         live_files=len(files),
         rows=None if None in counts else sum(c for c in counts if c is not None),
-        stats=tuple(stats for _, stats in files.values()),
+        stats=tuple(stats for _, stats, _ in files.values()),
+        paths=tuple(path for _, _, path in files.values()),
     )
 
 
@@ -193,6 +201,42 @@ def read_rows_written_by(
     return rows
 
 
+def read_live_rows(state: LogState, table_folder: Path, columns: list[str]) -> pa.Table | None:
+    """The ``columns`` of every live row of the table at ``state``, read from the live data
+    files its log lists (one Arrow table, files in no particular order). None when that
+    cannot be done plainly: a table with column mapping, a live file with a deletion vector
+    or partition values, or a file unreadable or without one of the columns (one written
+    before the column was added): Spark knows how to fill each in."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if state.properties.get("delta.columnMapping.mode", "none") != "none" or None in state.paths:
+        return None
+    try:
+        parts = [
+            pq.read_table(table_folder / unquote(path), columns=columns) for path in state.paths
+        ]
+        if not parts:
+            return None  # no file to take the column types from: Spark knows the schema
+        return pa.concat_tables(parts, promote_options="default")
+    except (OSError, ValueError, KeyError, pa.ArrowException):
+        return None
+
+
+def earliest_instant(column: pa.ChunkedArray) -> datetime | None:
+    """The earliest value of a timestamp column read from a table's files, to the
+    microsecond, as an instant in UTC (Spark writes instants: without a zone in the file,
+    the values are UTC); None when it holds no value."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    low = pc.min(pc.cast(column, pa.timestamp("us", tz=column.type.tz), safe=False))
+    if not low.is_valid:
+        return None
+    micros = low.value
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+
+
 # the metrics of each operation that count the rows it inserted, updated or deleted
 _CHANGED_ROW_METRICS = {
     "MERGE": ("numTargetRowsInserted", "numTargetRowsUpdated", "numTargetRowsDeleted"),
@@ -229,8 +273,12 @@ def _file_key(action: dict[str, Any]) -> tuple[str, str | None]:
     )
 
 
-def _live(add: dict[str, Any]) -> tuple[int | None, str | None]:
-    return _live_rows(add), add.get("stats")
+_LiveFile = tuple[int | None, str | None, str | None]  # live rows, statistics, plain path
+
+
+def _live(add: dict[str, Any]) -> _LiveFile:
+    plain = not add.get("deletionVector") and not add.get("partitionValues")
+    return _live_rows(add), add.get("stats"), str(add["path"]) if plain else None
 
 
 def _live_rows(add: dict[str, Any]) -> int | None:
@@ -244,7 +292,7 @@ def _live_rows(add: dict[str, Any]) -> int | None:
 
 
 def _read_checkpoint(
-    path: Path, files: dict[tuple[str, str | None], tuple[int | None, str | None]]
+    path: Path, files: dict[tuple[str, str | None], _LiveFile]
 ) -> dict[str, Any] | None:
     """Add the checkpoint's live files (and their live rows) to ``files``; return its
     ``metaData``."""

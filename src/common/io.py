@@ -20,13 +20,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 from pyspark.sql.types import StructType
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 from order_pipeline.common.checkpoint import (
     StreamLog,
@@ -49,6 +52,7 @@ from order_pipeline.common.delta_log import (
     keys_changed,
     newest_timestamp,
     read_commit_infos,
+    read_live_rows,
     read_log_state,
     read_rows_written_by,
 )
@@ -65,6 +69,9 @@ from order_pipeline.common.platform import (
     set_session_conf,
     unset_session_conf,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # One table created or registered at a time in this process (see Lakehouse.ensure).
 _CREATE_LOCK = threading.RLock()
@@ -452,6 +459,15 @@ class Lakehouse:
         if not self.profile.is_local:
             return None
         return read_rows_written_by(Path(self.table_path(table)), after, app_id, columns)
+
+    def read_live(self, table: str, columns: list[str]) -> pa.Table | None:
+        """The ``columns`` of the table's live rows as one Arrow table, locally read from the
+        data files its Delta log lists; None where they cannot be read so (Databricks, or see
+        ``delta_log.read_live_rows``): ask Spark."""
+        state = self.log_state(table)
+        if state is None:
+            return None
+        return read_live_rows(state, Path(self.table_path(table)), columns)
 
     def table_id(self, table: str) -> str:
         state = self.log_state(table)

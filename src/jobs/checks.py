@@ -6,7 +6,11 @@ Cost: a task's results are appended to ops_quality_metrics in one commit, once p
 and goes to its run record). The reads are aggregations bounded by what the run wrote:
 freshness reads the rows at or after the newest value seen last time (Delta skips the
 older files by their statistics), uniqueness the key range of the rows the run wrote,
-reconciliation and volume the metrics rows of the entity's micro-batches.
+reconciliation and volume the metrics rows of the entity's micro-batches. Locally none of
+them starts a Spark job: freshness is the newest value in the live files' statistics in
+the Delta log, uniqueness and volume read the columns they need from the files the log
+lists with Arrow (milliseconds, against 0.3-0.9 s per Spark query warm and seconds cold);
+where the log or the files are not in a plain form, and on Databricks, Spark reads.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -36,6 +40,9 @@ from order_pipeline.jobs.task import CHECK_ROWS, record_rows
 from order_pipeline.quality import dataset_checks as dc
 from order_pipeline.quality.metrics import OUTCOME_PREFIX, STREAM, BatchCounts
 from order_pipeline.quality.rules import RuleSet
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 NEWEST_UPDATED = "newest_updated_at"  # task state keys: what freshness is judged by when the
 NEWEST_INGESTED = "newest_ingested_at"  # task is skipped
@@ -73,7 +80,12 @@ def record(
 # -- silver ---------------------------------------------------------------------------------------
 def run_history(lake: Lakehouse, entity: str, run_id: str, runs: int) -> list[int]:
     """Rows read from bronze by the entity's last ``runs`` earlier silver runs that read
-    any, newest first (from their micro-batches' ops_quality_metrics rows)."""
+    any, newest first (from their micro-batches' ops_quality_metrics rows): locally read
+    from the table's files with Arrow, else by Spark."""
+    columns = ["entity", "source", "rule", "run_id", "rows_checked", "measured_at"]
+    local = lake.read_live(QUALITY_METRICS, columns)
+    if local is not None:
+        return history_among(local, entity, run_id, runs)
     rows = (
         lake.read(QUALITY_METRICS)
         .where(
@@ -90,6 +102,31 @@ def run_history(lake: Lakehouse, entity: str, run_id: str, runs: int) -> list[in
         .collect()
     )
     return [int(r["rows"]) for r in rows]
+
+
+def history_among(metrics: pa.Table, entity: str, run_id: str, runs: int) -> list[int]:
+    """``run_history`` over ops_quality_metrics rows read as Arrow (a tie on the newest
+    measurement goes to the greater run id)."""
+    import pyarrow.compute as pc
+
+    mine = pc.fill_null(
+        pc.and_(
+            pc.and_(pc.equal(metrics["entity"], entity), pc.equal(metrics["source"], STREAM)),
+            pc.and_(
+                pc.equal(metrics["rule"], f"{OUTCOME_PREFIX}quarantined"),
+                pc.not_equal(metrics["run_id"], run_id),
+            ),
+        ),
+        False,
+    )
+    per_run = (
+        metrics.filter(mine)
+        .group_by("run_id")
+        .aggregate([("rows_checked", "sum"), ("measured_at", "max")])
+        .filter(pc.greater(pc.field("rows_checked_sum"), 0))
+        .sort_by([("measured_at_max", "descending"), ("run_id", "descending")])
+    )
+    return [int(n) for n in per_run.column("rows_checked_sum").to_pylist()[:runs]]
 
 
 def newest(
@@ -128,6 +165,7 @@ def silver_checks(run: SilverRun, progress: Callable[[str], None]) -> CheckOutco
     results: list[dc.CheckResult] = []
     newest_seen: dict[str, datetime | None] = {}
     # the run's rows of silver, read once for freshness of silver and for unique keys
+    # (by Spark where the Delta log's statistics and the table's files cannot tell them)
     written = functools.cache(
         lambda: dc.touched_keys(lake.read(run.silver), entity.key, entity.sequence, RUN_ID,
                                 run.run_id)
@@ -138,10 +176,11 @@ def silver_checks(run: SilverRun, progress: Callable[[str], None]) -> CheckOutco
             if check.of not in newest_seen:
                 if check.of == "silver":
                     # a key's updated_at only grows: the newest is the last run's or one of
-                    # the rows this run wrote
+                    # the rows this run wrote; locally the live files' statistics tell it
                     key = NEWEST_UPDATED
                     seen = dc.parse_instant((run.previous_state or {}).get(key))
-                    value = dc.later(seen, written().newest)
+                    known, value = lake.newest_timestamp(run.silver, entity.sequence)
+                    value = dc.later(seen, value if known else written().newest)
                 else:
                     key = NEWEST_INGESTED
                     value = newest(lake, bronze_table(name), INGESTED_AT, run.previous_state, key)
@@ -154,13 +193,7 @@ def silver_checks(run: SilverRun, progress: Callable[[str], None]) -> CheckOutco
             history = run_history(lake, name, run.run_id, check.runs) if rows else []
             results.append(dc.volume(check, name, rows, history))
         elif check.kind == "unique_key":
-            rows = written()
-            if rows.rows:
-                checked, duplicates = dc.duplicate_keys(
-                    lake.read(run.silver), entity.key, RUN_ID, run.run_id, rows.low, rows.high
-                )
-            else:
-                checked, duplicates = 0, dc.Duplicates(0, 0, None)
+            checked, duplicates = unique_keys(lake, run, written)
             results.append(dc.unique_key(check, name, entity.key, checked, duplicates))
         elif check.kind == "reconciliation":
             results.append(dc.reconciliation(check, name, reconcile(run)))
@@ -169,6 +202,22 @@ def silver_checks(run: SilverRun, progress: Callable[[str], None]) -> CheckOutco
         f"  silver_{name}: {len(results)} dataset checks in {time.perf_counter() - started:.1f}s"
     )
     return outcome
+
+
+def unique_keys(
+    lake: Lakehouse, run: SilverRun, written: Callable[[], dc.Touched]
+) -> tuple[int, dc.Duplicates]:
+    """The rows of silver holding a key the run wrote, and those keys held more than once:
+    locally from the key and run columns of silver's files read with Arrow, else by Spark
+    over the key range of the rows the run wrote."""
+    key = run.entity.key
+    local = lake.read_live(run.silver, [key, RUN_ID])
+    if local is not None:
+        return dc.duplicate_keys_among(local, key, RUN_ID, run.run_id)
+    rows = written()
+    if not rows.rows:
+        return 0, dc.Duplicates(0, 0, None)
+    return dc.duplicate_keys(lake.read(run.silver), key, RUN_ID, run.run_id, rows.low, rows.high)
 
 
 def reconcile(run: SilverRun) -> dc.Reconciliation:

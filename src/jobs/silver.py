@@ -61,6 +61,7 @@ from order_pipeline.common.contract import (
     tombstone_ddl,
     tombstone_table,
 )
+from order_pipeline.common.delta_log import earliest_instant
 from order_pipeline.common.inputs import Consumed, Inputs, Versions, checkpoint_due
 from order_pipeline.common.io import (
     Lakehouse,
@@ -569,20 +570,24 @@ class Silver:
 
     def deferred_backlog(self) -> dict[str, object]:
         """How many rows wait for a parent, and since when the oldest does."""
-        if not self.rules.of("defer"):
+        if not self.rules.of("defer") or self.lake.known_empty(self.deferred):
             return {"waiting": 0, "oldest_deferred_at": None}
-        row = (
-            self.lake.read(self.deferred)
-            .agg(
-                F.count(F.lit(1)).alias("waiting"),
-                F.unix_micros(F.min(DEFERRED_AT)).alias("oldest"),  # an instant, whatever the zone
+        local = self.lake.read_live(self.deferred, [DEFERRED_AT])  # locally: no Spark job
+        if local is not None:
+            waiting, oldest = local.num_rows, earliest_instant(local.column(DEFERRED_AT))
+        else:
+            row = (
+                self.lake.read(self.deferred)
+                .agg(
+                    F.count(F.lit(1)).alias("waiting"),
+                    F.unix_micros(F.min(DEFERRED_AT)).alias("oldest"),  # an instant
+                )
+                .first()
             )
-            .first()
-        )
-        micros = row["oldest"]
-        oldest = None if micros is None else datetime.fromtimestamp(micros / 1e6, UTC)
+            waiting, micros = int(row["waiting"]), row["oldest"]
+            oldest = None if micros is None else datetime.fromtimestamp(micros / 1e6, UTC)
         return {
-            "waiting": int(row["waiting"]),
+            "waiting": waiting,
             "oldest_deferred_at": oldest.isoformat() if oldest is not None else None,
         }
 

@@ -33,13 +33,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from order_pipeline.common.config import ConfigError, SettingError, conf_dir, parse_duration
 from order_pipeline.common.contract import DELETED
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 DATASET = "dataset"  # ops_quality_metrics.source of dataset checks' rows
 SEVERITIES = ("warn", "fail")
@@ -389,6 +392,25 @@ def duplicate_keys(
         F.min(F.when(F.col("n") > 1, F.col(key))),
     ).first()
     return int(row[0] or 0), Duplicates(int(row[1] or 0), int(row[2] or 0), row[3])
+
+
+def duplicate_keys_among(
+    rows: pa.Table, key: str, run_column: str, run_id: str
+) -> tuple[int, Duplicates]:
+    """``duplicate_keys`` over silver's live rows read as Arrow (``key`` and ``run_column``):
+    among the rows holding a key the run wrote a row of, how many, and which keys are held
+    more than once."""
+    import pyarrow.compute as pc
+
+    keys = rows.column(key)
+    mine = pc.fill_null(pc.equal(rows.column(run_column), run_id), False)
+    held = keys.filter(pc.is_in(keys, value_set=pc.unique(keys.filter(mine))))
+    counts = pc.value_counts(held)
+    over = pc.greater(counts.field("counts"), 1)
+    repeated = counts.field("counts").filter(over)
+    extra = int(pc.sum(repeated).as_py() or 0) - len(repeated)
+    sample = pc.min(counts.field("values").filter(over)).as_py() if len(repeated) else None
+    return len(held), Duplicates(len(repeated), extra, sample)
 
 
 @dataclass

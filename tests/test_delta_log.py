@@ -15,7 +15,12 @@ import pytest
 from pyspark.sql import functions as F
 
 from order_pipeline.common import io
-from order_pipeline.common.delta_log import delta_log_version, earliest_instant, read_log_state
+from order_pipeline.common.delta_log import (
+    delta_log_version,
+    earliest_instant,
+    newest_timestamp,
+    read_log_state,
+)
 from order_pipeline.common.io import Lakehouse
 
 
@@ -184,8 +189,8 @@ def test_the_rows_an_identity_wrote_are_read_from_its_commits_files(spark, ctx):
 def test_the_newest_timestamp_is_read_from_file_statistics_where_they_tell_it(spark, ctx):
     """The newest value of a timestamp column from the live files' statistics is Spark's
     maximum to the millisecond (never above it), through files of nulls only and a file
-    removed by an overwrite of its rows; unknown (False) where a deletion vector may hide the
-    newest row or the column has no statistics."""
+    removed by an overwrite of its rows; where a deletion vector may hide the newest row or
+    the column has no statistics, they do not tell it, and it is read from the files."""
     lake = Lakehouse(spark, ctx.profile)
     table = "log_newest"
     lake.ensure(table, "id int, at timestamp", properties={"delta.enableDeletionVectors": "true"})
@@ -210,19 +215,29 @@ def test_the_newest_timestamp_is_read_from_file_statistics_where_they_tell_it(sp
     spark.sql(f"INSERT OVERWRITE {table} SELECT * FROM {table} WHERE id <> 1")  # files replaced
     agrees()
     spark.sql(f"DELETE FROM {table} WHERE id = 3")  # a deletion vector on the file of 0, 2, 3
-    assert lake.newest_timestamp(table, "at") == (False, None)
+    folder = Path(lake.table_path(table))
+    assert newest_timestamp(read_log_state(folder), "at") == (False, None)  # bounds not tight
+    assert lake.newest_timestamp(table, "at") == (True, None)  # read from the file: all null
+    spark.sql(
+        f"INSERT INTO {table} SELECT /*+ REPARTITION(1) */ * FROM VALUES (4, "
+        "TIMESTAMP'2026-12-05 08:00:00.000001'), (5, TIMESTAMP'2026-12-05 11:00:00') AS v(id, at)"
+    )
+    spark.sql(f"DELETE FROM {table} WHERE id = 5")  # its file's bounds now end at 11:00
+    assert lake.newest_timestamp(table, "at") == (True, datetime(2026, 12, 5, 8, 0, 0, 1, UTC))
 
     bare = "log_newest_no_stats"
     lake.ensure(bare, "id int, at timestamp", properties={"delta.dataSkippingStatsColumns": "id"})
-    spark.sql(f"INSERT INTO {bare} VALUES (1, TIMESTAMP'2026-12-05 10:00:00')")
-    assert lake.newest_timestamp(bare, "at") == (False, None)
+    spark.sql(f"INSERT INTO {bare} VALUES (1, TIMESTAMP'2026-12-05 10:00:00.5')")
+    state = read_log_state(Path(lake.table_path(bare)))
+    assert newest_timestamp(state, "at") == (False, None)  # no statistics of the column
+    assert lake.newest_timestamp(bare, "at") == (True, datetime(2026, 12, 5, 10, 0, 0, 500000, UTC))
 
 
 def test_the_live_rows_are_read_from_the_files_the_log_lists(spark, ctx):
     """The columns of a table's live rows read with Arrow from the files its log lists are
-    Spark's rows, through appends, a MERGE that rewrites files and a checkpoint; None where
-    Spark must fill something in: a column added after some files were written, a deletion
-    vector, partition values."""
+    Spark's rows, through appends, a MERGE that rewrites files, a checkpoint and a deletion
+    vector; None where Spark must fill something in: a column added after some files were
+    written, partition values."""
     lake = Lakehouse(spark, ctx.profile)
     table = "log_live"
     lake.ensure(table, "id int, v string, at timestamp", properties={"delta.checkpointInterval": "2"})  # fmt: skip
@@ -261,9 +276,51 @@ def test_the_live_rows_are_read_from_the_files_the_log_lists(spark, ctx):
     spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
     spark.sql(f"INSERT INTO {table} SELECT /*+ REPARTITION(1) */ * FROM VALUES (5, 'e', NULL, NULL), (6, 'f', NULL, NULL) AS t(id, v, at, extra)")  # fmt: skip
     spark.sql(f"DELETE FROM {table} WHERE id = 5")  # a deletion vector hides it in its file
-    assert lake.read_live(table, ["id"]) is None
+    agrees(["id", "v"])
 
     parted = "log_live_partitioned"
     spark.sql(f"CREATE TABLE {parted} (id int, day string) USING delta PARTITIONED BY (day)")
     spark.sql(f"INSERT INTO {parted} VALUES (1, '2026-12-05')")
     assert lake.read_live(parted, ["id"]) is None
+
+
+def test_deletion_vectors_of_every_container_kind_are_read_as_spark_reads_them(spark, ctx):
+    """Rows deleted by deletion vectors in files of 1,000 and 200,000 rows: a few (an array
+    container), every seventh (bitmap containers, four of them with their offsets), a long
+    range (what Roaring may store as runs), then more in a file that has a vector already:
+    the live rows read from the files are Spark's, and the vectors' framing is checked
+    (size, CRC-32, cardinality)."""
+    import numpy as np
+
+    from order_pipeline.common.delta_log import deleted_rows
+
+    lake = Lakehouse(spark, ctx.profile)
+    table = "log_vectors"
+    lake.ensure(table, "id bigint, part int", properties={"delta.enableDeletionVectors": "true"})
+    for part, rows in ((1, 1000), (2, 200_000), (3, 100_000)):
+        spark.range(rows).selectExpr("id", f"{part} AS part").repartition(1).write.format(
+            "delta"
+        ).mode("append").saveAsTable(table)
+    spark.sql(f"DELETE FROM {table} WHERE part = 1 AND id IN (0, 7, 999)")
+    spark.sql(f"DELETE FROM {table} WHERE part = 2 AND id % 7 = 0")
+    spark.sql(f"DELETE FROM {table} WHERE part = 3 AND id BETWEEN 10 AND 70000")
+    spark.sql(f"DELETE FROM {table} WHERE part = 3 AND id % 1000 = 1")
+
+    def ids(rows) -> list[tuple[int, int]]:
+        return sorted(zip(rows["part"], rows["id"], strict=True))
+
+    local = lake.read_live(table, ["id", "part"])
+    assert local is not None
+    expected = spark.table(table).select("id", "part").toPandas()
+    assert ids(local.to_pydict()) == ids(expected.to_dict("list"))
+    assert local.num_rows == 997 + (200_000 - 28_572) + (100_000 - 69_991 - 31)
+    state = read_log_state(Path(lake.table_path(table)))
+    vectors = [v for v in state.vectors if v is not None]
+    assert sorted(v["cardinality"] for v in vectors) == [3, 28_572, 69_991 + 31]  # 1, 70001, ...
+    for vector in vectors:
+        assert len(np.unique(deleted_rows(Path(lake.table_path(table)), vector))) == int(
+            vector["cardinality"]
+        )
+    broken = dict(vectors[0], sizeInBytes=int(vectors[0]["sizeInBytes"]) - 1)
+    with pytest.raises(ValueError, match="size or checksum"):
+        deleted_rows(Path(lake.table_path(table)), broken)

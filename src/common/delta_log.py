@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
 
 _COMMIT_FILE = re.compile(r"^(\d{20})\.json$")
@@ -49,9 +50,10 @@ class LogState:
     # each live file's statistics as its add records them (JSON text; None: none recorded)
     stats: tuple[str | None, ...] = field(default=(), repr=False, compare=False)
     # each live file's path relative to the table folder (URL-encoded, as the log writes
-    # it), None where its rows are not plainly its Parquet rows: a deletion vector hides
-    # some or partition values hold some columns
+    # it), None where partition values hold some of its columns; and its deletion vector
+    # (the add's descriptor; None: every row of the file is live)
     paths: tuple[str | None, ...] = field(default=(), repr=False, compare=False)
+    vectors: tuple[dict[str, Any] | None, ...] = field(default=(), repr=False, compare=False)
 
 
 def delta_log_version(table_folder: Path) -> int | None:
@@ -105,15 +107,16 @@ def read_log_state(table_folder: Path, version: int | None = None) -> LogState |
         return None
     if metadata is None or not metadata.get("id"):
         return None
-    counts = [rows for rows, _, _ in files.values()]
+    counts = [rows for rows, _, _, _ in files.values()]
     return LogState(
         version=last,
         table_id=str(metadata["id"]),
         properties={str(k): str(v) for k, v in (metadata.get("configuration") or {}).items()},
         live_files=len(files),
         rows=None if None in counts else sum(c for c in counts if c is not None),
-        stats=tuple(stats for _, stats, _ in files.values()),
-        paths=tuple(path for _, _, path in files.values()),
+        stats=tuple(stats for _, stats, _, _ in files.values()),
+        paths=tuple(path for _, _, path, _ in files.values()),
+        vectors=tuple(vector for _, _, _, vector in files.values()),
     )
 
 
@@ -203,38 +206,165 @@ def read_rows_written_by(
 
 def read_live_rows(state: LogState, table_folder: Path, columns: list[str]) -> pa.Table | None:
     """The ``columns`` of every live row of the table at ``state``, read from the live data
-    files its log lists (one Arrow table, files in no particular order). None when that
-    cannot be done plainly: a table with column mapping, a live file with a deletion vector
-    or partition values, or a file unreadable or without one of the columns (one written
-    before the column was added): Spark knows how to fill each in."""
+    files its log lists, less the rows their deletion vectors delete (one Arrow table, files
+    in no particular order). None when that cannot be done plainly: a table with column
+    mapping, a live file with partition values, a file or deletion vector unreadable or in
+    another form, a file without one of the columns (one written before the column was
+    added): Spark knows how to fill each in."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if state.properties.get("delta.columnMapping.mode", "none") != "none" or None in state.paths:
         return None
     try:
-        parts = [
-            pq.read_table(table_folder / unquote(path), columns=columns) for path in state.paths
-        ]
+        parts = []
+        for path, vector in zip(state.paths, state.vectors, strict=True):
+            assert path is not None
+            part = pq.read_table(table_folder / unquote(path), columns=columns)
+            if vector is not None:
+                live = np.ones(part.num_rows, dtype=bool)
+                live[deleted_rows(table_folder, vector)] = False
+                part = part.filter(pa.array(live))
+            parts.append(part)
         if not parts:
             return None  # no file to take the column types from: Spark knows the schema
         return pa.concat_tables(parts, promote_options="default")
-    except (OSError, ValueError, KeyError, pa.ArrowException):
+    except (OSError, ValueError, KeyError, IndexError, pa.ArrowException):
         return None
+
+
+# Deletion vectors (PROTOCOL.md, "Deletion Vector Format"): the 64-bit row indexes a file's
+# vector deletes, serialized as a RoaringBitmapArray in the portable format, stored in a file
+# beside the data (``u``: its name from a Z85-encoded UUID; ``p``: an absolute path) at an
+# offset, framed by its size and a CRC-32, or inline in the log (``i``, Z85-encoded).
+_Z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+_Z85_VALUES = {c: i for i, c in enumerate(_Z85)}
+_PORTABLE_MAGIC = 1681511377
+_ROARING_COOKIE, _ROARING_COOKIE_RUNS = 12346, 12347
+
+
+def _z85(text: str) -> bytes:
+    if len(text) % 5:
+        raise ValueError(f"a Z85 text of {len(text)} characters")
+    out = bytearray()
+    for start in range(0, len(text), 5):
+        number = 0
+        for char in text[start : start + 5]:
+            number = number * 85 + _Z85_VALUES[char]
+        out += number.to_bytes(4, "big")
+    return bytes(out)
+
+
+def deleted_rows(table_folder: Path, vector: dict[str, Any]) -> np.ndarray:
+    """The row indexes (in its file) a deletion vector deletes; ValueError when it cannot be
+    read as the protocol says (size, checksum, magic number or cardinality do not match)."""
+    import zlib
+    from uuid import UUID
+
+    kind, where, size = vector["storageType"], str(vector["pathOrInlineDv"]), vector["sizeInBytes"]
+    if kind == "i":
+        data = _z85(where)[: int(size)]
+    else:
+        if kind == "u":
+            uuid = UUID(bytes=_z85(where[-20:]))
+            path = table_folder / where[:-20] / f"deletion_vector_{uuid}.bin"
+        elif kind == "p":
+            path = Path(unquote(urlparse(where).path))
+        else:
+            raise ValueError(f"deletion vector storage type {kind!r}")
+        with open(path, "rb") as file:
+            file.seek(int(vector.get("offset") or 0))
+            stored = int.from_bytes(file.read(4), "big")
+            data = file.read(int(size))
+            checksum = int.from_bytes(file.read(4), "big")
+        if stored != int(size) or len(data) != stored or zlib.crc32(data) != checksum:
+            raise ValueError(f"deletion vector in {path}: size or checksum does not match")
+    rows = _roaring_array(data)
+    if len(rows) != int(vector["cardinality"]):
+        raise ValueError("deletion vector: its rows do not match its cardinality")
+    return rows
+
+
+def _roaring_array(data: bytes) -> np.ndarray:
+    """A RoaringBitmapArray in the portable format: a magic number, the count of 32-bit
+    bitmaps, then each with the high 32 bits of its values."""
+    import numpy as np
+
+    if int.from_bytes(data[:4], "little") != _PORTABLE_MAGIC:
+        raise ValueError("deletion vector: not the portable RoaringBitmapArray format")
+    count, position = int.from_bytes(data[4:12], "little"), 12
+    parts = [np.zeros(0, dtype=np.int64)]
+    for _ in range(count):
+        high = int.from_bytes(data[position : position + 4], "little")
+        values, position = _roaring_bitmap(data, position + 4)
+        parts.append((high << 32) + values.astype(np.int64))
+    return np.concatenate(parts)
+
+
+def _roaring_bitmap(data: bytes, position: int) -> tuple[np.ndarray, int]:
+    """One 32-bit Roaring bitmap in its portable serialization (RoaringFormatSpec) at
+    ``position``: its values and the position after it."""
+    import numpy as np
+
+    cookie = int.from_bytes(data[position : position + 4], "little")
+    position += 4
+    if cookie & 0xFFFF == _ROARING_COOKIE_RUNS:
+        containers = (cookie >> 16) + 1
+        runs = data[position : position + (containers + 7) // 8]
+        position += (containers + 7) // 8
+    elif cookie == _ROARING_COOKIE:
+        containers = int.from_bytes(data[position : position + 4], "little")
+        runs, position = b"", position + 4
+    else:
+        raise ValueError("deletion vector: not a portable Roaring bitmap")
+    header = np.frombuffer(data, dtype="<u2", count=2 * containers, offset=position)
+    position += 4 * containers
+    if not runs or containers >= 4:  # an offset per container, not needed read in order
+        position += 4 * containers
+    values = [np.zeros(0, dtype=np.int64)]
+    for index in range(containers):
+        base, cardinality = int(header[2 * index]) << 16, int(header[2 * index + 1]) + 1
+        if runs and runs[index // 8] >> (index % 8) & 1:
+            count = int.from_bytes(data[position : position + 2], "little")
+            pairs = np.frombuffer(data, dtype="<u2", count=2 * count, offset=position + 2)
+            position += 2 + 4 * count
+            chunk = np.concatenate(
+                [np.zeros(0, dtype=np.int64)]
+                + [np.arange(s, s + n + 1, dtype=np.int64) for s, n in pairs.reshape(-1, 2)]
+            )
+        elif cardinality <= 4096:
+            chunk = np.frombuffer(data, dtype="<u2", count=cardinality, offset=position)
+            position += 2 * cardinality
+        else:
+            bits = np.frombuffer(data, dtype=np.uint8, count=8192, offset=position)
+            chunk = np.flatnonzero(np.unpackbits(bits, bitorder="little"))
+            position += 8192
+        values.append(base + chunk.astype(np.int64))
+    return np.concatenate(values), position
 
 
 def earliest_instant(column: pa.ChunkedArray) -> datetime | None:
     """The earliest value of a timestamp column read from a table's files, to the
     microsecond, as an instant in UTC (Spark writes instants: without a zone in the file,
     the values are UTC); None when it holds no value."""
+    return _instant(column, "min")
+
+
+def latest_instant(column: pa.ChunkedArray) -> datetime | None:
+    """The latest value, as ``earliest_instant``."""
+    return _instant(column, "max")
+
+
+def _instant(column: pa.ChunkedArray, which: str) -> datetime | None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    low = pc.min(pc.cast(column, pa.timestamp("us", tz=column.type.tz), safe=False))
-    if not low.is_valid:
+    micros = pc.cast(column, pa.timestamp("us", tz=column.type.tz), safe=False)
+    value = pc.min(micros) if which == "min" else pc.max(micros)
+    if not value.is_valid:
         return None
-    micros = low.value
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value.value)
 
 
 # the metrics of each operation that count the rows it inserted, updated or deleted
@@ -273,12 +403,14 @@ def _file_key(action: dict[str, Any]) -> tuple[str, str | None]:
     )
 
 
-_LiveFile = tuple[int | None, str | None, str | None]  # live rows, statistics, plain path
+# a live file: its live rows, statistics, path (None: partitioned) and deletion vector
+_LiveFile = tuple[int | None, str | None, str | None, dict[str, Any] | None]
 
 
 def _live(add: dict[str, Any]) -> _LiveFile:
-    plain = not add.get("deletionVector") and not add.get("partitionValues")
-    return _live_rows(add), add.get("stats"), str(add["path"]) if plain else None
+    path = None if add.get("partitionValues") else str(add["path"])
+    vector = add.get("deletionVector")
+    return _live_rows(add), add.get("stats"), path, dict(vector) if vector else None
 
 
 def _live_rows(add: dict[str, Any]) -> int | None:

@@ -50,6 +50,7 @@ from order_pipeline.common.delta_log import (
     LogState,
     delta_log_version,
     keys_changed,
+    latest_instant,
     newest_timestamp,
     read_commit_infos,
     read_live_rows,
@@ -460,11 +461,13 @@ class Lakehouse:
             return None
         return read_rows_written_by(Path(self.table_path(table)), after, app_id, columns)
 
-    def read_live(self, table: str, columns: list[str]) -> pa.Table | None:
-        """The ``columns`` of the table's live rows as one Arrow table, locally read from the
-        data files its Delta log lists; None where they cannot be read so (Databricks, or see
-        ``delta_log.read_live_rows``): ask Spark."""
-        state = self.log_state(table)
+    def read_live(
+        self, table: str, columns: list[str], version: int | None = None
+    ) -> pa.Table | None:
+        """The ``columns`` of the table's live rows (at ``version``, default its newest) as
+        one Arrow table, locally read from the data files its Delta log lists; None where
+        they cannot be read so (Databricks, or see ``delta_log.read_live_rows``): ask Spark."""
+        state = self.log_state(table, version)
         if state is None:
             return None
         return read_live_rows(state, Path(self.table_path(table)), columns)
@@ -485,10 +488,17 @@ class Lakehouse:
 
     def newest_timestamp(self, table: str, column: str) -> tuple[bool, datetime | None]:
         """The newest value of a timestamp column, locally from the live files' statistics
-        in the Delta log (to the millisecond) and whether it is known so
-        (``delta_log.newest_timestamp``); (False, None) elsewhere: ask Spark."""
+        in the Delta log (to the millisecond; ``delta_log.newest_timestamp``), or where they
+        do not tell it (a deletion vector, no statistics) from the column read from the
+        files, and whether it is known so; (False, None) elsewhere: ask Spark."""
         state = self.log_state(table)
-        return newest_timestamp(state, column) if state is not None else (False, None)
+        if state is None:
+            return False, None
+        known, value = newest_timestamp(state, column)
+        if known:
+            return known, value
+        rows = read_live_rows(state, Path(self.table_path(table)), [column])
+        return (True, latest_instant(rows.column(column))) if rows is not None else (False, None)
 
     def known_empty(self, table: str) -> bool:
         """Whether the table is known, without Spark, to hold no data file (locally, from its

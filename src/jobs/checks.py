@@ -32,6 +32,7 @@ from order_pipeline.common.contract import (
     QUALITY_METRICS,
     RUN_ID,
     bronze_table,
+    silver_table,
     tombstone_table,
 )
 from order_pipeline.common.inputs import Consumed
@@ -267,24 +268,60 @@ def gold_checks(
     scope: str,
     progress: Callable[[str], None],
     few: bool = False,
+    versions: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Referential integrity of ``details`` (gold_order_details, or the rows of the orders
     this run rebuilt) against the silver tables gold was built from. A line item's parent
     deleted under ``on_delete: keep`` (conf/pipeline.yml) is no orphan: its key is in the
     parent's tombstones, and the line item outlives it by design. ``few``: ``details`` are
-    the rows of few orders, whose references are listed to read only the parents they name."""
+    the rows of few orders, whose references are listed to read only the parents they name.
+    ``versions``: the silver versions gold read, given when ``details`` is all of
+    gold_order_details: locally the references and the parents' keys are then read from the
+    tables' files with Arrow (no join in Spark)."""
     results = []
+    local = None
+    if versions is not None and checks:
+        local = lake.read_live(ORDER_DETAILS, sorted({str(c.column) for c in checks}))
     details = lake.small(details) if few else details  # read once, checked per reference
     for check in checks:
         assert check.parent is not None and check.column is not None
         key = entities[check.parent].key
-        accepted = silver[check.parent].select(key)
-        if few:
-            accepted = named_by(accepted, key, details, check.column)
-        if entities["line_items"].on_parent_delete.get(check.column) == "keep":
-            tombstones = tombstone_table(check.parent)
-            if lake.exists(tombstones):
-                accepted = accepted.unionByName(lake.read(tombstones).select(key))
-        checked, orphans, sample = dc.orphans(details, check.column, accepted, key)
+        keep = entities["line_items"].on_parent_delete.get(check.column) == "keep"
+        found = None
+        if local is not None and versions is not None:
+            found = orphans_read_locally(lake, local, check, key, versions[check.parent], keep)
+        if found is None:
+            accepted = silver[check.parent].select(key)
+            if few:
+                accepted = named_by(accepted, key, details, check.column)
+            if keep:
+                tombstones = tombstone_table(check.parent)
+                if lake.exists(tombstones):
+                    accepted = accepted.unionByName(lake.read(tombstones).select(key))
+            found = dc.orphans(details, check.column, accepted, key)
+        checked, orphans, sample = found
         results.append(dc.references(check, ORDER_DETAILS, checked, orphans, sample, scope))
     return record(lake, "gold", run_id, results, progress)
+
+
+def orphans_read_locally(
+    lake: Lakehouse, details: pa.Table, check: dc.DatasetCheck, key: str, version: int, keep: bool
+) -> tuple[int, int, Any] | None:
+    """``dc.orphans`` from the tables' files: the parent's keys at the silver version gold
+    read, with its tombstones' under ``on_delete: keep``; None where a table cannot be read
+    so (then Spark joins)."""
+    import pyarrow as pa
+
+    assert check.parent is not None and check.column is not None
+    parents = lake.read_live(silver_table(check.parent), [key], version)
+    if parents is None:
+        return None
+    chunks = list(parents.column(key).chunks)
+    tombstones = tombstone_table(check.parent)
+    if keep and lake.exists(tombstones) and not lake.known_empty(tombstones):
+        dead = lake.read_live(tombstones, [key])
+        if dead is None:
+            return None
+        chunks.extend(dead.column(key).cast(parents.schema.field(key).type).chunks)
+    keys = pa.chunked_array(chunks, type=parents.schema.field(key).type)
+    return dc.orphans_among(details, check.column, keys)

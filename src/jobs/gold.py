@@ -484,13 +484,15 @@ def run(
             record_watermarks(lake, list(snapshots.values()), ctx.run_id)
 
     details_table, scope, few = lake.read(contract.ORDER_DETAILS), "every row", False
+    read_versions: dict[str, int] | None = versions  # all of gold: its files can be read
     if reason is None and rebuilt is not None and rebuilt.ids is not None:
         details_table = of_orders(details_table, rebuilt.ids, rebuilt.listed)
         scope, few = "the orders this run rebuilt", rebuilt.listed is not None
+        read_versions = None
     with steps("checks"):
         found = checks.gold_checks(
             lake, gold_checks, ctx.run_id, details_table, silver, ctx.entities, scope, progress,
-            few=few,
+            few=few, versions=read_versions,
         )  # fmt: skip
     with steps("counts"):
         rows_in = lake.row_count(snapshots["line_items"].table, versions["line_items"])

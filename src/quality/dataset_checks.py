@@ -481,6 +481,20 @@ def orphans(
     return int(row[0]), int(row[1]), row[2]
 
 
+def orphans_among(
+    details: pa.Table, column: str, parent_keys: pa.ChunkedArray
+) -> tuple[int, int, Any]:
+    """``orphans`` over columns read as Arrow: rows of ``details`` whose ``column`` is not
+    among ``parent_keys`` (a null reference is an orphan too)."""
+    import pyarrow.compute as pc
+
+    references = details.column(column)
+    found = pc.is_in(references, value_set=pc.unique(parent_keys.drop_null()))
+    missing = references.filter(pc.invert(pc.fill_null(found, False)))
+    sample = pc.min(missing).as_py() if len(missing) else None
+    return len(references), len(missing), sample
+
+
 # -- recording and enforcing ----------------------------------------------------------------------
 def result_records(results: list[CheckResult], run_id: str) -> list[dict[str, object]]:
     """The ops_quality_metrics rows of a task's check results (batch_id null, source

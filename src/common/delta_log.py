@@ -13,7 +13,10 @@ statistics leaves the count unknown (None). Each commit also records what it did
 which ``keys_changed`` tells how many rows it inserted, updated or deleted. The files' column
 statistics give a timestamp column's newest value (``newest_timestamp``), and the ``txn``
 action of a commit the idempotent-write identity that wrote it, whose added files hold the
-rows that identity appended (``read_rows_written_by``: a silver task's batch counts).
+rows that identity appended (``read_rows_written_by``: a silver task's batch counts). The
+live files themselves, less the rows their deletion vectors delete, hold the table's rows
+(``read_live_rows``: the columns a task's dataset checks and deferred backlog aggregate, read
+with Arrow in milliseconds where a Spark query costs 0.3-0.9 s warm and seconds cold).
 
 Only the plain forms are read: one single-file classic checkpoint (or none) and JSON
 commits. Anything else (a multi-part or V2 checkpoint, a missing commit, an unreadable

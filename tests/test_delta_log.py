@@ -269,6 +269,11 @@ def test_the_live_rows_are_read_from_the_files_the_log_lists(spark, ctx):
     assert any(n.endswith(".checkpoint.parquet") for n in os.listdir(log))
     agrees(["id", "v"])
     assert sorted(lake.read_live(table, ["id"]).column("id").to_pylist()) == [2, 3, 7]
+    with pytest.MonkeyPatch.context() as patch:  # more rows than a task reads with Arrow
+        patch.setattr(io, "LOCAL_READ_MAX_ROWS", 2)
+        assert lake.read_live(table, ["id"]) is None
+        patch.setattr(io, "LOCAL_READ_MAX_ROWS", 3)
+        assert lake.read_live(table, ["id"]) is not None
     spark.sql(f"ALTER TABLE {table} ADD COLUMNS (extra string)")
     spark.sql(f"INSERT INTO {table} VALUES (4, 'd', NULL, 'new')")
     assert lake.read_live(table, ["id", "extra"]) is None  # older files have no such column

@@ -177,7 +177,8 @@ def silver_checks(run: SilverRun, progress: Callable[[str], None]) -> CheckOutco
             if check.of not in newest_seen:
                 if check.of == "silver":
                     # a key's updated_at only grows: the newest is the last run's or one of
-                    # the rows this run wrote; locally the live files' statistics tell it
+                    # the rows this run wrote; locally the newest of all of silver, from the
+                    # files' statistics or the files (Lakehouse.newest_timestamp)
                     key = NEWEST_UPDATED
                     seen = dc.parse_instant((run.previous_state or {}).get(key))
                     known, value = lake.newest_timestamp(run.silver, entity.sequence)

@@ -523,7 +523,10 @@ class Silver:
         if not self.rules.of("defer"):
             return 0, 0  # nothing of this entity is ever deferred
         pending = self.lake.read(self.deferred)
-        if self.lake.known_empty(self.deferred) or pending.isEmpty():
+        # how many rows wait, locally from the Delta log (no Spark job), else unknown
+        state = self.lake.log_state(self.deferred)
+        waiting = state.rows if state is not None else None
+        if waiting == 0 or (waiting is None and pending.isEmpty()):
             return 0, 0
         now = now or datetime.now(UTC)
         cutoff = now - timedelta(seconds=self.profile.quality.defer_max_age_seconds)

@@ -35,6 +35,7 @@ from order_pipeline.common.contract import (
     silver_table,
     tombstone_table,
 )
+from order_pipeline.common.delta_log import release_arrow_memory
 from order_pipeline.common.inputs import Consumed
 from order_pipeline.common.io import Lakehouse, named_by
 from order_pipeline.jobs.task import CHECK_ROWS, record_rows
@@ -199,6 +200,7 @@ def silver_checks(run: SilverRun, progress: Callable[[str], None]) -> CheckOutco
             results.append(dc.unique_key(check, name, entity.key, checked, duplicates))
         elif check.kind == "reconciliation":
             results.append(dc.reconciliation(check, name, reconcile(run)))
+    release_arrow_memory()
     outcome.details = record(lake, f"silver_{name}", run.run_id, results, progress, run.wrote)
     progress(
         f"  silver_{name}: {len(results)} dataset checks in {time.perf_counter() - started:.1f}s"
@@ -302,6 +304,7 @@ def gold_checks(
             found = dc.orphans(details, check.column, accepted, key)
         checked, orphans, sample = found
         results.append(dc.references(check, ORDER_DETAILS, checked, orphans, sample, scope))
+    release_arrow_memory()
     return record(lake, "gold", run_id, results, progress)
 
 

@@ -28,9 +28,6 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 from pyspark.sql.types import StructType
 
-if TYPE_CHECKING:
-    import pyarrow as pa
-
 from order_pipeline.common.checkpoint import (
     StreamLog,
     StreamWrites,
@@ -498,7 +495,8 @@ class Lakehouse:
         """The newest value of a timestamp column, locally from the live files' statistics
         in the Delta log (to the millisecond; ``delta_log.newest_timestamp``), or where they
         do not tell it (a deletion vector, no statistics) from the column read from the
-        files, and whether it is known so; (False, None) elsewhere: ask Spark."""
+        files (up to ``LOCAL_READ_MAX_ROWS`` rows), and whether it is known so; (False, None)
+        elsewhere: ask Spark."""
         state = self.log_state(table)
         if state is None:
             return False, None

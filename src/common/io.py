@@ -473,7 +473,11 @@ class Lakehouse:
         they cannot be read so (Databricks, or see ``delta_log.read_live_rows``), or where the
         table holds more than ``LOCAL_READ_MAX_ROWS`` rows (or an unknown number): ask Spark."""
         state = self.log_state(table, version)
-        if state is None or state.rows is None or state.rows > LOCAL_READ_MAX_ROWS:
+        return self.live_rows(state, table, columns) if state is not None else None
+
+    def live_rows(self, state: LogState, table: str, columns: list[str]) -> pa.Table | None:
+        """``read_live`` for the table's state already read from its log."""
+        if state.rows is None or state.rows > LOCAL_READ_MAX_ROWS:
             return None
         return read_live_rows(state, Path(self.table_path(table)), columns)
 
@@ -503,7 +507,7 @@ class Lakehouse:
         known, value = newest_timestamp(state, column)
         if known:
             return known, value
-        rows = self.read_live(table, [column])
+        rows = self.live_rows(state, table, [column])
         return (True, latest_instant(rows.column(column))) if rows is not None else (False, None)
 
     def known_empty(self, table: str) -> bool:

@@ -573,9 +573,14 @@ class Silver:
 
     def deferred_backlog(self) -> dict[str, object]:
         """How many rows wait for a parent, and since when the oldest does."""
-        if not self.rules.of("defer") or self.lake.known_empty(self.deferred):
-            return {"waiting": 0, "oldest_deferred_at": None}
-        local = self.lake.read_live(self.deferred, [DEFERRED_AT])  # locally: no Spark job
+        none: dict[str, object] = {"waiting": 0, "oldest_deferred_at": None}
+        if not self.rules.of("defer"):
+            return none
+        state = self.lake.log_state(self.deferred)
+        if state is not None and state.live_files == 0:
+            return none
+        # locally: no Spark job
+        local = self.lake.live_rows(state, self.deferred, [DEFERRED_AT]) if state else None
         if local is not None:
             waiting, oldest = local.num_rows, earliest_instant(local.column(DEFERRED_AT))
         else:

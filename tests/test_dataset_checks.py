@@ -365,3 +365,38 @@ def test_duplicate_keys_and_run_history_agree_between_spark_and_the_files_read_w
         patch.setattr(lake, "read_live", lambda *_: None)
         assert run_history(lake, "customers", "another", 5) == local
     assert local[-4:] == [8, 10, 2, 2]  # the clean, spike and two earlier runs (and newer)
+
+
+def test_a_first_load_counts_each_key_once_however_often_its_batch_holds_it(
+    spark, lake_ctx, tmp_path_factory
+):
+    """The first load's reconciliation terms come from the gate's own count of the batch's
+    keys (no second pass over the batch): three snapshots of C1, two of C2, one bad row."""
+    ctx = replace(make_context(tmp_path_factory.mktemp("first")), entity="customers")
+    land(ctx.profile.landing_root, "customers", [
+        customer("C1", updated_at="2026-12-01T09:00:00Z"),
+        customer("C1", updated_at=NEW, city="Paris"),
+        customer("C1", updated_at="2026-12-01T08:00:00Z"),
+        customer("C2", updated_at=NEW),
+        customer("C2", updated_at="2026-11-01T00:00:00Z"),
+        customer("C3", email="not an address", updated_at=NEW),
+    ], "first.json")  # fmt: skip
+    try:
+        Lakehouse(spark, ctx.profile)  # USE its own schema: silver starts empty
+        bronze.run(spark, ctx, progress=quiet)
+        result = silver.run(spark, ctx, progress=quiet)
+        (reconciled,) = [c for c in result.details["checks"] if c["check"] == "reconciled"]
+        assert reconciled["terms"] == {
+            "bronze_rows": 6,
+            "upserted": 2,  # C1's and C2's newest
+            "quarantined": 1,  # C3
+            "deferred": 0,
+            "superseded_in_batch": 3,  # C1 twice, C2 once
+            "superseded_by_silver": 0,
+            "behind_tombstones": 0,
+            "deletes_absent": 0,
+        }
+        held = {r.customer_id: r.city for r in spark.table("silver_customers").collect()}
+        assert held == {"C1": "Paris", "C2": "London"}
+    finally:
+        Lakehouse(spark, lake_ctx.profile)  # the module's schema again

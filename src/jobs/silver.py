@@ -134,6 +134,8 @@ def merge_latest(
     append: bool = False,
     after_silver: Callable[[], None] | None = None,
     reconcile: bool = False,
+    layout: Callable[[DataFrame], DataFrame] | None = None,
+    non_null_keys: int | None = None,
 ) -> Written:
     """MERGE the latest snapshot per key into ``table``; a row only replaces an older one,
     a delete removes an older one, and the deletes become tombstones.
@@ -158,12 +160,19 @@ def merge_latest(
 
     ``reconcile``: also count where the newest snapshots went (``Written``), for the run's
     reconciliation check: from the MERGE's own report, or against silver before the write
-    where the batch holds deletes or is the first load; without it nothing is counted.
+    where the batch holds deletes; the first load without deletes or tombstones writes each
+    key's newest snapshot, as many as the batch has keys. Without it nothing is counted.
+
+    ``layout``: how the first load's rows are laid out in files (``append``; the per-key
+    reduction reuses its partitioning), applied to the write only, so that the batch's key
+    range is read without it. ``non_null_keys``: the distinct non-null keys of ``updates``
+    when the caller counted them (``key_bounds``).
     """
     updates = with_deletes(updates)
     tombstones = tombstone_table(entity.name)
     lake.ensure(tombstones, tombstone_ddl(entity))
-    latest = updates.transform(latest_per_key(entity))
+    laid_out = layout(updates) if append and layout is not None else updates
+    latest = laid_out.transform(latest_per_key(entity))
     # no tombstone to beat (known from the log locally, as long as nothing was ever
     # deleted): the newest snapshot of each key is the source, one per key
     no_tombstones = lake.known_empty(tombstones)
@@ -175,7 +184,13 @@ def merge_latest(
     )
     written = Written()
     newer = newer_condition(entity)
-    bounds = key_bounds(updates, entity.key, source if reconcile and not no_tombstones else None)
+    bounds = key_bounds(
+        updates,
+        entity.key,
+        source if reconcile and not no_tombstones else None,
+        count_keys=reconcile,
+        non_null_keys=non_null_keys,
+    )
     sources = bounds.keys if no_tombstones else bounds.sources
     key_range = (bounds.low, bounds.high)
 
@@ -186,8 +201,12 @@ def merge_latest(
     # Without deletes, each newest snapshot is either written or left to the not older one
     # silver holds, which the MERGE's own report tells apart; a delete of a key silver does
     # not hold writes nothing as well, so a batch with deletes is counted against silver
-    # before the write (as the first load, which has no MERGE to report).
-    if reconcile and (append or bounds.deletes):
+    # before the write, as is a first load (no MERGE to report) with deletes or tombstones;
+    # without either, the first load writes the newest snapshot of each of its keys.
+    if reconcile and append and no_tombstones and not bounds.deletes:
+        assert bounds.keys is not None
+        written = Written(rows=bounds.keys, upserted=bounds.keys)  # one newest row per key
+    elif reconcile and (append or bounds.deletes):
         written = snapshots_go()
     if append:
         lake.append(source.where(~F.col(DELETED)).select(*values), table, txn)
@@ -369,19 +388,20 @@ class SilverBatch:
         if counts.passed:
             with steps("merge"):
                 empty = self.silver_is_empty(lake)
-                rows = (
-                    self.in_key_ranges(outcome.passed, counts.passed) if empty else outcome.passed
-                )
+                reconcile = self.reconciled_key is not None
                 written = merge_latest(
                     lake,
                     self.silver,
-                    rows,
+                    outcome.passed,
                     self.entity,
                     self.run_id,
                     txn,
                     append=empty,
                     after_silver=lambda: self.fault_hook("silver_merged", batch_id),
-                    reconcile=self.reconciled_key is not None,
+                    reconcile=reconcile,
+                    layout=lambda rows: self.in_key_ranges(rows, counts.passed),
+                    # the gate counted the passing rows' distinct keys (count_outcomes)
+                    non_null_keys=counts.merge_keys if reconcile else None,
                 )
                 if self.reconciled_key is not None:
                     counts.upserted = written.upserted

@@ -99,7 +99,12 @@ def failed(rule: Rule) -> Column:
 
 def failed_rule_names(rules: tuple[Rule, ...]) -> Column:
     """The names of the rules a row fails, in rule order (an empty array if none)."""
+    none = F.array().cast("array<string>")
     if not rules:
-        return F.array().cast("array<string>")
-    flagged = F.array(*[F.when(failed(rule), F.lit(rule.name)) for rule in rules])
-    return F.filter(flagged, lambda name: name.isNotNull())
+        return none
+    # An array per rule, empty unless the row fails it, joined: plain expressions Spark
+    # compiles. Filtering an array of names would take a lambda, which Spark evaluates
+    # interpreted, row by row, with every check inside it: on two cores the gate over SF10's
+    # 9.3M line items took 20 s that way.
+    flagged = [F.when(failed(rule), F.array(F.lit(rule.name))).otherwise(none) for rule in rules]
+    return F.concat(*flagged).cast("array<string>")

@@ -227,40 +227,23 @@ class KeyBounds:
     high: object = None
     deletes: int = 0
     keys: int | None = 0  # None: not counted (not asked for)
-    sources: int | None = None  # rows of the MERGE's source, when asked for
 
 
-def key_bounds(
-    updates: DataFrame,
-    key: str,
-    source: DataFrame | None = None,
-    count_keys: bool = True,
-    non_null_keys: int | None = None,
-) -> KeyBounds:
-    """``updates``' key range, delete count and keys, in one aggregate (``updates`` carries
-    ``DELETED``, false for a row that is not a delete: ``latest.with_deletes``); with
-    ``source``, also its rows, counted in the same Spark job.
-
-    The keys are counted only when asked for (``count_keys``), and then by a distinct count,
-    a shuffle of the batch's keys, unless the caller already knows how many distinct non-null
-    keys ``updates`` has (``non_null_keys``, the gate's count over the same rows): then the
-    aggregate is a single pass that only looks for a null key."""
-    null_keys = F.count_if(F.col(key).isNull()).cast("boolean").cast("int")
+def key_bounds(updates: DataFrame, key: str, count_keys: bool = True) -> KeyBounds:
+    """``updates``' key range, delete count and, with ``count_keys``, keys, in one aggregate
+    (``updates`` carries ``DELETED``, false for a row that is not a delete:
+    ``latest.with_deletes``)."""
     aggregates = [
         F.min(key).alias("low"),
         F.max(key).alias("high"),
         F.count_if(DELETED).alias("deletes"),
     ]
     if count_keys:
-        known = F.lit(non_null_keys) if non_null_keys is not None else F.count_distinct(key)
-        aggregates.append((known + null_keys).alias("keys"))
-    bounds = updates.agg(*aggregates)
-    if source is not None:
-        bounds = bounds.crossJoin(source.agg(F.count(F.lit(1)).alias("sources")))
-    row = bounds.first()
+        null_key = F.count_if(F.col(key).isNull()).cast("boolean").cast("int")
+        aggregates.append((F.count_distinct(key) + null_key).alias("keys"))
+    row = updates.agg(*aggregates).first()
     keys = int(row["keys"]) if count_keys else None
-    sources = int(row["sources"]) if source is not None else None
-    return KeyBounds(row["low"], row["high"], int(row["deletes"]), keys, sources)
+    return KeyBounds(row["low"], row["high"], int(row["deletes"]), keys)
 
 
 def key_range_match(key: str, bounds: KeyBounds) -> str:

@@ -64,6 +64,7 @@ from order_pipeline.common.contract import (
 from order_pipeline.common.delta_log import earliest_instant
 from order_pipeline.common.inputs import Consumed, Inputs, Versions, checkpoint_due
 from order_pipeline.common.io import (
+    KeyBounds,
     Lakehouse,
     Txn,
     WhenMatched,
@@ -135,7 +136,7 @@ def merge_latest(
     after_silver: Callable[[], None] | None = None,
     reconcile: bool = False,
     layout: Callable[[DataFrame], DataFrame] | None = None,
-    non_null_keys: int | None = None,
+    bounds: KeyBounds | None = None,
 ) -> Written:
     """MERGE the latest snapshot per key into ``table``; a row only replaces an older one,
     a delete removes an older one, and the deletes become tombstones.
@@ -165,8 +166,8 @@ def merge_latest(
 
     ``layout``: how the first load's rows are laid out in files (``append``; the per-key
     reduction reuses its partitioning), applied to the write only, so that the batch's key
-    range is read without it. ``non_null_keys``: the distinct non-null keys of ``updates``
-    when the caller counted them (``key_bounds``).
+    range is read without it. ``bounds``: ``updates``' ``key_bounds`` when the caller
+    already has them (the gate's own count of the batch), keys counted if ``reconcile``.
     """
     updates = with_deletes(updates)
     tombstones = tombstone_table(entity.name)
@@ -184,14 +185,10 @@ def merge_latest(
     )
     written = Written()
     newer = newer_condition(entity)
-    bounds = key_bounds(
-        updates,
-        entity.key,
-        source if reconcile and not no_tombstones else None,
-        count_keys=reconcile,
-        non_null_keys=non_null_keys,
-    )
-    sources = bounds.keys if no_tombstones else bounds.sources
+    bounds = bounds or key_bounds(updates, entity.key, count_keys=reconcile)
+    sources = None
+    if reconcile:
+        sources = bounds.keys if no_tombstones else source.count()
     key_range = (bounds.low, bounds.high)
 
     def snapshots_go() -> Written:
@@ -349,7 +346,9 @@ class SilverBatch:
         try:
             outcome = split_by_outcome(checked)
             with steps("check"):
-                counts = count_outcomes(self.rules, checked, self.reconciled_key)
+                counts = count_outcomes(
+                    self.rules, checked, self.reconciled_key, range_of=self.entity.key
+                )
             if counts.failing:
                 raise_on_failing(self.rules, outcome.failing, self.entity.columns)
             self.fault_hook("checked", batch_id)
@@ -400,8 +399,7 @@ class SilverBatch:
                     after_silver=lambda: self.fault_hook("silver_merged", batch_id),
                     reconcile=reconcile,
                     layout=lambda rows: self.in_key_ranges(rows, counts.passed),
-                    # the gate counted the passing rows' distinct keys (count_outcomes)
-                    non_null_keys=counts.merge_keys if reconcile else None,
+                    bounds=self.passing_bounds(counts),
                 )
                 if self.reconciled_key is not None:
                     counts.upserted = written.upserted
@@ -426,6 +424,16 @@ class SilverBatch:
         metrics = metrics_rows(lake.spark, self.rules, counts, self.run_id, batch_id, STREAM)
         with steps("metrics"):
             lake.append(metrics, QUALITY_METRICS, txn)
+
+    def passing_bounds(self, counts: BatchCounts) -> KeyBounds | None:
+        """The passing rows' ``key_bounds``, from what the gate counted over them in the same
+        pass (``count_outcomes``): no job of its own. Their keys are the distinct non-null
+        ones the gate counted, and a null key as one more."""
+        if counts.passing_range is None:
+            return None
+        low, high, deletes, null_key = counts.passing_range
+        keys = counts.merge_keys + int(null_key) if self.reconciled_key is not None else None
+        return KeyBounds(low, high, deletes, keys)
 
     def in_key_ranges(self, passed: DataFrame, rows: int) -> DataFrame:
         """The first load in files of ``silver_file_rows`` rows, each holding one key range

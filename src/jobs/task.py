@@ -38,6 +38,7 @@ from order_pipeline.common.contract import (
     TASK_RUNS,
     TASK_RUNS_DDL,
 )
+from order_pipeline.common.frames import local_frame
 from order_pipeline.common.inputs import Consumed, Inputs, Versions
 from order_pipeline.common.io import Lakehouse, Txn
 from order_pipeline.common.platform import profile_name
@@ -429,7 +430,7 @@ def _append_rows(
         [_from_iso(r.get(c)) if c in ops.timestamps else r.get(c) for c in ops.columns]
         for r in rows
     ]
-    lake.append(spark.createDataFrame(values, ops.ddl), ops.table, Txn(identity, 0))
+    lake.append(local_frame(spark, values, ops.ddl), ops.table, Txn(identity, 0))
 
 
 def _iso(value: object) -> str:

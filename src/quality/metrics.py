@@ -11,12 +11,14 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from order_pipeline.common.contract import (
+    DELETED,
     FAILED_DEFER,
     FAILED_FAIL,
     FAILED_QUARANTINE,
     METRICS_DDL,
     REASONS,
 )
+from order_pipeline.common.frames import local_frame
 from order_pipeline.quality.rules import RuleSet
 
 OUTCOMES = ("quarantined", "deferred", "failing")
@@ -44,6 +46,9 @@ class BatchCounts:
     upserted: int = 0
     behind_tombstones: int = 0
     deletes_absent: int = 0
+    # the passing rows' smallest and largest key, deletes and whether a key is null, when
+    # counted (count_outcomes' ``range_of``): what the MERGE needs, found in the same pass
+    passing_range: tuple[object, object, int, bool] | None = field(default=None, repr=False)
 
     @property
     def passed(self) -> int:
@@ -60,9 +65,12 @@ class BatchCounts:
             self.per_rule[rule] = self.per_rule.get(rule, 0) + n
 
 
-def count_outcomes(ruleset: RuleSet, checked: DataFrame, key: str | None = None) -> BatchCounts:
+def count_outcomes(
+    ruleset: RuleSet, checked: DataFrame, key: str | None = None, range_of: str | None = None
+) -> BatchCounts:
     """The batch's outcomes in one aggregation; with the entity's ``key``, the passing rows
-    are also counted as such (not as the remainder) with their distinct keys."""
+    are also counted as such (not as the remainder) with their distinct keys; with
+    ``range_of`` (the entity's key) also the passing rows' ``passing_range``."""
     has = {name: F.size(F.col(name)) > 0 for name in (FAILED_FAIL, FAILED_QUARANTINE, FAILED_DEFER)}
     aggregates = [
         F.count(F.lit(1)).alias("checked"),
@@ -76,13 +84,28 @@ def count_outcomes(ruleset: RuleSet, checked: DataFrame, key: str | None = None)
         F.count_if(F.array_contains(REASONS, rule.name)).alias(f"rule_{i}")
         for i, rule in enumerate(ruleset.rules)
     ]
+    passing = ~has[FAILED_FAIL] & ~has[FAILED_QUARANTINE] & ~has[FAILED_DEFER]
     if key is not None:
-        passing = ~has[FAILED_FAIL] & ~has[FAILED_QUARANTINE] & ~has[FAILED_DEFER]
         aggregates += [
             F.count_if(passing).alias("passing"),
             F.count_distinct(F.when(passing, F.col(key))).alias("merge_keys"),
         ]
+    if range_of is not None:
+        deleted = F.coalesce(F.col(DELETED), F.lit(False)) if DELETED in checked.columns else None
+        aggregates += [
+            F.min(F.when(passing, F.col(range_of))).alias("range_low"),
+            F.max(F.when(passing, F.col(range_of))).alias("range_high"),
+            F.count_if(passing & deleted if deleted is not None else F.lit(False)).alias(
+                "range_deletes"
+            ),
+            F.count_if(passing & F.col(range_of).isNull()).alias("range_nulls"),
+        ]
     row = checked.agg(*aggregates).first()
+    passing_range = (
+        (row["range_low"], row["range_high"], int(row["range_deletes"]), row["range_nulls"] > 0)
+        if range_of is not None
+        else None
+    )
     return BatchCounts(
         checked=row["checked"],
         quarantined=row["quarantined"],
@@ -91,6 +114,7 @@ def count_outcomes(ruleset: RuleSet, checked: DataFrame, key: str | None = None)
         per_rule={rule.name: row[f"rule_{i}"] for i, rule in enumerate(ruleset.rules)},
         passing=row["passing"] if key is not None else 0,
         merge_keys=row["merge_keys"] if key is not None else 0,
+        passing_range=passing_range,
     )
 
 
@@ -113,7 +137,7 @@ def metrics_rows(
          getattr(counts, outcome), now)
         for outcome in (*OUTCOMES, *PASSING_OUTCOMES)
     ]  # fmt: skip
-    return spark.createDataFrame(rows, METRICS_DDL)
+    return local_frame(spark, rows, METRICS_DDL)
 
 
 def run_counts(ruleset: RuleSet, rows: Iterable[Row]) -> tuple[BatchCounts, int]:

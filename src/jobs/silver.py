@@ -401,7 +401,7 @@ class SilverBatch:
                     layout=lambda rows: self.in_key_ranges(rows, counts.passed),
                     bounds=self.passing_bounds(counts),
                 )
-                if self.reconciled_key is not None:
+                if reconcile:
                     counts.upserted = written.upserted
                     counts.superseded_by_silver = written.superseded_by_silver
                     counts.deletes_absent = written.deletes_absent

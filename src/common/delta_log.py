@@ -344,7 +344,11 @@ def _roaring_bitmap(data: bytes, position: int) -> tuple[np.ndarray, int]:
             position += 2 + 4 * count
             chunk = np.concatenate(
                 [np.zeros(0, dtype=np.int64)]
-                + [np.arange(s, s + n + 1, dtype=np.int64) for s, n in pairs.reshape(-1, 2)]
+                # as Python ints: a run ending at 65535 overflows 16-bit arithmetic
+                + [
+                    np.arange(int(s), int(s) + int(n) + 1, dtype=np.int64)
+                    for s, n in pairs.reshape(-1, 2)
+                ]
             )
         elif cardinality <= 4096:
             chunk = np.frombuffer(data, dtype="<u2", count=cardinality, offset=position)

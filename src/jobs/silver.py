@@ -185,7 +185,8 @@ def merge_latest(
     )
     written = Written()
     newer = newer_condition(entity)
-    bounds = bounds or key_bounds(updates, entity.key, count_keys=reconcile)
+    if bounds is None:
+        bounds = key_bounds(updates, entity.key, count_keys=reconcile)
     sources = None
     if reconcile:
         sources = bounds.keys if no_tombstones else source.count()

@@ -91,13 +91,12 @@ def count_outcomes(
             F.count_distinct(F.when(passing, F.col(key))).alias("merge_keys"),
         ]
     if range_of is not None:
-        deleted = F.coalesce(F.col(DELETED), F.lit(False)) if DELETED in checked.columns else None
+        has_deletes = DELETED in checked.columns
+        deleted = F.coalesce(F.col(DELETED), F.lit(False)) if has_deletes else F.lit(False)
         aggregates += [
             F.min(F.when(passing, F.col(range_of))).alias("range_low"),
             F.max(F.when(passing, F.col(range_of))).alias("range_high"),
-            F.count_if(passing & deleted if deleted is not None else F.lit(False)).alias(
-                "range_deletes"
-            ),
+            F.count_if(passing & deleted).alias("range_deletes"),
             F.count_if(passing & F.col(range_of).isNull()).alias("range_nulls"),
         ]
     row = checked.agg(*aggregates).first()
